@@ -1,0 +1,37 @@
+# Quick start: `make demo` and `make test` on a fresh machine (they create .venv and install when needed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# The tested torch/torchvision pair (PyPI builds; run on CPU too). Not torch 2.13.0's CPU-only wheel.
+ifeq ($(ARCH),aarch64)
+TORCH_PAIR := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
+endif
+EXTRAS := export,train,serve,bench,dev
+
+.PHONY: install demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m spai demo $(if $(IMAGES),--images $(IMAGES))
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) -m pytest benchmarks/ --benchmark-json=benchmarks/results/latest.json
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

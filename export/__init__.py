@@ -1,0 +1,1 @@
+"""Export SPAI to ONNX (fp32 and fp16) and TensorRT, and prove parity with PyTorch."""

@@ -1,0 +1,86 @@
+"""``spai predict``: score images in-process with PyTorch (no server), print a table, optionally write a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+from spai.errors import ImageError, SPAIError
+from spai.images import list_images
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="score images in-process with PyTorch")
+    p.add_argument("inputs", nargs="+", help="image files or directories")
+    p.add_argument("--model", default="spai-fusion-b16", help="named config (random weights) ...")
+    p.add_argument("--checkpoint", help="checkpoint file (ours, upstream spai.pth, fork ckpt_epoch_N.pth)")
+    p.add_argument("-o", "--output", help="write a CSV with image, probability, logit, patches, seconds")
+    p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
+    p.set_defaults(func=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, directories expanded to their images; an empty result is an error."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_images(path))
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise ImageError(f"{item}: no such file or directory.")
+    if not paths:
+        raise ImageError(f"no images found in {', '.join(inputs)} (looked for common image extensions).")
+    return paths
+
+
+def score_paths(model, paths: list[Path], chunk_size: int | None = None) -> list[dict]:
+    """One row per image; a bad image gets an error row and never stops the others."""
+    rows = []
+    for path in paths:
+        start = time.perf_counter()
+        try:
+            (res,) = model.score_images([path], chunk_size=chunk_size)
+            rows.append({"image": str(path), "probability": res.probability, "logit": res.logit,
+                         "patches": res.num_patches, "seconds": time.perf_counter() - start, "error": ""})
+        except ImageError as e:
+            rows.append({"image": str(path), "probability": "", "logit": "", "patches": 0,
+                         "seconds": time.perf_counter() - start, "error": str(e)})
+    return rows
+
+
+def print_table(rows: list[dict], sizes: dict[str, str] | None = None) -> None:
+    """Image, size, patches, probability, seconds: one line per image."""
+    print(f"{'image':<44} {'size':>11} {'patches':>7} {'prob':>7} {'seconds':>8}")
+    for r in rows:
+        name = Path(r["image"]).name[:44]
+        size = (sizes or {}).get(r["image"], "")
+        prob = f"{r['probability']:.4f}" if r["probability"] != "" else "error"
+        print(f"{name:<44} {size:>11} {r['patches']:>7} {prob:>7} {r['seconds']:>8.2f}"
+              + (f"  {r['error']}" if r["error"] else ""))
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    import spai
+
+    paths = expand_inputs(args.inputs)
+    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint)
+    rows = score_paths(model, paths, args.chunk_size)
+    print_table(rows)
+    if args.output:
+        write_csv(rows, args.output)
+        print(f"wrote {args.output}")
+    if all(r["error"] for r in rows):
+        raise SPAIError("no image could be scored (see the errors above).")
+    return 0

@@ -1,0 +1,126 @@
+"""Decode images of any format, mode and size to RGB uint8 tensors (3 x H x W), with limits.
+
+Handling (documented in the README): EXIF orientation applied; every PIL mode to RGB (16-bit and 32-bit integer
+greyscale scaled down to 8 bit, not clipped; alpha dropped as upstream's ``convert("RGB")`` does); animated
+images use their first frame; files over ``max_bytes`` or images over ``max_pixels`` are refused before decoding
+(decompression bombs); unreadable data raises :class:`ImageError` naming the source.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from spai.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 178_956_970  # 2x PIL's bomb warning threshold
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
+
+
+def _open(source: str | os.PathLike | bytes, max_bytes: int, name: str) -> Image.Image:
+    if isinstance(source, bytes):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read file ({e.strerror}).") from e
+        if path.is_dir():
+            raise ImageError(f"{name}: is a directory, not an image file.")
+        if size > max_bytes:
+            raise ImageError(f"{name}: file is {size} bytes, over the limit of {max_bytes}; raise the limit "
+                             "(--max-bytes / DATA.MAX_IMAGE_BYTES) if this image is legitimate.")
+        data = path.read_bytes()
+    if len(data) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes).")
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: {len(data)} bytes, over the limit of {max_bytes}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a recognised image format (is it really an image?).") from e
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: cannot decode image ({e}).") from e
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> H x W x 3 uint8."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.int64)
+        scale = 257.0 if (im.mode.startswith("I;16") or arr.max(initial=0) > 255) else 1.0
+        grey = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        grey = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> torch.Tensor:
+    """Encoded image (path or bytes) -> 3 x H x W uint8 RGB tensor."""
+    name = name or (str(source) if not isinstance(source, bytes) else "image bytes")
+    im = _open(source, max_bytes, name)
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                         "(decompression-bomb guard); raise --max-pixels / DATA.MAX_IMAGE_PIXELS to allow it.")
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height}).")
+    try:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im) or im
+        arr = _to_rgb_array(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name}: image data is truncated or corrupt ({e}).") from e
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def as_image_tensor(image: ImageSource, **limits: Any) -> torch.Tensor:
+    """Path, bytes, PIL image, H x W x 3 / 3 x H x W array or tensor -> 3 x H x W (uint8, or float in [0, 1])."""
+    if isinstance(image, (str, os.PathLike, bytes)):
+        return decode_image(image, **limits)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.ascontiguousarray(_to_rgb_array(ImageOps.exif_transpose(image) or image)))\
+            .permute(2, 0, 1).contiguous()
+    tensor = torch.as_tensor(np.asarray(image)) if isinstance(image, np.ndarray) else image
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0).expand(3, -1, -1)
+    if tensor.ndim != 3:
+        raise ImageError(f"expected an image of shape 3 x H x W or H x W x 3, got {tuple(tensor.shape)}.")
+    if tensor.shape[0] not in (1, 3) and tensor.shape[-1] in (1, 3, 4):
+        tensor = tensor[..., :3].permute(2, 0, 1)
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    if tensor.shape[0] != 3:
+        raise ImageError(f"expected 3 colour channels, got an array of shape {tuple(tensor.shape)}.")
+    if tensor.dtype != torch.uint8:
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise ImageError("image array contains NaN or infinite values.")
+        if tensor.min() < 0 or tensor.max() > 1:
+            raise ImageError("float image arrays must hold values in [0, 1] (divide uint8 data by 255).")
+    return tensor
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files directly in ``directory`` (by extension), sorted by name."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ImageError(f"{d} is not a directory.")
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

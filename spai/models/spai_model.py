@@ -1,0 +1,164 @@
+"""The SPAI model: patch encoder (spectral split + frozen backbone + FRE) and the image-level aggregator.
+
+Deployment split used by export, serving, benchmarks and tests:
+``encode_patches`` (N x 3 x 224 x 224 in [0, 1] -> N x D) and ``aggregate`` (B x L x D + B x L mask -> B x 1).
+``score`` = patchify + chunked ``encode_patches`` + padded ``aggregate`` + sigmoid, for images of any size.
+Parameter names follow upstream SPAI / the fusion fork (``mfvit.*``, ``to_kv``, ``patch_aggregator``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spai.config import Config
+from spai.images import ImageSource, as_image_tensor
+from spai.models.aggregator import ClassificationHead, spectral_context_attention
+from spai.models.fre import FrequencyRestorationEstimator
+from spai.models.spectral import SpectralFilter, circular_mask
+from spai.patching import PatchSpec, count_patches, iter_patch_chunks
+
+CPU_MAX_CHUNK = 16  # patches per encoder call on CPU (memory, not results: encoding is batch independent)
+
+
+@dataclass
+class ImageScore:
+    """Result of scoring one image."""
+
+    probability: float
+    logit: float
+    num_patches: int
+    attention: np.ndarray  # heads x L attention of the spectral context attention over the patches
+
+
+class MFViT(nn.Module):
+    """Patch encoder: spectral split, one backbone pass over the three views, FrequencyRestorationEstimator."""
+
+    def __init__(self, cfg: Config, backbone: nn.Module) -> None:
+        super().__init__()
+        size = cfg.MODEL.VIT.IMG_SIZE
+        self.register_buffer("frequencies_mask", circular_mask(size, cfg.MODEL.FRE.MASKING_RADIUS))
+        self.filter = SpectralFilter(self.frequencies_mask)
+        self.vit = backbone
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.features_processor = FrequencyRestorationEstimator(cfg, backbone.width, len(backbone.layers))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.filter.set_mask(self.frequencies_mask)  # a checkpoint's stored mask is authoritative
+
+    def backbone_features(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of the stacked [orig; low; high] views (3N x layers x tokens x width) and their embeddings."""
+        low, high = self.filter(patches)
+        views = (torch.cat([patches, low, high]) - self.mean) / self.std
+        with torch.no_grad():
+            return self.vit(views)
+
+    def forward(self, patches: torch.Tensor, aux: dict[str, Any] | None = None) -> torch.Tensor:
+        """N x 3 x 224 x 224 floats in [0, 1] -> N x D patch vectors."""
+        tokens, embeddings = self.backbone_features(patches)
+        semantic = embeddings[: patches.shape[0]] if self.features_processor.uses_semantics else None
+        return self.features_processor.forward_stacked(tokens, semantic, aux=aux)
+
+
+class SPAIModel(nn.Module):
+    """SPAI with semantic-spectral fusion; build it with :func:`spai.create_model`."""
+
+    def __init__(self, cfg: Config, backbone: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pv = cfg.MODEL.PATCH_VIT
+        self.patch_spec = PatchSpec(cfg.MODEL.VIT.IMG_SIZE, pv.PATCH_STRIDE, pv.MINIMUM_PATCHES)
+        self.mfvit = MFViT(cfg, backbone)
+        dim = self.mfvit.features_processor.out_dim
+        self.feature_dim = dim
+        heads, embed = pv.NUM_HEADS, pv.ATTN_EMBED_DIM
+        drop = cfg.MODEL.SID_DROPOUT
+        self.patch_aggregator = nn.Parameter(torch.zeros(heads, 1, embed // heads))
+        nn.init.trunc_normal_(self.patch_aggregator, std=0.02)
+        self.to_kv = nn.Linear(dim, 2 * embed, bias=False)
+        self.attn_dropout = nn.Dropout(drop)
+        self.to_out = nn.Sequential(nn.Linear(embed, dim, bias=False), nn.Dropout(drop))
+        self.norm = nn.LayerNorm(dim)
+        self.cls_head = ClassificationHead(dim, cfg.MODEL.CLS_HEAD.MLP_RATIO, drop)
+
+    # --- training-mode control: the backbone is frozen and always in eval mode ---------------------------
+    def train(self, mode: bool = True) -> SPAIModel:
+        super().train(mode)
+        self.mfvit.vit.eval()
+        return self
+
+    # --- the deployment split -----------------------------------------------------------------------------
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """N x 3 x 224 x 224 floats in [0, 1] -> N x D patch vectors (one encoder call, no chunking)."""
+        return self.mfvit(patches)
+
+    def aggregate(self, features: torch.Tensor, mask: torch.Tensor | None = None,
+                  return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """B x L x D patch vectors + B x L validity mask (True = real patch) -> B x 1 logits."""
+        if mask is None:
+            mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        pooled, attn = spectral_context_attention(features, mask, self.patch_aggregator, self.to_kv, self.to_out,
+                                                  self.attn_dropout)
+        logits = self.cls_head(self.norm(pooled))
+        return (logits, attn) if return_attention else logits
+
+    # --- tensor path (training) --------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, aux: dict[str, Any] | None = None) -> torch.Tensor:
+        """B x 3 x H x W batch of same-size images in [0, 1] (e.g. augmented views side by side) -> B x 1."""
+        from spai.patching import patchify
+
+        patches = torch.stack([patchify(img, self.patch_spec) for img in images])  # B x L x 3 x S x S
+        b, n = patches.shape[:2]
+        features = self.encode_patches(patches.flatten(0, 1)) if aux is None else \
+            self.mfvit(patches.flatten(0, 1), aux=aux)
+        return self.aggregate(features.view(b, n, -1))
+
+    # --- images of any size ------------------------------------------------------------------------------
+    def default_chunk_size(self) -> int:
+        """FEATURE_EXTRACTION_BATCH, capped at :data:`CPU_MAX_CHUNK` on CPU to bound host memory."""
+        chunk = int(self.cfg.MODEL.FEATURE_EXTRACTION_BATCH or CPU_MAX_CHUNK)
+        return chunk if self.device.type == "cuda" else min(chunk, CPU_MAX_CHUNK)
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_aggregator.device
+
+    @torch.no_grad()
+    def score_images(self, images: Sequence[ImageSource], chunk_size: int | None = None,
+                     **limits: Any) -> list[ImageScore]:
+        """Score images of any size: patches of all images go through the encoder in chunks, then one padded
+        aggregate call. ``limits``: ``max_pixels`` / ``max_bytes`` for decoding."""
+        tensors = [as_image_tensor(img, **limits) for img in images]
+        if not tensors:
+            return []
+        chunk = chunk_size or self.default_chunk_size()
+        counts = [count_patches(t.shape[1], t.shape[2], self.patch_spec) for t in tensors]
+        feats = [self.encode_patches(c.to(self.device)) for c in iter_patch_chunks(tensors, self.patch_spec, chunk)]
+        features = torch.cat(feats)
+        logits, attn = self.aggregate(*pad_patch_features(features, counts), return_attention=True)
+        probs = torch.sigmoid(logits[:, 0])
+        return [ImageScore(float(p), float(z), n, a[:, :n].cpu().numpy())
+                for p, z, n, a in zip(probs, logits[:, 0], counts, attn)]
+
+    def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **limits: Any) -> np.ndarray:
+        """Probabilities (sigmoid of the logit; 1 = AI-generated) for images of any size."""
+        return np.array([s.probability for s in self.score_images(images, chunk_size, **limits)],
+                        dtype=np.float32)
+
+
+def pad_patch_features(features: torch.Tensor, counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split concatenated N x D patch vectors into a zero-padded B x max(L) x D batch and its validity mask."""
+    longest = max(counts)
+    batch = features.new_zeros(len(counts), longest, features.shape[1])
+    mask = torch.zeros(len(counts), longest, dtype=torch.bool, device=features.device)
+    for i, part in enumerate(features.split(list(counts))):
+        batch[i, : len(part)] = part
+        mask[i, : len(part)] = True
+    return batch, mask
