@@ -1,0 +1,56 @@
+"""Shared fixtures; markers gpu / trt / triton skip themselves where the hardware or library is absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = ROOT.parent / "shared" / "data" / "samples"
+
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _skip_reasons() -> dict[str, str | None]:
+    return {
+        "gpu": None if torch.cuda.is_available() else "no CUDA GPU on this machine",
+        "trt": None if _has("tensorrt") and torch.cuda.is_available() else
+        "TensorRT (the `tensorrt` package with a GPU) is not installed here",
+        "triton": None if _has("pytriton") and _has("tritonclient") else
+        "nvidia-pytriton / tritonclient not installed (pip install '.[serve]')",
+    }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reasons = _skip_reasons()
+    for item in items:
+        for marker, reason in reasons.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A spai-tiny model with random weights (seeded), in eval mode. Do not mutate it."""
+    import spai
+
+    torch.manual_seed(0)
+    return spai.create_model("spai-tiny")
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    if not SAMPLES_DIR.is_dir():
+        pytest.skip(f"{SAMPLES_DIR} (shared sample images) is not present")
+    return SAMPLES_DIR
