@@ -68,7 +68,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
         grey = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
 def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,

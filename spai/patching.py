@@ -98,4 +98,4 @@ def iter_patch_chunks(images: list[torch.Tensor], spec: PatchSpec, chunk: int) -
 
 
 def _crop_pending(pending: list[tuple[torch.Tensor, tuple[int, int]]], size: int) -> torch.Tensor:
-    return _to_unit_float(torch.stack([img[:, t:t + size, left:left + size] for img, (t, left) in pending]))
+    return torch.stack([_to_unit_float(img[:, t:t + size, left:left + size]) for img, (t, left) in pending])
