@@ -58,13 +58,14 @@ def patch_encoder_spec(feature_dim: int) -> ModelSpec:
 
 
 def aggregator_spec(feature_dim: int) -> ModelSpec:
-    """``patch_features`` (B x L x D) + ``patch_mask`` (B x L bool, True = real patch) -> ``logits`` (B x 1)."""
+    """``patch_features`` (B x L x D) + ``patch_mask`` (B x L bool, True = real patch) -> ``logits`` (B x 1) and
+    ``attention`` (B x L: the spectral context attention over the patches, mean over heads; for heatmaps)."""
     return ModelSpec(
         name="aggregator",
         inputs=(TensorSpec("patch_features", "float32", (-1, feature_dim)), TensorSpec("patch_mask", "bool", (-1,))),
-        outputs=(TensorSpec("logits", "float32", (1,)),),
+        outputs=(TensorSpec("logits", "float32", (1,)), TensorSpec("attention", "float32", (-1,))),
         dynamic_axes={"patch_features": {0: "batch", 1: "num_patches"}, "patch_mask": {0: "batch", 1: "num_patches"},
-                      "logits": {0: "batch"}},
+                      "logits": {0: "batch"}, "attention": {0: "batch", 1: "num_patches"}},
     )
 
 
@@ -74,3 +75,30 @@ DEFAULT_OPT_BATCH = 64
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_PATCHES = 1024  # most patches per image the aggregator engine accepts (L dimension)
 OPSET = 18
+DEFAULT_MAX_IMAGES = 16  # most images per aggregator call (B dimension of the aggregator engine)
+DEFAULT_OPT_PATCHES = 16  # typical patches per image (a 1024 x 896 photo) the aggregator engine is tuned for
+
+Shape = tuple[int, ...]
+
+
+def trt_profile(spec: ModelSpec, min_batch: int | None = None, opt_batch: int | None = None,
+                max_batch: int | None = None, max_patches: int | None = None,
+                max_images: int | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shape of every input of ``spec`` for one TensorRT optimisation profile.
+
+    Patch encoder: batch = number of patches (``min/opt/max_batch``). Aggregator: batch = images
+    (1..``max_images``), sequence = patches per image (1..``max_patches``). ``None`` = the defaults above.
+    """
+    lo, hi = min_batch or DEFAULT_MIN_BATCH, max_batch or DEFAULT_MAX_BATCH
+    opt = min(max(opt_batch or DEFAULT_OPT_BATCH, lo), hi)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"need 1 <= min batch ({lo}) <= max batch ({hi})")
+    if spec.name == "patch_encoder":
+        inp = spec.inputs[0]
+        return {inp.name: ((lo, *inp.shape), (opt, *inp.shape), (hi, *inp.shape))}
+    seq_max = max_patches or DEFAULT_MAX_PATCHES
+    images = max_images or DEFAULT_MAX_IMAGES
+    seq_opt = min(DEFAULT_OPT_PATCHES, seq_max)
+    dim = spec.input("patch_features").shape[-1]
+    return {"patch_features": ((1, 1, dim), (1, seq_opt, dim), (images, seq_max, dim)),
+            "patch_mask": ((1, 1), (1, seq_opt), (images, seq_max))}

@@ -60,6 +60,9 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} does not exist (or is not a file).")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes).")
+    from spai.importers.detect import refuse_torchscript
+
+    refuse_torchscript(path)  # OpenAI JIT archives: refused with a clear message, never deserialised
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

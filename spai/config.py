@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "DROP_RATE": 0.0,
         "DROP_PATH_RATE": 0.0,
         "VIT": {
-            "MODEL": "ViT-B-16",  # open_clip model name (or an entry of spai.models.backbone.TINY_VISION)
+            "MODEL": "ViT-B-16",  # open_clip model name ('spai-tiny-vit' is ours, in model_configs/open_clip)
+            "QUICK_GELU": False,  # OpenAI CLIP weights were trained with QuickGELU: set True for them
             "PATCH_SIZE": 16,
             "EMBED_DIM": 768,
             "DEPTH": 12,

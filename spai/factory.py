@@ -29,7 +29,7 @@ def build_backbone(cfg: Config, weights: str | os.PathLike | None = None) -> tor
     if kind == "clip":
         from spai.models.backbone import CLIPBackbone, create_clip_visual
 
-        visual = create_clip_visual(cfg.MODEL.VIT.MODEL, weights, quick_gelu=bool(cfg.MODEL.VIT.get("QUICK_GELU")))
+        visual = create_clip_visual(cfg.MODEL.VIT.MODEL, weights, quick_gelu=bool(cfg.MODEL.VIT.QUICK_GELU))
         return CLIPBackbone(visual, layers)
     if kind == "mfm":
         from spai.models.mfm import MFMBackbone

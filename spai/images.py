@@ -27,7 +27,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
 
 
-def _open(source: str | os.PathLike | bytes, max_bytes: int, name: str) -> Image.Image:
+def _open(source: str | os.PathLike | bytes, max_bytes: int, name: str,
+          max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(source, bytes):
         data = source
     else:
@@ -46,12 +47,17 @@ def _open(source: str | os.PathLike | bytes, max_bytes: int, name: str) -> Image
         raise ImageError(f"{name}: empty file (0 bytes).")
     if len(data) > max_bytes:
         raise ImageError(f"{name}: {len(data)} bytes, over the limit of {max_bytes}.")
+    if Image.MAX_IMAGE_PIXELS and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1  # PIL refuses > 2x this on open: let our limit decide
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not a recognised image format (is it really an image?).") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: {e} (decompression-bomb guard); raise --max-pixels / DATA.MAX_IMAGE_PIXELS "
+                         "to allow it.") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name}: cannot decode image ({e}).") from e
 
@@ -68,14 +74,15 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         hi = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
         grey = np.clip(np.round(arr / hi * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.array(im.convert("RGB"), dtype=np.uint8)
+    # np.asarray, not np.array: PIL's array interface already hands over a fresh buffer (no second copy)
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
 
 
 def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> torch.Tensor:
     """Encoded image (path or bytes) -> 3 x H x W uint8 RGB tensor."""
     name = name or (str(source) if not isinstance(source, bytes) else "image bytes")
-    im = _open(source, max_bytes, name)
+    im = _open(source, max_bytes, name, max_pixels)
     width, height = im.size
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
@@ -84,11 +91,15 @@ def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT
         raise ImageError(f"{name}: image has no pixels ({width}x{height}).")
     try:
         im.seek(0)
-        im = ImageOps.exif_transpose(im) or im
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no full-size copy of a decoded image we own
         arr = _to_rgb_array(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name}: image data is truncated or corrupt ({e}).") from e
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    finally:
+        im.close()  # free the decoded PIL image before the CHW copy (peak memory: see docs/reliability.md)
+    out = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.uint8)
+    out.numpy()[...] = arr.transpose(2, 0, 1)  # arr may be a read-only view of PIL's buffer: copy, never alias
+    return out
 
 
 def as_image_tensor(image: ImageSource, **limits: Any) -> torch.Tensor:
@@ -109,6 +120,8 @@ def as_image_tensor(image: ImageSource, **limits: Any) -> torch.Tensor:
         tensor = tensor.expand(3, -1, -1)
     if tensor.shape[0] != 3:
         raise ImageError(f"expected 3 colour channels, got an array of shape {tuple(tensor.shape)}.")
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise ImageError(f"image array has no pixels (shape {tuple(tensor.shape)}).")
     if tensor.dtype != torch.uint8:
         tensor = tensor.float()
         if not torch.isfinite(tensor).all():

@@ -1,0 +1,124 @@
+"""Patch-encoder backends: each builder returns a zero-argument ``step`` that encodes one prepared batch.
+
+A builder raises :class:`Unavailable` (the test turns it into a skip with the reason) when the hardware or
+library it needs is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.baseline import UpstreamBaseline
+from benchmarks.common import cpu_threads
+
+Step = Callable[[], Any]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_BACKENDS = ("baseline", "torch-fp32", "ort-fp32", "ort-fp16")
+GPU_BACKENDS = ("baseline", "torch-fp32", "torch-fp16", "torch-bf16", "compile-fp16", "cudagraph-fp16", "trt-fp16")
+
+
+class Unavailable(Exception):
+    """The backend cannot run here; the message says why."""
+
+
+def _no_grad(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Step:
+    def step() -> Any:
+        with torch.inference_mode():
+            return fn(x)
+    return step
+
+
+def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, UpstreamBaseline]:
+    """Upstream-style eager fp32 baseline on the model's weights (call ``close()`` on the second value)."""
+    base = UpstreamBaseline(model)
+    return _no_grad(base, x), base
+
+
+def torch_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
+    """Eager PyTorch in ``dtype`` (a converted copy of the model for fp16/bf16)."""
+    if dtype == "fp32":
+        return _no_grad(model.encode_patches, x)
+    cast = copy.deepcopy(model).to(DTYPES[dtype])
+    return _no_grad(cast.encode_patches, x.to(DTYPES[dtype]))
+
+
+def compile_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
+    """``torch.compile`` (default mode) of the fp16/bf16 model; compiles before timing."""
+    cast = copy.deepcopy(model).to(DTYPES[dtype])
+    compiled = torch.compile(cast.encode_patches, dynamic=False)
+    step = _no_grad(compiled, x.to(DTYPES[dtype]))
+    for _ in range(2):
+        step()
+    return step
+
+
+def cudagraph_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
+    """The eager fp16 model captured once in a CUDA graph; the step replays it."""
+    cast = copy.deepcopy(model).to(DTYPES[dtype])
+    static = x.to(DTYPES[dtype]).clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            cast.encode_patches(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        cast.encode_patches(static)
+    return graph.replay
+
+
+def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
+    """ONNX Runtime CPU session on ``patch_encoder[.fp16].onnx`` with one thread per core."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise Unavailable(f"onnxruntime is not installed ({e})") from e
+    path = onnx_dir / ("patch_encoder.onnx" if precision == "fp32" else f"patch_encoder.{precision}.onnx")
+    if not path.is_file():
+        err = onnx_dir / "fp16_error.txt"
+        why = err.read_text() if err.is_file() else f"files: {sorted(p.name for p in onnx_dir.iterdir())}"
+        raise Unavailable(f"no {path.name} from export ({why})")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cpu_threads()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    array = x.numpy().astype(np.float16 if "float16" in inp.type else np.float32)
+    return lambda: session.run(None, {inp.name: array})
+
+
+def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
+    """TensorRT fp16 engine (``export.trt.engine_from_onnx``, profile up to this batch) run by its TrtRunner."""
+    if importlib.util.find_spec("tensorrt") is None:
+        raise Unavailable("TensorRT (the `tensorrt` package) is not installed on this machine")
+    try:
+        from export.specs import trt_profile
+        from export.trt import TrtRunner, engine_from_onnx
+    except Exception as e:
+        raise Unavailable(f"export.trt is not importable ({type(e).__name__}: {e})") from e
+    batch = x.shape[0]
+    onnx = onnx_dir / "patch_encoder.fp16.onnx"
+    onnx = onnx if onnx.is_file() else onnx_dir / "patch_encoder.onnx"
+    profile = trt_profile(_encoder_spec_from_onnx(onnx), min_batch=1, opt_batch=batch, max_batch=batch)
+    plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", profile)
+    runner = TrtRunner(plan).__enter__()  # one engine per test; freed with the runner at test teardown
+    feed = {"patches": x.cpu().numpy()}
+    return lambda: runner.infer(feed)
+
+
+def _encoder_spec_from_onnx(onnx: Path) -> Any:
+    """The patch-encoder ModelSpec for the feature dimension stored in the ONNX graph's output shape."""
+    import onnx as onnx_lib
+
+    from export.specs import patch_encoder_spec
+
+    out = onnx_lib.load(str(onnx), load_external_data=False).graph.output[0]
+    return patch_encoder_spec(int(out.type.tensor_type.shape.dim[-1].dim_value))

@@ -1,0 +1,90 @@
+"""Patch encoder throughput (patches/s) by backend x batch size, with the upstream-style baseline in the same run.
+
+CPU: baseline (upstream eager fp32), torch eager fp32, ONNX Runtime fp32 / fp16 (export.onnx).
+GPU: baseline, torch eager fp32 / fp16 / bf16, torch.compile, CUDA graphs, TensorRT fp16 where installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from benchmarks import backends
+from benchmarks.common import BenchMode, run_benchmark
+
+
+def _rounds(mode: BenchMode, name: str, batch: int) -> int:
+    """Fewer rounds for the full-size model (about 1.5 s per patch on 2 CPU cores)."""
+    return mode.rounds if name == "spai-tiny" else max(2, mode.rounds // (2 if batch == 1 else 3))
+
+
+def _cpu_step(backend: str, name: str, x: torch.Tensor, spai_model: Callable, request: pytest.FixtureRequest):
+    model = spai_model(name)
+    if backend == "baseline":
+        return backends.baseline_step(model, x)
+    if backend == "torch-fp32":
+        return backends.torch_step(model, x, "fp32"), None
+    onnx_dir = request.getfixturevalue("onnx_exports")(name)
+    return backends.ort_step(onnx_dir, x, backend.split("-")[1]), None
+
+
+@pytest.mark.parametrize("backend", backends.CPU_BACKENDS)
+def test_patch_encoder_cpu(benchmark, backend: str, model_batch: tuple[str, int], bench_mode: BenchMode,
+                           spai_model: Callable, encoder_flops: Callable, request: pytest.FixtureRequest) -> None:
+    name, batch = model_batch
+    benchmark.group = f"encoder-cpu-{name}-bs{batch}"
+    x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    try:
+        step, closer = _cpu_step(backend, name, x, spai_model, request)
+    except backends.Unavailable as e:
+        pytest.skip(str(e))
+    flops = encoder_flops(name)
+    try:
+        median = run_benchmark(benchmark, step, torch.device("cpu"), rounds=_rounds(bench_mode, name, batch),
+                               items=batch, kind="encoder", backend=backend, model=name, batch=batch,
+                               flops_per_patch=flops["model"], baseline_flops_per_patch=flops["baseline"])
+    finally:
+        if closer is not None:
+            closer.close()
+    benchmark.extra_info["patches_per_s"] = batch / median
+
+
+def _gpu_step(backend: str, model: torch.nn.Module, x: torch.Tensor, onnx_dir: Callable, tmp_path):
+    if backend == "baseline":
+        return backends.baseline_step(model, x)
+    kind, dtype = backend.split("-")
+    if kind == "torch":
+        return backends.torch_step(model, x, dtype), None
+    if kind == "compile":
+        return backends.compile_step(model, x, dtype), None
+    if kind == "cudagraph":
+        return backends.cudagraph_step(model, x, dtype), None
+    return backends.trt_step(onnx_dir(), x, tmp_path), None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", backends.GPU_BACKENDS)
+def test_patch_encoder_gpu(benchmark, backend: str, gpu_batch: int, bench_mode: BenchMode, spai_model: Callable,
+                           encoder_flops: Callable, request: pytest.FixtureRequest, tmp_path) -> None:
+    name = "spai-fusion-b16"
+    benchmark.group = f"encoder-gpu-{name}-bs{gpu_batch}"
+    device = torch.device("cuda")
+    model = spai_model(name, "cuda")
+    x = torch.rand(gpu_batch, 3, 224, 224, device=device)
+    onnx_dir = lambda: request.getfixturevalue("onnx_exports")(name)  # noqa: E731
+    try:
+        step, closer = _gpu_step(backend, model, x, onnx_dir, tmp_path)
+    except backends.Unavailable as e:
+        pytest.skip(str(e))
+    flops = encoder_flops(name)
+    try:
+        median = run_benchmark(benchmark, step, device, rounds=max(5, bench_mode.rounds), warmup_rounds=3,
+                               items=gpu_batch, kind="encoder", backend=backend, model=name, batch=gpu_batch,
+                               dtype=backend.split("-")[-1] if "-" in backend else "fp32",
+                               flops_per_patch=flops["model"], baseline_flops_per_patch=flops["baseline"])
+    finally:
+        if closer is not None:
+            closer.close()
+    benchmark.extra_info["patches_per_s"] = gpu_batch / median

@@ -1,0 +1,249 @@
+"""The one comparator: PyTorch FP32 vs ORT FP32 vs ORT FP16 vs TensorRT, with the gates in one place.
+
+Two task-level checks per backend: (1) real images at native resolution through the real pipeline
+(``spai.patchify`` -> encoder in chunks -> aggregator with the padding mask), against ``model.score_images``;
+(2) random patches grouped into pseudo-images of 1..8 patches (exercises padding and dynamic L).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spai.errors import AccuracyError
+
+Backend = tuple[Any, Any]  # (patch-encoder runner, aggregator runner), entered context managers
+
+
+@dataclass
+class Gates:
+    """Parity gates (overridable). ``fp32`` gates apply to FP32 backends, ``fp16`` ones to FP16 backends."""
+
+    fp32_max_dprob: float = 1e-5
+    fp16_max_dprob: float = 1e-2
+    fp16_max_flips: int = 0  # decision flips at 0.5 on the sample images
+    fp32_max_flips: int = 0
+
+
+@dataclass
+class CompareResult:
+    """Element-wise difference of two arrays; truthy when within ``atol``/``rtol`` (if given)."""
+
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    passed: bool = True
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def compare_outputs(ref: np.ndarray, test: np.ndarray, *, atol: float | None = None,
+                    rtol: float | None = None) -> CompareResult:
+    """Max/mean absolute and max relative error of ``test`` against ``ref``."""
+    ref64, test64 = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    if ref64.shape != test64.shape:
+        raise ValueError(f"shape mismatch: reference {ref64.shape} vs test {test64.shape}")
+    diff = np.abs(ref64 - test64)
+    rel = diff / np.maximum(np.abs(ref64), 1e-12)
+    max_abs = float(diff.max(initial=0.0))
+    passed = not np.isnan(test64).any()
+    if atol is not None or rtol is not None:
+        passed = passed and bool(np.all(diff <= (atol or 0.0) + (rtol or 0.0) * np.abs(ref64)))
+    return CompareResult(max_abs, float(diff.mean()) if diff.size else 0.0, float(rel.max(initial=0.0)), passed)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
+
+
+def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """max/mean |Δ logit|, max |Δ probability|, decision flips at 0.5 and the AUC delta."""
+    ref, test = np.asarray(ref_logits, np.float64).ravel(), np.asarray(test_logits, np.float64).ravel()
+    p_ref, p_test = _sigmoid(ref), _sigmoid(test)
+    labels = (p_ref >= 0.5).astype(int) if labels is None else np.asarray(labels).astype(int)
+    auc_ref, auc_test = _auc(labels, p_ref), _auc(labels, p_test)
+    return {"n": int(ref.size), "max_abs_dlogit": float(np.abs(ref - test).max(initial=0.0)),
+            "mean_abs_dlogit": float(np.abs(ref - test).mean()) if ref.size else 0.0,
+            "max_abs_dprob": float(np.abs(p_ref - p_test).max(initial=0.0)),
+            "decision_flips": int(((p_ref >= 0.5) != (p_test >= 0.5)).sum()),
+            "auc_ref": auc_ref, "auc_test": auc_test,
+            "auc_delta": None if auc_ref is None or auc_test is None else auc_test - auc_ref,
+            "finite": bool(np.isfinite(test).all())}
+
+
+def encode_in_chunks(encoder: Any, patches: np.ndarray, chunk: int) -> np.ndarray:
+    """Patch features of N patches, ``chunk`` at a time (the engine's max batch bounds ``chunk``)."""
+    outs = [encoder.infer({"patches": np.ascontiguousarray(patches[i:i + chunk], np.float32)})["patch_features"]
+            for i in range(0, len(patches), chunk)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def aggregate_padded(aggregator: Any, features: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """Logits (B,) of images whose concatenated patch features are split by ``counts`` (zero-padded batch)."""
+    longest = max(counts)
+    batch = np.zeros((len(counts), longest, features.shape[1]), np.float32)
+    mask = np.zeros((len(counts), longest), bool)
+    start = 0
+    for i, n in enumerate(counts):
+        batch[i, :n], mask[i, :n] = features[start:start + n], True
+        start += n
+    return aggregator.infer({"patch_features": batch, "patch_mask": mask})["logits"][:, 0]
+
+
+def score_images_with(backend: Backend, images: Sequence[torch.Tensor], spec: Any, chunk: int = 16) -> np.ndarray:
+    """The deployed pipeline on decoded images: patchify -> encoder (chunks) -> padded aggregator."""
+    from spai.patching import patchify
+
+    patches = [patchify(img, spec).numpy() for img in images]
+    counts = [len(p) for p in patches]
+    features = encode_in_chunks(backend[0], np.concatenate(patches), chunk)
+    return aggregate_padded(backend[1], features, counts)
+
+
+def random_patch_groups(n: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """``n`` random patches in [0, 1] and a split of them into pseudo-images of 1..8 patches."""
+    rng = np.random.default_rng(seed)
+    counts: list[int] = []
+    while sum(counts) < n:
+        counts.append(int(min(rng.integers(1, 9), n - sum(counts))))
+    return rng.random((n, 3, 224, 224), dtype=np.float32), counts
+
+
+@dataclass
+class ParityReport:
+    """Everything ``export_report.json`` holds; ``passed`` is False if any gate failed."""
+
+    backends: dict[str, dict] = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def load_images(image_dir: str | os.PathLike) -> tuple[list[Path], np.ndarray | None]:
+    """Image files of ``image_dir`` (sorted) and their labels from ``samples.csv`` (``image,class``) if present."""
+    from spai.images import IMAGE_EXTENSIONS
+
+    root = Path(image_dir)
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    table = root / "samples.csv"
+    if not table.is_file():
+        return paths, None
+    with open(table, newline="") as f:
+        classes = {row["image"]: row["class"] for row in csv.DictReader(f)}
+    if not all(p.name in classes for p in paths):
+        return paths, None
+    return paths, np.array([int(classes[p.name]) for p in paths])
+
+
+def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: bool) -> list[str]:
+    limit = gates.fp16_max_dprob if precision == "fp16" else gates.fp32_max_dprob
+    max_flips = gates.fp16_max_flips if precision == "fp16" else gates.fp32_max_flips
+    fails = []
+    if not stats["finite"]:
+        fails.append(f"{name}: non-finite logits")
+    if stats["max_abs_dprob"] > limit:
+        fails.append(f"{name}: max |Δp| {stats['max_abs_dprob']:.3g} > {limit:g}")
+    if flips_gated and stats["decision_flips"] > max_flips:
+        fails.append(f"{name}: {stats['decision_flips']} decision flip(s) at 0.5 (allowed {max_flips})")
+    return fails
+
+
+def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
+                     image_paths: Sequence[Path] = (), labels: np.ndarray | None = None, n_random: int = 256,
+                     gates: Gates | None = None, chunk: int = 16, progress: Any = None) -> ParityReport:
+    """Compare each backend (name -> ((encoder, aggregator), "fp32"|"fp16")) with PyTorch FP32."""
+    from export.runners import TorchRunner
+    from spai.images import decode_image
+
+    gates, say = gates or Gates(), progress or (lambda _m: None)
+    report = ParityReport(gates=asdict(gates))
+    torch_backend = (TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
+    images = [decode_image(p) for p in image_paths]
+    ref_images = None
+    if images:
+        say(f"scoring {len(images)} images with PyTorch (model.score_images) ...")
+        ref_images = np.array([s.logit for s in model.score_images(images)])
+    patches, counts = random_patch_groups(n_random)
+    say(f"encoding {n_random} random patches with PyTorch ...")
+    ref_feats = encode_in_chunks(torch_backend[0], patches, chunk)
+    ref_random = aggregate_padded(torch_backend[1], ref_feats, counts)
+    for name, (backend, precision) in backends.items():
+        say(f"checking {name} ({precision}) ...")
+        entry: dict[str, Any] = {"precision": precision}
+        feats = encode_in_chunks(backend[0], patches, chunk)
+        entry["patch_features"] = asdict(compare_outputs(ref_feats, feats))
+        entry["random_patches"] = logit_parity(ref_random, aggregate_padded(backend[1], feats, counts))
+        report.failures += _gate(f"{name}/random", precision, entry["random_patches"], gates, False)
+        if ref_images is not None:
+            entry["images"] = logit_parity(ref_images, score_images_with(backend, images, model.patch_spec, chunk),
+                                           labels)
+            report.failures += _gate(f"{name}/images", precision, entry["images"], gates, True)
+        report.backends[name] = entry
+    if ref_images is not None:
+        report.notes.append(f"{len(images)} images at native resolution; labels from "
+                            f"{'samples.csv' if labels is not None else 'PyTorch decisions'}")
+    return report
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if isinstance(x, float) and not math.isnan(x) else str(x)
+
+
+def summary_markdown(report: ParityReport, header: Iterable[str] = ()) -> str:
+    """A short human summary of ``report``."""
+    lines = ["# Export parity report", "", *header, "",
+             "| backend | set | n | max abs Δlogit | mean abs Δlogit | max abs Δp | flips | AUC Δ |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, entry in report.backends.items():
+        for key in ("random_patches", "images"):
+            if key in entry:
+                s = entry[key]
+                lines.append(f"| {name} ({entry['precision']}) | {key} | {s['n']} | {_fmt(s['max_abs_dlogit'])} | "
+                             f"{_fmt(s['mean_abs_dlogit'])} | {_fmt(s['max_abs_dprob'])} | {s['decision_flips']} | "
+                             f"{_fmt(s['auc_delta'])} |")
+    lines += ["", f"Gates: {report.gates}", "", "Result: " + ("PASS" if report.passed else "FAIL")]
+    lines += [f"- {f}" for f in report.failures] + [f"- note: {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: ParityReport, out_dir: str | os.PathLike, header: Iterable[str] = (),
+                 extra: dict | None = None) -> tuple[Path, Path]:
+    """``export_report.json`` and ``export_report.md`` in ``out_dir`` (written atomically)."""
+    from export.onnx import atomic_path
+
+    out = Path(out_dir)
+    data = {"passed": report.passed, **asdict(report), **(extra or {})}
+    json_path, md_path = out / "export_report.json", out / "export_report.md"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(summary_markdown(report, header))
+    return json_path, md_path
+
+
+def enforce(report: ParityReport) -> None:
+    """Raise :class:`spai.AccuracyError` (exit code 3) if a gate failed."""
+    if not report.passed:
+        raise AccuracyError("Exported model fails the parity gates:\n  " + "\n  ".join(report.failures))

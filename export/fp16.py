@@ -1,0 +1,262 @@
+"""``patch_encoder.fp16.onnx``: strongly typed mixed precision for TensorRT 10.12+/11 (which obey ONNX dtypes).
+
+Policy (both routes): the CLIP backbone's matmuls, GELU and residual adds run in FP16; FP32 stays where FP16 is
+unsafe: the spectral filter (DFT matmuls), the CLIP normalisation, every LayerNormalization and Softmax, and the
+whole FrequencyRestorationEstimator (cosine-similarity statistics, unbiased std, gates, fusion: < 1 % of the
+FLOPs). Inputs and outputs stay float32, so the serving contract of :mod:`export.specs` is unchanged.
+
+Routes, measured in docs/export.md:
+* ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
+  ``convert_float_to_float16(keep_io_types=True)`` and a node block list (everything outside ``/mfvit/vit/``)
+  plus an op block list (LayerNormalization, Softmax, ...).
+* ``"torch"``: export from PyTorch with the backbone in half precision and hand-placed FP32 islands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from export.onnx import atomic_path, check_graph, example_inputs, export_graph
+from export.specs import patch_encoder_spec
+from spai.errors import ExportError
+
+FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
+# Inside the backbone scope: normalisation and attention probabilities stay FP32 (the SDPA scale arithmetic
+# is on shape-derived scalars and follows its consumers).
+FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Exp")
+ROUTES = ("convert", "torch")
+
+
+def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+    """Route ``convert``: FP32 ``patch_encoder.onnx`` -> mixed-precision ``patch_encoder.fp16.onnx``."""
+    import onnx
+    from onnxconverter_common import float16
+
+    src = Path(onnx_path)
+    dst = Path(out_path) if out_path else src.with_name(src.stem + ".fp16.onnx")
+    model = _with_io_identities(drop_noop_casts(onnx.load(str(src))))
+    fp32_nodes = [n.name for n in model.graph.node if not n.name.startswith(FP16_SCOPE)]
+    split_shared_initializers(model, set(fp32_nodes))
+    fp16_casts = {n.name for n in model.graph.node if n.op_type == "Cast" and n.name.startswith(FP16_SCOPE)}
+    try:
+        with _own_cast_cleanup(float16):
+            mixed = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS),
+                                                     node_block_list=fp32_nodes, disable_shape_infer=False)
+    except Exception as e:  # the converter raises bare Exceptions/ValueErrors on malformed graphs
+        raise ExportError(f"FP16 conversion of {src} failed: {e}") from e
+    retarget_casts(mixed, fp16_casts)
+    restore_fp32_outputs(mixed)
+    _save_checked(mixed, dst)
+    return dst
+
+
+@contextlib.contextmanager
+def _own_cast_cleanup(float16: Any) -> Iterator[None]:
+    """onnxconverter-common 1.16's ``remove_unnecessary_cast_node`` crashes when a Cast feeds several nodes
+    ("'list' object has no attribute 'input'"); use :func:`fold_cast_pairs` instead while converting."""
+    original = float16.remove_unnecessary_cast_node
+    float16.remove_unnecessary_cast_node = fold_cast_pairs
+    try:
+        yield
+    finally:
+        float16.remove_unnecessary_cast_node = original
+
+
+def fold_cast_pairs(graph: Any) -> None:
+    """Remove FP32 -> FP16 -> FP32 round trips between two FP32 nodes (they would only lose precision)."""
+    from onnx import TensorProto
+
+    def cast_to(node: Any) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producer = {o: n for n in graph.node for o in n.output}
+    rewire = {}
+    for node in graph.node:
+        up = producer.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
+        if up is not None and cast_to(up) == TensorProto.FLOAT16 and _is_fp32(graph, producer, up.input[0]):
+            rewire[node.output[0]] = up.input[0]
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        node.input[:] = [rewire.get(i, i) for i in node.input]
+    dead = [n for n in graph.node if n.output[0] in rewire and n.output[0] not in outputs]
+    for node in dead:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input} | outputs
+    for node in [n for n in graph.node if cast_to(n) == TensorProto.FLOAT16 and n.output[0] not in used]:
+        graph.node.remove(node)
+
+
+def _is_fp32(graph: Any, producer: dict[str, Any], name: str) -> bool:
+    """The Cast(to FP16) pairs we fold are the converter's own, inserted only on FP32 tensors; double-check
+    what we can (graph inputs / value_info)."""
+    from onnx import TensorProto
+
+    for vi in list(graph.input) + list(graph.value_info):
+        if vi.name == name:
+            return vi.type.tensor_type.elem_type == TensorProto.FLOAT
+    return name in producer
+
+
+def retarget_casts(model: Any, names: set[str]) -> None:
+    """The converter retypes a Cast's output to FP16 but leaves its ``to`` attribute at FLOAT (e.g. the
+    shape-derived attention scale); make ``to`` agree with the declared output type."""
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    for node in model.graph.node:
+        if node.name not in names or declared.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+
+
+def restore_fp32_outputs(model: Any) -> None:
+    """keep_io_types: graph outputs are FLOAT, so the Casts producing them must cast to FLOAT."""
+    from onnx import TensorProto
+
+    outputs = {o.name for o in model.graph.output}
+    for out in model.graph.output:
+        out.type.tensor_type.elem_type = TensorProto.FLOAT
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in outputs:
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = TensorProto.FLOAT
+
+
+def split_shared_initializers(model: Any, fp32_nodes: set[str]) -> None:
+    """Give FP32 nodes their own copy of initializers they share with FP16 nodes (the exporter deduplicates
+    equal tensors, e.g. all-zero biases; the converter would then feed one dtype to both sides)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, set[bool]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in inits:
+                users.setdefault(name, set()).add(node.name in fp32_nodes)
+    for name in [n for n, kinds in users.items() if len(kinds) == 2]:
+        copy_ = graph.initializer.add()
+        copy_.CopyFrom(inits[name])
+        copy_.name = f"{name}__fp32"
+        for node in graph.node:
+            if node.name in fp32_nodes:
+                node.input[:] = [copy_.name if i == name else i for i in node.input]
+
+
+def drop_noop_casts(model: Any) -> Any:
+    """Remove Casts to the dtype their input already has (open_clip's LayerNorm ends in ``x.to(orig_type)``);
+    left in, the converter keeps them as FP32 casts inside the FP16 region."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in
+              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    dtypes.update({i.name: i.data_type for i in model.graph.initializer})
+    outputs = {o.name for o in model.graph.output}
+    rewire = {}
+    for node in list(model.graph.node):
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and dtypes.get(node.input[0]) == to and node.output[0] not in outputs:
+            rewire[node.output[0]] = rewire.get(node.input[0], node.input[0])
+            model.graph.node.remove(node)
+    for node in model.graph.node:
+        node.input[:] = [rewire.get(i, i) for i in node.input]
+    return model
+
+
+def _with_io_identities(model: Any) -> Any:
+    """Put one FP32 Identity right after every graph input and before every output.
+
+    onnxconverter-common's cast clean-up crashes when a kept-FP32 graph input feeds several nodes; with a single
+    consumer per IO tensor it only ever sees simple cast pairs.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    for inp in graph.input:
+        inner = f"{inp.name}__fp32"
+        for node in graph.node:
+            node.input[:] = [inner if i == inp.name else i for i in node.input]
+        graph.node.insert(0, helper.make_node("Identity", [inp.name], [inner], name=f"io_in_{inp.name}"))
+    for out in graph.output:
+        inner = f"{out.name}__fp32"
+        for node in graph.node:
+            node.output[:] = [inner if o == out.name else o for o in node.output]
+            node.input[:] = [inner if i == out.name else i for i in node.input]
+        graph.node.append(helper.make_node("Identity", [inner], [out.name], name=f"io_out_{out.name}"))
+    return model
+
+
+def _save_checked(model: Any, dst: Path) -> None:
+    import onnx
+
+    check_graph(model, dst.name)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"{dst.name} is not a valid ONNX graph: {e}") from e
+
+
+class _Fp32LayerNorm(nn.Module):
+    """LayerNorm computed in FP32 for a half-precision stream (cast in, normalise, cast back)."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+class _HalfBackboneEncoder(nn.Module):
+    """Patch encoder with the CLIP backbone in FP16 (LayerNorm in FP32) and everything else in FP32."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.mfvit = copy.deepcopy(model.mfvit).float().eval()
+        vit = self.mfvit.vit.half()
+        for name, module in list(vit.named_modules()):
+            if isinstance(module, nn.LayerNorm):
+                parent = vit.get_submodule(name.rsplit(".", 1)[0]) if "." in name else vit
+                setattr(parent, name.rsplit(".", 1)[-1], _Fp32LayerNorm(module))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        mf = self.mfvit
+        low, high = mf.filter(patches)
+        views = (torch.cat([patches, low, high]) - mf.mean) / mf.std
+        tokens, embeddings = mf.vit(views.half())
+        tokens, embeddings = tokens.float(), embeddings.float()
+        semantic = embeddings[: patches.shape[0]] if mf.features_processor.uses_semantics else None
+        return mf.features_processor.forward_stacked(tokens, semantic)
+
+
+def fp16_from_torch(model: nn.Module, out_path: str | os.PathLike, opset: int | None = None) -> Path:
+    """Route ``torch``: export the half-precision-backbone encoder directly (FP32 IO)."""
+    dst = Path(out_path)
+    dim = int(model.feature_dim)
+    module = _HalfBackboneEncoder(model)
+    return export_graph(module, example_inputs(dim)["patch_encoder"], patch_encoder_spec(dim), dst, opset)
+
+
+def patch_encoder_fp16(model: nn.Module | None, onnx_path: str | os.PathLike, route: str = "convert") -> Path:
+    """``patch_encoder.fp16.onnx`` next to ``onnx_path`` by ``route`` (``convert`` needs only the ONNX file)."""
+    if route not in ROUTES:
+        raise ExportError(f"Unknown FP16 route {route!r}; choose one of {', '.join(ROUTES)}.")
+    src = Path(onnx_path)
+    dst = src.with_name(src.stem + ".fp16.onnx")
+    if route == "convert":
+        return fp16_from_onnx(src, dst)
+    if model is None:
+        raise ExportError("FP16 route 'torch' needs the PyTorch model.")
+    return fp16_from_torch(model, dst)

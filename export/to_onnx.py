@@ -1,0 +1,44 @@
+"""``python export/to_onnx.py CKPT -o DIR``: ONNX (fp32 + mixed-precision fp16) and the ORT parity report.
+
+CKPT is any checkpoint ``spai.create_model(checkpoint=...)`` reads, or a named config such as ``spai-tiny``
+(random weights). Exit codes: 0 ok, 1 user error (nothing half-written), 3 parity gates failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: put the repo root (not export/) first on sys.path
+    _ROOT = str(Path(__file__).resolve().parent.parent)
+    sys.path[:] = [_ROOT] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint file or named config (e.g. spai-tiny: random weights)")
+    parser.add_argument("-o", "--output", default="export_out", help="output directory (default: export_out)")
+    parser.add_argument("--check-images", metavar="DIR", help="also check these images (samples.csv = labels)")
+    parser.add_argument("--check-patches", type=int, default=256, help="random patches for the parity check")
+    parser.add_argument("--fp16-route", choices=("convert", "torch"), default="convert")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    from export.pipeline import onnx_from_checkpoint, parity_from_onnx
+    from spai.errors import SPAIError
+
+    args = build_parser().parse_args(argv)
+    try:
+        art = onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
+        parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches)
+    except SPAIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Client side of ``spai score``: send encoded images to the ``spai`` model over HTTP or gRPC (tritonclient),
+N requests in flight (threads), retries on connection errors, CSV rows and attention heatmaps.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spai.errors import DataError, ImageError, ServingError
+from spai.images import IMAGE_EXTENSIONS, list_images
+
+CSV_FIELDS = ["image", "probability", "logit", "num_patches", "latency_ms", "error"]
+
+
+@dataclass
+class ScoreRow:
+    """One image's result (``error`` non-empty when it failed)."""
+
+    image: str
+    probability: float | str = ""
+    logit: float | str = ""
+    num_patches: int | str = ""
+    latency_ms: float = 0.0
+    error: str = ""
+    attention: np.ndarray | None = None
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Image files, directories (their images) and CSV files (``image``/``path`` column or first column)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(list_images(path))
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            paths.extend(_csv_paths(path))
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise ImageError(f"{item}: no such file or directory.")
+    if not paths:
+        raise ImageError(f"no images found in {', '.join(inputs)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return paths
+
+
+def _csv_paths(path: Path) -> list[Path]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DataError(f"{path}: empty CSV.")
+    header = [h.strip().lower() for h in rows[0]]
+    col = next((header.index(c) for c in ("image", "path", "file") if c in header), None)
+    body = rows[1:] if col is not None else rows
+    return [p if p.is_absolute() else path.parent / p for p in (Path(r[col or 0]) for r in body if r)]
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, (ConnectionError, OSError)) or "unavailable" in text or "connect" in text
+
+
+class SpaiClient:
+    """Scores encoded images with the ``spai`` model; one tritonclient per thread (safe with N threads)."""
+
+    def __init__(self, url: str, protocol: str = "http", model: str = "spai", retries: int = 0,
+                 timeout_s: float = 300.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ServingError(f"unknown protocol {protocol!r}; use http or grpc.")
+        self.url, self.protocol, self.model = url.removeprefix("http://").removeprefix("grpc://"), protocol, model
+        self.retries, self.timeout_s = retries, timeout_s
+        import threading
+
+        self._local = threading.local()
+
+    def _module(self):
+        if self.protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+        return module
+
+    def _client(self):
+        if not hasattr(self._local, "client"):
+            module = self._module()
+            kwargs = {"network_timeout": self.timeout_s, "connection_timeout": self.timeout_s} \
+                if self.protocol == "http" else {}
+            self._local.client = module.InferenceServerClient(self.url, **kwargs)
+        return self._local.client
+
+    def infer(self, data: bytes, with_attention: bool = False) -> dict[str, np.ndarray]:
+        """One image -> output arrays (probability, logit, num_patches[, patch_attention]), retrying on
+        connection errors; a request the server rejects raises ServingError with its message."""
+        module = self._module()
+        image = module.InferInput("image", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[data]], dtype=object))
+        inputs = [image]
+        names = ["probability", "logit", "num_patches"] + (["patch_attention"] if with_attention else [])
+        if with_attention:
+            flag = module.InferInput("return_patch_scores", [1, 1], "BOOL")
+            flag.set_data_from_numpy(np.array([[True]]))
+            inputs.append(flag)
+        outputs = [module.InferRequestedOutput(n) for n in names]
+        for attempt in range(self.retries + 1):
+            try:
+                result = self._client().infer(self.model, inputs, outputs=outputs)
+                return {n: result.as_numpy(n) for n in names}
+            except Exception as e:  # noqa: BLE001 - tritonclient raises several unrelated types
+                if attempt < self.retries and _is_connection_error(e):
+                    time.sleep(min(2.0 ** attempt * 0.5, 10.0))
+                    continue
+                msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+                raise ServingError(msg or repr(e)) from e
+        raise AssertionError("unreachable")
+
+    def score_file(self, path: str | Path, with_attention: bool = False) -> ScoreRow:
+        """Score one file; failures become the row's ``error`` (never raised)."""
+        start = time.perf_counter()
+        try:
+            out = self.infer(Path(path).read_bytes(), with_attention)
+        except (ServingError, OSError) as e:
+            return ScoreRow(str(path), latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip())
+        n = int(out["num_patches"][0, 0])
+        attn = out["patch_attention"][0, :n] if with_attention else None
+        return ScoreRow(str(path), float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
+                        (time.perf_counter() - start) * 1e3, "", attn)
+
+    def score_paths(self, paths: Sequence[str | Path], concurrency: int = 1, with_attention: bool = False,
+                    progress: bool = True, on_row: Callable[[ScoreRow], None] | None = None) -> list[ScoreRow]:
+        """Score files with ``concurrency`` requests in flight; rows in input order."""
+        from tqdm import tqdm
+
+        def task(p: str | Path) -> ScoreRow:
+            row = self.score_file(p, with_attention)
+            if on_row:
+                on_row(row)
+            return row
+
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            it = pool.map(task, paths)
+            return list(tqdm(it, total=len(paths), disable=not progress, unit="img", desc="scoring"))
+
+
+def write_rows(rows: Sequence[ScoreRow], path: str | Path) -> None:
+    """CSV with image, probability, logit, num_patches, latency_ms, error."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            lat = f"{r.latency_ms:.2f}"
+            writer.writerow({k: (lat if k == "latency_ms" else getattr(r, k)) for k in CSV_FIELDS})

@@ -1,0 +1,210 @@
+"""Generate Triton model repositories (config.pbtxt + model files) from :mod:`export.specs`.
+
+Three models: ``spai`` (Python/BLS entry point taking encoded image bytes), ``spai_patch_encoder`` and
+``spai_aggregator``. Variants of the two graphs: ``trt`` (``tensorrt_plan``, GPU, production), ``onnx``
+(``onnxruntime_onnx``, full Triton containers) and ``python-ort`` (Python backend running ONNX Runtime, the
+only kind the tritonserver bundled in nvidia-pytriton can load). Tensor names, dtypes and shapes come from
+``export.specs`` only, so configs cannot drift from the exported graphs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.specs import (DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PATCHES, ModelSpec, TensorSpec,
+                          aggregator_spec, patch_encoder_spec, trt_profile)
+from serving.pipeline import PipelineSettings
+from spai.errors import ServingError
+
+VARIANTS = ("trt", "onnx", "python-ort")
+ENTRY, ENCODER, AGGREGATOR = "spai", "spai_patch_encoder", "spai_aggregator"
+PRODUCTION_FEATURE_DIM = 1168  # spai-fusion-b16 (the checked-in serving/triton_models/ layout)
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+CHECKED_IN = Path(__file__).resolve().parent / "triton_models"
+# Aggregator output (B x L, attention mean over heads) used for heatmaps; older exports may lack it.
+ATTENTION_OUTPUT = aggregator_spec(1).output("attention")
+ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)))
+ENTRY_OUTPUTS = (TensorSpec("probability", "float32", (1,)), TensorSpec("logit", "float32", (1,)),
+                 TensorSpec("num_patches", "int32", (1,)), TensorSpec("patch_attention", "float32", (-1,)))
+OPTIONAL_INPUTS = {"return_patch_scores"}
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """Everything a generated repository depends on besides the model files."""
+
+    variant: str
+    feature_dim: int
+    attention: bool = False  # aggregator exposes ATTENTION_OUTPUT
+    max_batch: int = DEFAULT_MAX_BATCH  # encoder engine profile maximum (patches)
+    max_images: int = DEFAULT_MAX_IMAGES  # aggregator engine profile maximum (images)
+    entry_max_batch: int = 16
+    entry_instances: int = 2
+    cpu_instances: int = 1
+    queue_delay_us: int = 2000
+    settings: PipelineSettings = field(default_factory=lambda: PipelineSettings(
+        max_patches=DEFAULT_MAX_PATCHES, aggregator_batch=DEFAULT_MAX_IMAGES))
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ServingError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}.")
+
+
+def production_options() -> RepositoryOptions:
+    """Options of the checked-in TensorRT layout in serving/triton_models/."""
+    return RepositoryOptions(variant="trt", feature_dim=PRODUCTION_FEATURE_DIM, attention=True)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+
+
+def _tensor_block(t: TensorSpec, optional: bool = False) -> str:
+    lines = [f'    name: "{t.name}"', f"    data_type: {t.triton_dtype}", f"    dims: {_dims(t.shape)}"]
+    if optional:
+        lines.append("    optional: true")
+    return "  {\n" + "\n".join(lines) + "\n  }"
+
+
+def _io(kind: str, tensors: tuple[TensorSpec, ...], optional: set[str] = frozenset()) -> str:
+    return f"{kind} [\n" + ",\n".join(_tensor_block(t, t.name in optional) for t in tensors) + "\n]"
+
+
+def _parameters(params: dict[str, str]) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
+
+
+def _header(name: str, variant: str, max_batch: int) -> str:
+    kind = {"trt": 'platform: "tensorrt_plan"', "onnx": 'platform: "onnxruntime_onnx"',
+            "python-ort": 'backend: "python"'}[variant]
+    return f'name: "{name}"\n{kind}\nmax_batch_size: {max_batch}'
+
+
+def _instances(variant: str, count: int) -> str:
+    kind = "KIND_GPU" if variant == "trt" else "KIND_CPU"
+    return f"instance_group [ {{ count: {count} kind: {kind} }} ]"
+
+
+def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """The engine's (min, opt, max) input shapes (export.specs.trt_profile): max_batch_size = max[0]."""
+    return trt_profile(spec, max_batch=opts.max_batch, max_patches=opts.settings.max_patches,
+                       max_images=opts.max_images)
+
+
+def _warmup(spec: ModelSpec, opt: dict[str, tuple[int, ...]]) -> str:
+    """One warm-up request at the profile's opt shapes."""
+    blocks = []
+    batch = next(iter(opt.values()))[0]
+    for t in spec.inputs:
+        shape = opt[t.name][1:]
+        blocks.append(f'    inputs {{ key: "{t.name}" value {{ data_type: {t.triton_dtype} dims: {_dims(shape)} '
+                      "random_data: true } }")
+    return (f'model_warmup [\n  {{\n    name: "warmup_{spec.name}"\n    batch_size: {batch}\n'
+            + "\n".join(blocks) + "\n  }\n]")
+
+
+def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: tuple[TensorSpec, ...]) -> str:
+    """config.pbtxt of one exported graph (encoder or aggregator) for ``opts.variant``."""
+    shapes = profile(spec, opts)
+    max_batch = next(iter(shapes.values()))[2][0]
+    parts = [_header(name, opts.variant, max_batch), _io("input", spec.inputs), _io("output", outputs),
+             f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us // 2} }}",
+             _instances(opts.variant, opts.cpu_instances)]
+    if opts.variant == "trt":
+        parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
+    if opts.variant == "python-ort":
+        parts.append(_parameters({"onnx_file": "model.onnx", "intra_op_threads": "0"}))
+    return "\n".join(parts) + "\n"
+
+
+def encoder_config(opts: RepositoryOptions) -> str:
+    """``spai_patch_encoder``: patches (3 x 224 x 224) -> patch_features (D)."""
+    spec = patch_encoder_spec(opts.feature_dim)
+    return graph_config(spec, ENCODER, opts, spec.outputs)
+
+
+def aggregator_outputs(spec: ModelSpec, attention: bool) -> tuple[TensorSpec, ...]:
+    """The spec's outputs; without ``attention`` (an export that lacks it) the attention output is left out."""
+    return spec.outputs if attention else tuple(t for t in spec.outputs if t.name != ATTENTION_OUTPUT.name)
+
+
+def aggregator_config(opts: RepositoryOptions) -> str:
+    """``spai_aggregator``: patch_features (L x D) + patch_mask (L) -> logits (1) [+ attention (L)]."""
+    spec = aggregator_spec(opts.feature_dim)
+    return graph_config(spec, AGGREGATOR, opts, aggregator_outputs(spec, opts.attention))
+
+
+def entry_config(opts: RepositoryOptions) -> str:
+    """``spai``: encoded image bytes -> probability, logit, num_patches [, patch_attention] (Python BLS)."""
+    s = opts.settings
+    params = {"encoder_model": ENCODER, "aggregator_model": AGGREGATOR, "aggregator_attention": str(opts.attention),
+              "encoder_chunk": str(min(s.encoder_chunk, opts.max_batch)),
+              "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.max_bytes),
+              "max_pixels": str(s.max_pixels), "max_patches": str(s.max_patches), "patch_size": str(s.patch.size),
+              "patch_stride": str(s.patch.stride), "minimum_patches": str(s.patch.minimum_patches)}
+    parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
+             _io("output", ENTRY_OUTPUTS),
+             f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}",
+             f"instance_group [ {{ count: {opts.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
+    return "\n".join(parts) + "\n"
+
+
+def write_configs(out: str | Path, opts: RepositoryOptions) -> Path:
+    """Write the three config.pbtxt files and the Python model files (no graph files) under ``out``."""
+    root = Path(out)
+    files = {ENTRY: entry_config(opts), ENCODER: encoder_config(opts), AGGREGATOR: aggregator_config(opts)}
+    for name, text in files.items():
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+        (root / name / "config.pbtxt").write_text(text)
+    shutil.copyfile(MODELS_DIR / "spai_bls.py", root / ENTRY / "1" / "model.py")
+    if opts.variant == "python-ort":
+        for name in (ENCODER, AGGREGATOR):
+            shutil.copyfile(MODELS_DIR / "ort_model.py", root / name / "1" / "model.py")
+    return root
+
+
+GRAPH_FILES = {"trt": ("{stem}.plan", "model.plan"), "onnx": ("{stem}.onnx", "model.onnx"),
+               "python-ort": ("{stem}.onnx", "model.onnx")}
+
+
+def onnx_feature_dim(path: Path) -> tuple[int, bool]:
+    """(D, has attention output) read from an exported aggregator.onnx."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    names = {o.name for o in model.graph.output}
+    if not dim:
+        raise ServingError(f"{path}: the last dimension of the first input is not static; pass --feature-dim.")
+    return int(dim), ATTENTION_OUTPUT.name in names
+
+
+def build_repository(artifacts: str | Path, variant: str, out: str | Path, feature_dim: int | None = None,
+                     attention: bool | None = None, **overrides) -> Path:
+    """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
+
+    D and the attention output are read from ``aggregator.onnx`` when present; ``overrides`` go to
+    :class:`RepositoryOptions`. Returns ``out``.
+    """
+    art = Path(artifacts)
+    src_pattern, dst_name = GRAPH_FILES.get(variant, ("", ""))
+    RepositoryOptions(variant=variant, feature_dim=1)  # validates the variant
+    sources = {m: art / src_pattern.format(stem=stem) for m, stem in ((ENCODER, "patch_encoder"),
+                                                                        (AGGREGATOR, "aggregator"))}
+    missing = [str(p) for p in sources.values() if not p.is_file()]
+    if missing:
+        raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai convert` (ONNX/TensorRT "
+                           f"export) into {art} first, or pick another --variant.")
+    if (feature_dim is None or attention is None) and (art / "aggregator.onnx").is_file():
+        dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
+        feature_dim = feature_dim or dim
+        attention = has_attn if attention is None else attention
+    if feature_dim is None:
+        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
+    opts = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=bool(attention), **overrides)
+    root = write_configs(out, opts)
+    for model, src in sources.items():
+        shutil.copyfile(src, root / model / "1" / dst_name)
+    return root

@@ -1,0 +1,214 @@
+"""Start and stop a ``tritonserver`` process: the system binary when one is on PATH (NGC containers, all
+backends), otherwise the one bundled in nvidia-pytriton (Python backend only -> ``python-ort`` repositories).
+
+The bundled binary needs (deployment-facts §7): a backend directory of our own whose ``python/`` holds
+*symlinks* to pytriton's backend library, utils and the stub for this Python; the interpreter's ``bin`` first
+on PATH and its LIBDIR on LD_LIBRARY_PATH (so the stub embeds this Python and imports numpy/onnxruntime/spai);
+zero-sized pinned/CUDA memory pools on machines without a GPU driver.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from spai.errors import ServingError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def bundled_triton_dir() -> Path | None:
+    """pytriton's tritonserver folder, or None when nvidia-pytriton is not installed."""
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    path = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    return path if (path / "bin" / "tritonserver").is_file() else None
+
+
+def make_backend_dir(triton_dir: Path, dest: Path) -> Path:
+    """``dest/python`` with symlinks to the bundled Python backend and the stub matching this interpreter."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServingError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub}); use a "
+                           "supported Python (3.8-3.13) or a Triton container.")
+    py = dest / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    backend = triton_dir / "backends" / "python"
+    for src in (backend / "libtriton_python.so", backend / "triton_python_backend_utils.py", stub):
+        link = py / src.name
+        if not link.is_symlink():
+            link.symlink_to(src)
+    return dest
+
+
+@dataclass
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def find_binary() -> tuple[Path, bool]:
+    """(tritonserver path, bundled?): the system binary first, then nvidia-pytriton's."""
+    system = shutil.which("tritonserver")
+    if system:
+        return Path(system), False
+    bundled = bundled_triton_dir()
+    if bundled is None:
+        raise ServingError("no tritonserver found: run inside an NGC Triton container (nvcr.io/nvidia/tritonserver) "
+                           "or `pip install 'spai-deploy[serve]'` (nvidia-pytriton bundles a Python-only server).")
+    return bundled / "bin" / "tritonserver", True
+
+
+def check_repository(repository: Path, bundled: bool) -> None:
+    """Fail early on a missing repository, or on non-Python models for the Python-only bundled server."""
+    configs = sorted(repository.glob("*/config.pbtxt"))
+    if not configs:
+        raise ServingError(f"{repository}: no <model>/config.pbtxt found; build one with "
+                           "`python -m serving.build_repository --artifacts EXPORT_DIR --variant python-ort -o REPO`.")
+    if bundled:
+        native = [c.parent.name for c in configs if "platform:" in c.read_text()]
+        if native:
+            raise ServingError(f"models {', '.join(native)} need TensorRT/ONNX Runtime backends that the tritonserver "
+                               "bundled in nvidia-pytriton lacks; build the repository with --variant python-ort, or "
+                               "run inside an NGC Triton container.")
+
+
+class TritonServer:
+    """A tritonserver subprocess serving ``repository`` on loopback (by default) free ports.
+
+    Use as a context manager (``with TritonServer(repo) as server: server.http_url``) or call
+    start()/stop(). ``wait_ready`` polls /v2/health/ready and raises ServingError with the log tail if the
+    process dies or readiness times out.
+    """
+
+    def __init__(self, repository: str | os.PathLike, host: str = "127.0.0.1", http_port: int | None = None,
+                 grpc_port: int | None = None, metrics_port: int | None = None, binary: str | None = None,
+                 extra_args: list[str] | None = None, log_verbose: int = 0) -> None:
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.ports = Ports(http_port or free_port(), grpc_port or free_port(), metrics_port or free_port())
+        self.binary, self.bundled = (Path(binary), False) if binary else find_binary()
+        self.extra_args = list(extra_args or [])
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="spai-triton-"))
+        self.log_path = self._workdir / "tritonserver.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.ports.metrics}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def command(self) -> list[str]:
+        """The tritonserver command line."""
+        p = self.ports
+        cmd = [str(self.binary), f"--model-repository={self.repository}", f"--http-port={p.http}",
+               f"--grpc-port={p.grpc}", f"--metrics-port={p.metrics}", f"--http-address={self.host}",
+               f"--grpc-address={self.host}", f"--metrics-address={self.host}", f"--log-verbose={self.log_verbose}"]
+        if self.bundled:
+            backends = make_backend_dir(bundled_triton_dir(), self._workdir / "backends")
+            cmd += [f"--backend-directory={backends}", "--allow-gpu-metrics=false",
+                    "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
+        return cmd + self.extra_args
+
+    def environment(self) -> dict[str, str]:
+        """This interpreter first on PATH, its LIBDIR on LD_LIBRARY_PATH, the project on PYTHONPATH."""
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in [libdir, env.get("LD_LIBRARY_PATH", "")] if x)
+        env["PYTHONPATH"] = os.pathsep.join(x for x in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if x)
+        return env
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        """Launch the process and wait until every model is ready."""
+        if self.process is not None:
+            return self
+        check_repository(self.repository, self.bundled)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            env=self.environment(), start_new_session=True)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_ready(self) -> bool:
+        """True when /v2/health/ready answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Poll readiness; ServingError (with the log tail) if the process exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServingError(f"tritonserver exited with code {self.process.returncode} before becoming "
+                                   f"ready; last log lines:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise ServingError(f"tritonserver not ready after {timeout:.0f} s (a model may still be loading or failed); "
+                           f"last log lines:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the server log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; idempotent."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(5)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

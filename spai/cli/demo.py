@@ -1,0 +1,146 @@
+"""``spai demo``: the whole chain on a machine with no GPU, through the same commands a user runs.
+
+proxy data -> train spai-tiny briefly -> export (ONNX + parity; TensorRT skipped where absent) -> python-ort
+Triton repository -> bundled tritonserver -> score proxy test images, the shared samples and ``--images DIR`` ->
+table + CSV + heatmaps -> stop the server. Each step prints its command, so users can repeat any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from spai.errors import SPAIError
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_SAMPLES = ROOT.parent / "shared" / "data" / "samples"
+NOTICE = ("NOTE: the demo model is spai-tiny trained for a few minutes on the PROXY dataset (synthetic images): "
+          "it demonstrates the toolchain; its scores on real photographs mean nothing.")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole chain end to end on CPU (proxy data -> train -> export -> serve)")
+    p.add_argument("--images", help="also score the images in this folder")
+    p.add_argument("--output", default="demo_output", help="working folder (default: demo_output)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo recipe)")
+    p.set_defaults(func=run)
+
+
+def _step(title: str, args: list[str], **kwargs) -> None:
+    print(f"\n== {title}\n$ {' '.join(args)}", flush=True)
+    result = subprocess.run(args, **kwargs)
+    if result.returncode != 0:
+        raise SPAIError(f"demo step '{title}' failed with exit code {result.returncode} (see its output above).")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SPAIError(f"the Triton server exited early with code {proc.returncode} (see its output above).")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise SPAIError(f"the Triton server was not ready after {timeout:.0f} s.")
+
+
+def _score_sets(out: Path, images: str | None) -> list[tuple[str, str]]:
+    sets = [("proxy test images", str(out / "proxy" / "test_images"))]
+    if SHARED_SAMPLES.is_dir():
+        sets.append(("shared samples", str(SHARED_SAMPLES)))
+    if images:
+        sets.append(("your images", images))
+    return sets
+
+
+def _proxy_test_dir(out: Path) -> Path:
+    """Symlink the proxy dataset's test split into one folder (what `spai score DIR` takes)."""
+    target = out / "proxy" / "test_images"
+    target.mkdir(parents=True, exist_ok=True)
+    with open(out / "proxy" / "data.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if row["split"] == "test":
+                link = target / Path(row["image"]).name
+                if not link.exists():
+                    link.symlink_to((out / "proxy" / row["image"]).resolve())
+    return target
+
+
+def _print_results(csv_path: Path, title: str) -> None:
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    print(f"\n-- {title}: {csv_path}")
+    print(f"{'image':<44} {'probability':>11} {'patches':>7} {'latency ms':>10}")
+    for r in rows:
+        prob = r.get("probability") or "error"
+        prob = f"{float(prob):.4f}" if prob != "error" else prob
+        print(f"{Path(r['image']).name[:44]:<44} {prob:>11} {r.get('num_patches', ''):>7} "
+              f"{float(r.get('latency_ms') or 0):>10.1f}" + (f"  {r['error']}" if r.get("error") else ""))
+
+
+def _serve_and_score(out: Path, repo: Path, images: str | None) -> None:
+    http, grpc, metrics = _free_port(), _free_port(), _free_port()
+    py = sys.executable
+    cmd = [py, "-m", "spai", "serve", "--repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+           "--metrics-port", str(metrics)]
+    print(f"\n== start the Triton server\n$ {' '.join(cmd)}", flush=True)
+    server = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http}", server)
+        for title, folder in _score_sets(out, images):
+            csv_out = out / "scores" / (title.replace(" ", "_") + ".csv")
+            _step(f"score {title}", [py, "-m", "spai", "score", folder, "--url", f"127.0.0.1:{http}",
+                                     "--concurrency", "4", "--heatmaps", str(out / "heatmaps" / title.replace(" ", "_")),
+                                     "-o", str(csv_out)])
+            _print_results(csv_out, title)
+    finally:
+        print("\n== stop the Triton server", flush=True)
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output).resolve()
+    py = sys.executable
+    print(NOTICE)
+    _step("generate the proxy dataset", [py, "-m", "spai", "data", "proxy", "--output", str(out / "proxy")])
+    train = [py, "-m", "spai", "train", "--cfg", "spai-tiny", "--data", str(out / "proxy" / "data.csv"),
+             "--output", str(out / "train"), "--workers", "0"]
+    _step("train spai-tiny on the proxy data", train + (["--epochs", str(args.epochs)] if args.epochs else []))
+    ckpt = out / "train" / "best.pth"
+    export = [py, str(ROOT / "export" / "to_trt.py"), str(ckpt), "-o", str(out / "export")]
+    if SHARED_SAMPLES.is_dir():
+        export += ["--check-images", str(SHARED_SAMPLES)]
+    print(f"\n== export ONNX + TensorRT\n$ {' '.join(export)}", flush=True)
+    code = subprocess.run(export).returncode
+    if code not in (0, 4):  # 4: TensorRT / GPU absent, the ONNX files and their parity report are written
+        raise SPAIError(f"export failed with exit code {code} (see its output above).")
+    repo = out / "triton_repository"
+    _step("build the CPU (python-ort) Triton repository",
+          [py, str(ROOT / "serving" / "build_repository.py"), "--artifacts", str(out / "export"), "--variant",
+           "python-ort", "-o", str(repo)])
+    _proxy_test_dir(out)
+    _serve_and_score(out, repo, args.images)
+    print(f"\nDone. Scores: {out / 'scores'}  Heatmaps: {out / 'heatmaps'}  Export report: "
+          f"{out / 'export' / 'export_report.md'}\n{NOTICE}")
+    return 0

@@ -1,0 +1,51 @@
+"""``spai test``: score SPAI-format CSVs with a checkpoint; per-image scores, metrics and ROC curves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("test", help="evaluate a checkpoint on SPAI-format CSV datasets (AUC, AP, accuracy, ROC)")
+    p.add_argument("--model", required=True, help="checkpoint file or training run directory (uses best.pth)")
+    p.add_argument("--csv", required=True, action="append", help="test CSV (image,class,split); repeatable")
+    p.add_argument("--output", required=True, help="directory for <csv>_scores.csv, <csv>_metrics.json, ROC PNGs")
+    p.add_argument("--split", default="test", help="rows to use: test (default), val, train or all")
+    p.add_argument("--root", help="directory the image paths are relative to (default: each CSV's folder)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per scoring call (default 8)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--strict", action="store_true", help="missing or unreadable images are errors")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import spai
+    from spai.errors import DataError
+    from spai.train.testing import resolve_model_path, test_csv, unique_names
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint = resolve_model_path(args.model)
+    model = spai.create_model(None, checkpoint=checkpoint, device=device)
+    output = Path(args.output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"Cannot create output directory {output}: {e.strerror}.") from e
+    paths = [Path(c) for c in args.csv]
+    summary = {}
+    for path, name in zip(paths, unique_names(paths)):
+        m = test_csv(model, path, output, name, args.split, args.root, args.strict, args.batch_size, args.workers,
+                     not args.no_progress)
+        summary[name] = m
+        auc = "undefined (one class)" if m["auc"] is None else f"{m['auc']:.4f}"
+        print(f"{name}: n={m['n']} AUC {auc} AP {m['ap']} acc {m['acc']:.4f} loss {m['loss']:.4f}"
+              + (f" ({m['errors'] + m['missing']} skipped)" if m["errors"] + m["missing"] else ""))
+    (output / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "results": summary}, indent=2))
+    print(f"wrote scores, metrics and ROC curves to {output}")
+    return 0

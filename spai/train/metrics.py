@@ -1,0 +1,95 @@
+"""Validation/test metrics (AUC, AP, accuracy@0.5, loss) and their writers: CSV, JSON, TensorBoard, ROC PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRIC_COLUMNS = ["epoch", "stage", "lr", "train_loss", "val_loss", "val_auc", "val_ap", "val_acc",
+                  "train_images", "skipped_images", "epoch_seconds", "images_per_s"]
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """AUC, AP and accuracy at 0.5; AUC is None when only one class is present, AP None without positives."""
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+
+    labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        return {"auc": None, "ap": None, "acc": None, "n": 0, "positives": 0}
+    two_classes = len(np.unique(labels)) == 2
+    return {"auc": float(roc_auc_score(labels, probs)) if two_classes else None,
+            "ap": float(average_precision_score(labels, probs)) if labels.sum() > 0 else None,
+            "acc": float(accuracy_score(labels, probs >= 0.5)), "n": int(len(labels)),
+            "positives": int(labels.sum())}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Epoch rows in ``metrics.csv`` and ``metrics.json`` (rewritten from the full history each time, so a
+    resumed run never duplicates rows) plus TensorBoard scalars under ``tensorboard/``."""
+
+    def __init__(self, output: str | os.PathLike, history: list[dict[str, Any]] | None = None,
+                 tensorboard: bool = True) -> None:
+        self.output = Path(output)
+        self.history = list(history or [])
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.output / "tensorboard"))
+            except ImportError:  # tensorboard is optional ('.[train]')
+                self.writer = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Append one epoch's row and write everything out."""
+        row = {k: _plain(v) for k, v in row.items()}
+        self.history.append(row)
+        with open(self.output / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in METRIC_COLUMNS}
+                             for r in self.history)
+        (self.output / "metrics.json").write_text(json.dumps(self.history, indent=2))
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def save_roc_curve(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLike, title: str) -> Path | None:
+    """ROC curve PNG (matplotlib, Agg); None when it is undefined (one class)."""
+    if len(np.unique(np.asarray(labels).astype(int))) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, probs):.4f}")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,92 @@
+"""The CLIs: user errors exit 1 with nothing half-written; checkpoints from save_checkpoint export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=900)
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob("*")) if out.exists() else []
+
+
+def test_to_trt_missing_checkpoint_exits_1_without_output(tmp_path):
+    out = tmp_path / "out"
+    r = _run(str(ROOT / "export" / "to_trt.py"), str(tmp_path / "nope.pth"), "-o", str(out))
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not any(name.endswith(".onnx") for name in _leftovers(out))
+
+
+def test_to_onnx_truncated_checkpoint_exits_1(tmp_path, tiny_model):
+    import spai
+
+    ckpt = tmp_path / "ckpt.pth"
+    spai.save_checkpoint(tiny_model, ckpt)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    r = _run("-m", "export.to_onnx", str(ckpt), "-o", str(out))
+    assert r.returncode == 1 and "truncated" in r.stderr
+    assert _leftovers(out) == []
+
+
+def test_to_trt_unwritable_dir_exits_1(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        r = _run("-m", "export.to_trt", "spai-tiny", "-o", str(locked / "sub"))
+        assert r.returncode == 1 and "not writable" in r.stderr
+    finally:
+        os.chmod(locked, 0o700)
+
+
+def test_to_trt_output_under_a_file_exits_1(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _run("-m", "export.to_trt", "spai-tiny", "-o", str(blocker / "sub"))
+    assert r.returncode == 1 and "not writable" in r.stderr
+
+
+def test_unknown_model_name_exits_1(tmp_path):
+    r = _run("-m", "export.to_trt", "spai-huge", "-o", str(tmp_path / "o"))
+    assert r.returncode == 1 and "spai-tiny" in r.stderr
+
+
+def test_saved_checkpoint_exports_with_parity_report_and_trt_exit_code(tmp_path, tiny_model):
+    import spai
+
+    ckpt = tmp_path / "ckpt.pth"
+    spai.save_checkpoint(tiny_model, ckpt, epoch=1)
+    out = tmp_path / "out"
+    r = _run(str(ROOT / "export" / "to_trt.py"), str(ckpt), "-o", str(out), "--check-patches", "16",
+             cwd=tmp_path)
+    from export.trt import tensorrt_available
+
+    assert r.returncode == (0 if tensorrt_available() else 4), r.stderr[-2000:]
+    names = _leftovers(out)
+    for name in ("patch_encoder.onnx", "patch_encoder.fp16.onnx", "aggregator.onnx", "export_report.json",
+                 "export_report.md"):
+        assert name in names
+    assert not [n for n in names if n.startswith(".")], names  # no temporary files left behind
+    assert "PASS" in (out / "export_report.md").read_text()
+
+
+def test_onnx_only_exits_0_and_help_works(tmp_path):
+    assert _run(str(ROOT / "export" / "to_trt.py"), "--help").returncode == 0
+    r = _run("-m", "export.to_trt", "spai-tiny", "-o", str(tmp_path / "o"), "--onnx-only", "--check-patches", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "RANDOM weights" in r.stdout

@@ -1,0 +1,267 @@
+"""Load test of the Triton deployment: N requests at concurrency C, mixed sizes with bad inputs among them.
+
+Loopback only. By default it exports spai-tiny (seeded), builds a python-ort repository and starts the
+tritonserver bundled in nvidia-pytriton on 127.0.0.1 free ports; ``--url`` targets a server already running on
+this machine instead (RSS is then measured only when ``--server-pid`` is given).
+
+Checks (exit 1 when one fails, with the numbers): zero failures among good requests; every bad request gets a
+clear error; the server is ready afterwards; RSS growth of the server processes (tritonserver + its Python
+backend stubs) from after warm-up to the end <= ``--max-rss-growth`` (10 %). ``--kill-test`` then kills the
+server (SIGKILL) in the middle of a second burst and checks that clients get clear errors within their timeout
+(and that the configured retries happened), never a hang.
+
+Full run (manual, ~slow on CPU):   python tests/reliability/load_test.py --requests 10000 --concurrency 32 --record
+CI run (pytest -m triton):         tests/reliability/test_serving_load.py runs --requests 100 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+sys.path.insert(0, str(HERE))
+
+GOOD_SIZES = [(64, 48), (224, 224), (300, 400), (640, 480), (1024, 768), (1500, 1100)]
+
+
+@dataclass
+class Outcome:
+    kind: str  # "good" | "bad"
+    label: str
+    ok: bool
+    latency_ms: float
+    error: str = ""
+
+
+def make_payloads(seed: int = 0) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(good, bad) encoded images; bad ones come from the reliability corpus."""
+    import rel_corpus as rc
+
+    good = [(f"{w}x{h}.jpg", rc.good_jpeg(h, w, seed + i)) for i, (w, h) in enumerate(GOOD_SIZES)]
+    good.append(("1x1.png", rc.encode(rc.Image.new("RGB", (1, 1), (5, 6, 7)), "PNG")))
+    bad_names = {"empty file", "truncated JPEG", "corrupt PNG (IDAT overwritten)", "text file named .png",
+                 "PDF named .jpg", "decompression bomb PNG (header 30000x30000)", "truncated WebP"}
+    bad = [(c.filename, c.make()) for c in rc.cases() if c.name in bad_names]
+    return good, bad
+
+
+def process_tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_burst(client, payloads: list[tuple[str, str, bytes]], concurrency: int) -> tuple[list[Outcome], float]:
+    from spai.errors import ServingError
+
+    def one(item: tuple[str, str, bytes]) -> Outcome:
+        kind, label, data = item
+        t = time.perf_counter()
+        try:
+            out = client.infer(data)
+            p = float(out["probability"][0, 0])
+            ok = 0.0 <= p <= 1.0
+            return Outcome(kind, label, ok, (time.perf_counter() - t) * 1e3, "" if ok else f"probability {p}")
+        except ServingError as e:
+            return Outcome(kind, label, False, (time.perf_counter() - t) * 1e3, str(e).strip()[:300])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outcomes = list(pool.map(one, payloads))
+    return outcomes, time.perf_counter() - start
+
+
+def schedule(n: int, good, bad, bad_fraction: float, seed: int) -> list[tuple[str, str, bytes]]:
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        if bad and rng.random() < bad_fraction:
+            label, data = bad[i % len(bad)]
+            items.append(("bad", label, data))
+        else:
+            label, data = rng.choice(good)
+            items.append(("good", label, data))
+    return items
+
+
+def summarise(outcomes: list[Outcome], seconds: float) -> dict:
+    import numpy as np
+
+    good = [o for o in outcomes if o.kind == "good"]
+    bad = [o for o in outcomes if o.kind == "bad"]
+    lat = np.array([o.latency_ms for o in good]) if good else np.zeros(1)
+    return {
+        "requests": len(outcomes), "good": len(good), "bad": len(bad),
+        "good_failures": sum(not o.ok for o in good), "bad_accepted": sum(o.ok for o in bad),
+        "seconds": round(seconds, 2), "throughput_rps": round(len(outcomes) / seconds, 2) if seconds else 0,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "first_good_errors": sorted({o.error for o in good if not o.ok})[:5],
+        "bad_error_examples": sorted({f"{o.label}: {o.error[:120]}" for o in bad if not o.ok})[:8],
+    }
+
+
+def kill_test(server, client_factory, payloads, concurrency: int) -> dict:
+    """SIGKILL the server while a burst is in flight: every request must end (no hang) with a clear error or
+    a result; after the kill, new requests fail fast with a clear message after the configured retries."""
+    from spai.errors import ServingError
+
+    client = client_factory(retries=2, timeout_s=20.0)
+    proc = server.process
+    killer = threading.Timer(1.5, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    killer.start()
+    outcomes, seconds = run_burst(client, payloads, concurrency)
+    killer.join()
+    errors = [o for o in outcomes if not o.ok and o.kind == "good"]
+    proc.wait(10)
+    t = time.perf_counter()
+    try:
+        client.infer(payloads[0][2])
+        after = "unexpected success"
+    except ServingError as e:
+        after = str(e).strip()[:200]
+    retry_seconds = time.perf_counter() - t
+    server.process = None
+    return {"requests": len(outcomes), "completed_before_kill": sum(o.ok for o in outcomes),
+            "client_errors": len(errors), "burst_seconds": round(seconds, 1),
+            "error_examples": sorted({o.error[:160] for o in errors})[:3],
+            "after_kill_error": after, "after_kill_seconds_with_2_retries": round(retry_seconds, 2),
+            "hung": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=32)
+    ap.add_argument("--bad-fraction", type=float, default=0.1)
+    ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    ap.add_argument("--url", help="an already running server on this machine (127.0.0.1:PORT)")
+    ap.add_argument("--server-pid", type=int, help="with --url: the server's pid, for the RSS check")
+    ap.add_argument("--repository", help="python-ort repository to serve (default: build one from spai-tiny)")
+    ap.add_argument("--max-rss-growth", type=float, default=0.10)
+    ap.add_argument("--kill-test", action="store_true", help="then SIGKILL the server mid-burst (own server only)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout (s)")
+    ap.add_argument("--record", action="store_true", help="save results into tests/reliability/results/load.json")
+    ap.add_argument("--name", help="record name (default: load N x C)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from serving.client import SpaiClient
+    from spai.errors import SPAIError
+
+    if args.url and not args.url.split(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+        print("error: --url must be a loopback address (127.0.0.1:PORT)", file=sys.stderr)
+        return 1
+    server = None
+    try:
+        if args.url:
+            url, pid = args.url, args.server_pid
+        else:
+            import torch
+
+            import spai
+            from serving.export_for_serving import export_for_serving
+            from serving.repository import build_repository
+            from serving.server import TritonServer
+
+            work = Path(tempfile.mkdtemp(prefix="spai-load-"))
+            repo = args.repository
+            if not repo:
+                torch.manual_seed(0)
+                model = spai.create_model("spai-tiny")
+                repo = build_repository(export_for_serving(model, work / "export"), "python-ort", work / "repo")
+            server = TritonServer(repo, host="127.0.0.1").start(timeout=300)
+            url = server.http_url if args.protocol == "http" else server.grpc_url
+            pid = server.process.pid
+
+        def client_factory(retries: int = 0, timeout_s: float = args.timeout) -> SpaiClient:
+            return SpaiClient(url, args.protocol, retries=retries, timeout_s=timeout_s)
+
+        good, bad = make_payloads(args.seed)
+        client = client_factory()
+        warm, _ = run_burst(client, schedule(args.warmup, good, [], 0.0, args.seed + 1), args.concurrency)
+        if any(not o.ok for o in warm):
+            raise SPAIError(f"warm-up failed: {warm[0].error}")
+        rss_after_warmup = process_tree_rss(pid) if pid else 0
+        outcomes, seconds = run_burst(client, schedule(args.requests, good, bad, args.bad_fraction, args.seed),
+                                      args.concurrency)
+        rss_end = process_tree_rss(pid) if pid else 0
+        ready = (server.is_ready() if server else _ready(url)) if args.protocol == "http" or server else True
+        result = summarise(outcomes, seconds)
+        result.update({"concurrency": args.concurrency, "protocol": args.protocol,
+                       "rss_after_warmup_mb": round(rss_after_warmup / 2**20, 1),
+                       "rss_end_mb": round(rss_end / 2**20, 1),
+                       "rss_growth": round(rss_end / rss_after_warmup - 1.0, 4) if rss_after_warmup else None,
+                       "ready_after": ready})
+        if args.kill_test and server is not None:
+            result["kill"] = kill_test(server, client_factory,
+                                       schedule(max(4 * args.concurrency, 64), good, [], 0.0, args.seed + 2),
+                                       args.concurrency)
+    except SPAIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+
+    failures = []
+    if result["good_failures"]:
+        failures.append(f"{result['good_failures']} good requests failed: {result['first_good_errors']}")
+    if result["bad_accepted"]:
+        failures.append(f"{result['bad_accepted']} bad requests were scored instead of refused")
+    if not result["ready_after"]:
+        failures.append("server not ready after the load")
+    if result["rss_growth"] is not None and result["rss_growth"] > args.max_rss_growth:
+        failures.append(f"server RSS grew {result['rss_growth']:.1%} after warm-up (limit {args.max_rss_growth:.0%})")
+    kill = result.get("kill")
+    if kill and (kill["after_kill_error"] == "unexpected success" or kill["hung"]):
+        failures.append(f"kill test: {kill}")
+    result["passed"] = not failures
+    result["failures"] = failures
+    print(json.dumps(result, indent=1))
+    if args.record:
+        import results_store
+
+        results_store.merge([{"section": "load", "name": args.name or f"{args.requests} requests x "
+                              f"{args.concurrency} concurrent ({args.protocol})", **result}])
+    for f in failures:
+        print(f"FAILED: {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _ready(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Every generated config.pbtxt parses into Triton's ModelConfig and matches export/specs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
+from serving.repository import (AGGREGATOR, CHECKED_IN, ENCODER, ENTRY, ENTRY_INPUTS, ENTRY_OUTPUTS, VARIANTS,
+                                RepositoryOptions, production_options, write_configs)
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+PLATFORM = {"trt": ("tensorrt_plan", ""), "onnx": ("onnxruntime_onnx", ""), "python-ort": ("", "python")}
+
+
+def parse(path: Path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def dtype_name(t) -> str:
+    return t.triton_dtype
+
+
+def assert_io(tensors, specs):
+    assert [t.name for t in tensors] == [s.name for s in specs]
+    for t, s in zip(tensors, specs):
+        assert model_config_pb2.DataType.Name(t.data_type) == s.triton_dtype, t.name
+        assert tuple(t.dims) == s.shape, t.name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("attention", [False, True])
+def test_generated_configs_match_specs(tmp_path, variant, attention):
+    opts = RepositoryOptions(variant=variant, feature_dim=96, attention=attention)
+    root = write_configs(tmp_path, opts)
+    platform, backend = PLATFORM[variant]
+    maxima = {ENCODER: DEFAULT_MAX_BATCH, AGGREGATOR: DEFAULT_MAX_IMAGES}
+    for name, spec in ((ENCODER, patch_encoder_spec(96)), (AGGREGATOR, aggregator_spec(96))):
+        cfg = parse(root / name / "config.pbtxt")
+        assert (cfg.name, cfg.platform, cfg.backend) == (name, platform, backend)
+        assert cfg.max_batch_size == maxima[name] == next(iter(trt_profile(spec).values()))[2][0]
+        assert_io(cfg.input, spec.inputs)
+        outputs = [o.name for o in cfg.output]
+        expected = [o.name for o in spec.outputs if attention or o.name != "attention"]
+        assert outputs == expected
+        assert ("attention" in outputs) == (attention and name == AGGREGATOR)
+        assert cfg.HasField("dynamic_batching")
+        kind = model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind)
+        assert kind == ("KIND_GPU" if variant == "trt" else "KIND_CPU")
+        assert bool(cfg.model_warmup) == (variant == "trt")
+    entry = parse(root / ENTRY / "config.pbtxt")
+    assert (entry.backend, entry.max_batch_size > 0) == ("python", True)
+    assert_io(entry.input, ENTRY_INPUTS)
+    assert_io(entry.output, ENTRY_OUTPUTS)
+    assert [i.optional for i in entry.input] == [False, True]
+    assert entry.parameters["aggregator_attention"].string_value == str(attention)
+    assert (root / ENTRY / "1" / "model.py").is_file()
+
+
+def test_trt_warmup_fits_profile(tmp_path):
+    root = write_configs(tmp_path, production_options())
+    for name in (ENCODER, AGGREGATOR):
+        cfg = parse(root / name / "config.pbtxt")
+        warm = cfg.model_warmup[0]
+        assert 1 <= warm.batch_size <= cfg.max_batch_size
+        assert set(warm.inputs) == {i.name for i in cfg.input}
+        opt = {k: v[1] for k, v in trt_profile(patch_encoder_spec(1168) if name == ENCODER
+                                               else aggregator_spec(1168)).items()}
+        assert {k: (warm.batch_size, *v.dims) for k, v in warm.inputs.items()} == opt
+
+
+def test_checked_in_layout_equals_generated(tmp_path):
+    fresh = write_configs(tmp_path, production_options())
+    generated = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
+    checked = sorted(p.relative_to(CHECKED_IN) for p in CHECKED_IN.rglob("*")
+                     if p.is_file() and p.suffix in (".pbtxt", ".py"))
+    assert checked == generated, "run `python -m serving.build_repository --checked-in`"
+    for rel in generated:
+        assert (CHECKED_IN / rel).read_text() == (fresh / rel).read_text(), rel
+
+
+def test_build_repository_errors(tmp_path):
+    from serving.repository import build_repository
+    from spai.errors import ServingError
+
+    with pytest.raises(ServingError, match="missing export outputs"):
+        build_repository(tmp_path, "trt", tmp_path / "repo")
+    with pytest.raises(ServingError, match="unknown variant"):
+        build_repository(tmp_path, "torch", tmp_path / "repo")
+
+
+def test_build_repository_from_export(tiny_export, tmp_path):
+    from serving.repository import build_repository
+
+    root = build_repository(tiny_export, "onnx", tmp_path / "repo")
+    cfg = parse(root / AGGREGATOR / "config.pbtxt")
+    assert cfg.input[0].dims[-1] == 96 and [o.name for o in cfg.output] == ["logits", "attention"]
+    assert (root / ENCODER / "1" / "model.onnx").is_file()
