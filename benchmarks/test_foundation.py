@@ -19,7 +19,10 @@ FOUNDATION_MODELS = ("spai-fusion-b16", "spai-b16")
 
 @torch.no_grad()
 def flop_breakdown(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """FLOPs of one bare CLIP pass and of encode_patches split into filter, backbone (3 views) and FRE."""
+    """FLOPs of one bare CLIP pass and of encode_patches split into filter, backbone (3 views) and FRE.
+
+    The FRE runs through ``forward_stacked`` (not ``__call__``), so it is the total minus filter and backbone.
+    """
     visual = model.mfvit.vit.clip.visual
     normalised = (x - model.mfvit.mean) / model.mfvit.std
     with countable_attention(), FlopCounterMode(display=False) as bare:
@@ -33,7 +36,7 @@ def flop_breakdown(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
 
     return {"bare_clip_flops": int(bare.get_total_flops()), "encode_flops": int(full.get_total_flops()),
             "filter_flops": total("MFViT.filter"), "backbone_flops": total("MFViT.vit"),
-            "fre_flops": total("MFViT.features_processor")}
+            "fre_flops": int(full.get_total_flops()) - total("MFViT.filter") - total("MFViT.vit")}
 
 
 def _models(mode: BenchMode) -> tuple[str, ...]:

@@ -69,7 +69,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         from spai.importers.unpickler import load_restricted
 
         data = load_restricted(path, weights_only_error=e)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as e:  # arbitrary bytes make the unpickler fail in many ways
         raise CheckpointError(f"Checkpoint {path} is truncated or not a PyTorch checkpoint ({e}). "
                               "Re-copy the file or point to a complete ckpt_epoch_N.pth.") from e
     if not isinstance(data, dict):

@@ -11,7 +11,7 @@ import torch
 
 from spai.checkpoint import NATIVE_FORMAT, load_state_dict_strict, read_checkpoint_file, save_checkpoint
 from spai.config import Config, get_config, list_config_names
-from spai.errors import ConfigError
+from spai.errors import CheckpointError, ConfigError
 from spai.models.spai_model import SPAIModel
 
 __all__ = ["create_model", "list_models", "load_checkpoint", "save_checkpoint", "build_backbone"]
@@ -70,6 +70,7 @@ def _model_from_checkpoint(path: str | os.PathLike, name_or_cfg: Any, overrides:
         from spai.importers import import_foreign_checkpoint
 
         data = import_foreign_checkpoint(data, Path(path), name_or_cfg)
+    _require_model_and_config(data, path)
     cfg = get_config(data["config"], overrides)
     model = SPAIModel(cfg, build_backbone(cfg, None))
     load_state_dict_strict(model, data["model"], str(path))
@@ -83,8 +84,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         from spai.importers import import_foreign_checkpoint
 
         data = import_foreign_checkpoint(data, Path(path), None)
+    _require_model_and_config(data, path)
     cfg = get_config(data["config"])
     model = SPAIModel(cfg, build_backbone(cfg, None))
     load_state_dict_strict(model, data["model"], str(path))
     state = {k: v for k, v in data.items() if k not in ("model", "config", "format")}
     return model.to(device).eval(), state
+
+
+def _require_model_and_config(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """A native-format dict without its ``model`` / ``config`` entries is a damaged file, not a KeyError."""
+    missing = [k for k in ("model", "config") if not isinstance(data.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"Checkpoint {path} has no {' / '.join(repr(k) for k in missing)} entry (a damaged "
+                              "or hand-made file); use a checkpoint written by spai-deploy or a training run.")

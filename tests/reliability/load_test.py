@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--warmup", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=0, help="warm-up requests (default 2 x concurrency x sizes)")
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
     ap.add_argument("--url", help="an already running server on this machine (127.0.0.1:PORT)")
@@ -203,9 +203,13 @@ def main(argv: list[str] | None = None) -> int:
 
         good, bad = make_payloads(args.seed)
         client = client_factory()
-        warm, _ = run_burst(client, schedule(args.warmup, good, [], 0.0, args.seed + 1), args.concurrency)
-        if any(not o.ok for o in warm):
-            raise SPAIError(f"warm-up failed: {warm[0].error}")
+        # warm-up: every size (each at full concurrency, so the batchers see full batches of it) and the bad
+        # inputs, so that the server's arenas and caches reach their steady state before RSS is measured
+        n_warm = max(args.warmup, 2 * args.concurrency * len(good))
+        warm_items = [("good", *good[(i // args.concurrency) % len(good)]) for i in range(n_warm)]
+        warm, _ = run_burst(client, warm_items + [("bad", *b) for b in bad], args.concurrency)
+        if any(not o.ok for o in warm if o.kind == "good"):
+            raise SPAIError(f"warm-up failed: {[o.error for o in warm if not o.ok][:2]}")
         rss_after_warmup = process_tree_rss(pid) if pid else 0
         outcomes, seconds = run_burst(client, schedule(args.requests, good, bad, args.bad_fraction, args.seed),
                                       args.concurrency)
