@@ -5,11 +5,12 @@ The report divides each encoder case's achieved FLOP/s (FlopCounterMode FLOPs pe
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks.backends import DTYPES
-from benchmarks.common import BenchMode, run_benchmark
+from benchmarks.common import BenchMode, cpu_threads, run_benchmark
 
 
 def _gemm(benchmark, n: int, dtype: str, device: torch.device, rounds: int) -> None:
@@ -33,3 +34,32 @@ def test_matmul_peak_cpu(benchmark, bench_mode: BenchMode) -> None:
 def test_matmul_peak_gpu(benchmark, dtype: str, bench_mode: BenchMode) -> None:
     benchmark.group = "peak-gpu"
     _gemm(benchmark, 8192, dtype, torch.device("cuda"), rounds=20)
+
+
+def _ort_matmul_session(n: int) -> object:
+    """An ONNX Runtime session holding one n x n fp32 MatMul (MLAS), one intra-op thread per core."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in ("a", "b", "c")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", io[:2], io[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cpu_threads()
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_matmul_peak_cpu_ort(benchmark, bench_mode: BenchMode) -> None:
+    """The same GEMM through ONNX Runtime's MLAS (on AMD CPUs it beats torch's MKL sgemm about 2x)."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    benchmark.group = "peak-cpu"
+    n = bench_mode.gemm_size
+    session = _ort_matmul_session(n)
+    rng = np.random.default_rng(4)
+    feed = {k: rng.random((n, n), dtype=np.float32) for k in ("a", "b")}
+    flops = 2 * n ** 3
+    median = run_benchmark(benchmark, lambda: session.run(None, feed), torch.device("cpu"),
+                           rounds=max(3, bench_mode.rounds), warmup_rounds=2, items=1, kind="peak",
+                           backend="gemm-fp32-ort", dtype="fp32", n=n, flops_per_step=flops)
+    benchmark.extra_info["flops_per_s"] = flops / median

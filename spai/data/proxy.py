@@ -45,27 +45,24 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> np.ndarra
 
 def camera_like(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
     """Class 0: sensor-like noise (signal-dependent shot noise + read noise) on the full-resolution scene."""
-    shot = rng.normal(size=scene.shape) * np.sqrt(scene / 255.0) * rng.uniform(2.0, 5.0)
-    read = rng.normal(size=scene.shape) * rng.uniform(0.5, 2.0)
+    shot = rng.normal(size=scene.shape) * np.sqrt(scene / 255.0) * rng.uniform(5.0, 9.0)
+    read = rng.normal(size=scene.shape) * rng.uniform(3.0, 6.0)
     return np.clip(scene + shot + read, 0, 255).astype(np.uint8)
 
 
 def _upsample2x(x: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.Tensor:
     """One generator-like 2x upsampling of a 1 x 3 x h x w tensor."""
     if kind == "transposed":
-        kernel = torch.from_numpy(rng.uniform(0.5, 1.5, size=(4, 4)).astype(np.float32))
+        kernel = torch.from_numpy(rng.uniform(0.2, 1.8, size=(4, 4)).astype(np.float32))
         kernel = kernel / kernel.sum() * 4  # uneven phases -> checkerboard
         return F.conv_transpose2d(x, kernel.expand(3, 1, 4, 4).contiguous(), stride=2, padding=1, groups=3)
     if kind == "nearest":
-        up = F.interpolate(x, scale_factor=2, mode="nearest")
-        kernel = torch.tensor([[1.0, 2.0, 1.0]]) / 4
-        return F.conv2d(F.pad(up, (1, 1, 0, 0), mode="replicate"), kernel.expand(3, 1, 1, 3).contiguous(),
-                        groups=3)
+        return F.interpolate(x, scale_factor=2, mode="nearest")
     up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     h, w = up.shape[-2:]
     phase = torch.from_numpy(rng.uniform(-1, 1, size=(3, 2, 2)).astype(np.float32))
     pattern = phase.repeat(1, h // 2 + 1, w // 2 + 1)[:, :h, :w]
-    return up + float(rng.uniform(3, 6)) * pattern
+    return up + float(rng.uniform(8, 16)) * pattern
 
 
 def generator_like(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
@@ -74,7 +71,7 @@ def generator_like(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
     h, w = scene.shape[:2]
     small = Image.fromarray(scene.astype(np.uint8)).resize((w >> stages, h >> stages), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1)[None]
-    x = x + torch.from_numpy(rng.normal(size=x.shape).astype(np.float32)) * float(rng.uniform(0.0, 1.5))
+    x = x + torch.from_numpy(rng.normal(size=x.shape).astype(np.float32)) * float(rng.uniform(0.0, 1.0))
     for _ in range(stages):
         x = _upsample2x(x, str(rng.choice(["transposed", "nearest", "bilinear_periodic"])), rng)
     return x[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()

@@ -64,7 +64,8 @@ def resume_and_check(proxy_csv, output, env, expect_from: int) -> str:
     assert f"continuing at epoch {expect_from}" in text, text[-3000:]
     assert set(epoch_files(output)) == set(range(int(EPOCHS)))
     assert_all_checkpoints_load(output)
-    return next(line for line in text.splitlines() if "resumed from" in line).split("INFO ")[-1]
+    line = next(line for line in text.splitlines() if "resumed from" in line).split("INFO ")[-1]
+    return line.replace(str(output) + "/", "")
 
 
 @pytest.mark.slow
