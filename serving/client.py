@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spai.errors import DataError, ImageError, ServingError
-from spai.images import IMAGE_EXTENSIONS, list_images
+from spai.errors import ServingError
+from spai.images import expand_inputs  # noqa: F401  (re-exported: the CLI and tests use it from here)
 
 CSV_FIELDS = ["image", "probability", "logit", "num_patches", "latency_ms", "error"]
 
@@ -30,35 +30,6 @@ class ScoreRow:
     latency_ms: float = 0.0
     error: str = ""
     attention: np.ndarray | None = None
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Image files, directories (their images) and CSV files (``image``/``path`` column or first column)."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(list_images(path))
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            paths.extend(_csv_paths(path))
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise ImageError(f"{item}: no such file or directory.")
-    if not paths:
-        raise ImageError(f"no images found in {', '.join(inputs)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return paths
-
-
-def _csv_paths(path: Path) -> list[Path]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise DataError(f"{path}: empty CSV.")
-    header = [h.strip().lower() for h in rows[0]]
-    col = next((header.index(c) for c in ("image", "path", "file") if c in header), None)
-    body = rows[1:] if col is not None else rows
-    return [p if p.is_absolute() else path.parent / p for p in (Path(r[col or 0]) for r in body if r)]
 
 
 def _is_connection_error(exc: Exception) -> bool:

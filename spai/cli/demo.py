@@ -106,9 +106,9 @@ def _serve_and_score(out: Path, repo: Path, images: str | None) -> None:
         _wait_ready(f"http://127.0.0.1:{http}", server)
         for title, folder in _score_sets(out, images):
             csv_out = out / "scores" / (title.replace(" ", "_") + ".csv")
+            heatmaps = out / "heatmaps" / title.replace(" ", "_")
             _step(f"score {title}", [py, "-m", "spai", "score", folder, "--url", f"127.0.0.1:{http}",
-                                     "--concurrency", "4", "--heatmaps", str(out / "heatmaps" / title.replace(" ", "_")),
-                                     "-o", str(csv_out)])
+                                     "--concurrency", "4", "--heatmaps", str(heatmaps), "-o", str(csv_out)])
             _print_results(csv_out, title)
     finally:
         print("\n== stop the Triton server", flush=True)

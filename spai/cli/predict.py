@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from spai.errors import ImageError, SPAIError
-from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, list_images
+from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, expand_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,22 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
                    help=f"refuse larger files (default {DEFAULT_MAX_BYTES})")
     p.set_defaults(func=run)
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, directories expanded to their images; an empty result is an error."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(list_images(path))
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise ImageError(f"{item}: no such file or directory.")
-    if not paths:
-        raise ImageError(f"no images found in {', '.join(inputs)} (looked for common image extensions).")
-    return paths
 
 
 def score_paths(model, paths: list[Path], chunk_size: int | None = None, **limits: int) -> list[dict]:

@@ -19,7 +19,7 @@ from spai.checkpoint import NATIVE_FORMAT
 from spai.config import Config, get_config
 from spai.errors import CheckpointError
 from spai.importers import configmap
-from spai.importers.detect import (CLIP, CLIP_TEXT_PREFIXES, FORK, MFM_PRETRAIN, UPSTREAM, detect_format,
+from spai.importers.detect import (CLIP, CLIP_TEXT_PREFIXES, MFM_PRETRAIN, UPSTREAM, detect_format,
                                    extract_mfm_backbone, model_state)
 from spai.models.mfm import UPSTREAM_UNUSED_PREFIXES, declared_unused
 

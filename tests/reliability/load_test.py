@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.client import SpaiClient
     from spai.errors import SPAIError
 
-    if args.url and not args.url.split(":")[0] in ("127.0.0.1", "localhost", "[::1]"):
+    if args.url and args.url.split(":")[0] not in ("127.0.0.1", "localhost", "[::1]"):
         print("error: --url must be a loopback address (127.0.0.1:PORT)", file=sys.stderr)
         return 1
     server = None
