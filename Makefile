@@ -26,12 +26,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+	$(PY) -m pytest benchmarks/ -q -rs -p no:cacheprovider
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m pytest benchmarks/ --benchmark-json=benchmarks/results/latest.json
+	$(PY) -m pytest benchmarks/ -rs --bench-mode moderate --benchmark-json=benchmarks/results/latest.json
+	$(PY) benchmarks/report.py benchmarks/results/latest.json -o benchmarks/results/latest
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -51,12 +51,14 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU on this machine (torch.cuda.is_available() is False)")
+    mode = config._spai_bench_mode  # type: ignore[attr-defined]
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine (torch.cuda.is_available() is False)")
+    quick = pytest.mark.skip(reason=f"full-size case: not run in {mode.name} mode (use --bench-mode moderate)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "slow" in item.keywords and mode.name == "quick":
+            item.add_marker(quick)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
