@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
             "PROJECTION_LAYERS": 2,
             "PATCH_PROJECTION": True,
             "PATCH_PROJECTION_PER_FEATURE": True,
+            # init of a backbone built WITHOUT weights: "random" (open_clip's) or "highpass" (deterministic
+            # high-pass patch embedding, see spai.models.backbone.highpass_patch_embedding; spai-tiny uses it)
+            "INIT": "random",
         },
         "FRE": {
             "MASKING_RADIUS": 16,

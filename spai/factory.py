@@ -27,9 +27,14 @@ def build_backbone(cfg: Config, weights: str | os.PathLike | None = None) -> tor
     kind = cfg.MODEL_WEIGHTS
     layers = list(cfg.MODEL.VIT.INTERMEDIATE_LAYERS)
     if kind == "clip":
-        from spai.models.backbone import CLIPBackbone, create_clip_visual
+        from spai.models.backbone import CLIPBackbone, create_clip_visual, highpass_patch_embedding
 
         visual = create_clip_visual(cfg.MODEL.VIT.MODEL, weights, quick_gelu=bool(cfg.MODEL.VIT.QUICK_GELU))
+        init = str(cfg.MODEL.VIT.INIT).lower()
+        if init not in ("random", "highpass"):
+            raise ConfigError(f"MODEL.VIT.INIT must be 'random' or 'highpass', got {cfg.MODEL.VIT.INIT!r}.")
+        if weights is None and init == "highpass":
+            highpass_patch_embedding(visual)
         return CLIPBackbone(visual, layers)
     if kind == "mfm":
         from spai.models.mfm import MFMBackbone

@@ -108,6 +108,33 @@ class CLIPBackbone(nn.Module):
         return torch.stack(taps, dim=1), embedding
 
 
+def highpass_patch_embedding(visual: nn.Module, cutoff: int = 4, gain: float = 8.0, seed: int = 0) -> None:
+    """Deterministic structured init of an UNTRAINED backbone's patch embedding (``MODEL.VIT.INIT: highpass``).
+
+    A randomly initialised CLIP tower is barely sensitive to high frequencies: its tokens are dominated by the
+    patch mean (DC) response and the positional embedding, so SPAI's reconstruction-similarity statistics hardly
+    vary between images. For backbones without pretrained weights (``spai-tiny``) ``conv1`` is set to seeded
+    Gaussian filters whose 2-D DCT coefficients with ``max(ky, kx) < cutoff`` (per channel) are zeroed, each
+    filter scaled to L2 norm ``gain``: every token then measures the patch's high-frequency content (noise,
+    upsampling periodicities) and ignores the smooth content that the low-pass view keeps. Same seed, same weights.
+    """
+    weight = visual.conv1.weight
+    p = weight.shape[-1]
+    n = torch.arange(p, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * p)) * (2.0 / p) ** 0.5
+    basis[0] /= 2 ** 0.5  # orthonormal DCT-II rows: k x n
+    gen = torch.Generator().manual_seed(int(seed))
+    filters = torch.randn(weight.shape, generator=gen, dtype=torch.float64)
+    coeffs = basis @ filters @ basis.T
+    keep = (torch.maximum(n[:, None], n[None, :]) >= cutoff).double()
+    filters = basis.T @ (coeffs * keep) @ basis
+    filters = filters / filters.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * gain
+    with torch.no_grad():
+        weight.copy_(filters.to(weight.dtype))
+        if visual.conv1.bias is not None:
+            visual.conv1.bias.zero_()
+
+
 def open_clip_reference_features(visual: nn.Module, x: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor,
                                                                                                  torch.Tensor]:
     """Reference: the same outputs via forward hooks on open_clip's own forward (tests only)."""
