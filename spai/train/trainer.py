@@ -81,7 +81,7 @@ class Trainer:
     start_epoch: int = 0
     stage: int = 0
     wrapped: nn.Module | None = None
-    best_score: float | None = None
+    best_score: list[float] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Path | None = None
     skipped_missing: int = 0
@@ -334,18 +334,28 @@ def validate(trainer: Trainer) -> dict[str, Any]:
     return {f"val_{k}": metrics[k] for k in ("loss", "auc", "ap", "acc")}
 
 
-def _score(row: dict[str, Any]) -> float | None:
-    """Model selection: validation AUC; minus the validation loss when AUC is undefined."""
+def _score(row: dict[str, Any]) -> list[float] | None:
+    """Model selection key: validation AUC, ties broken by the lower validation loss (AUC saturates early on easy
+    data while the logits are still uncalibrated); minus the loss alone when AUC is undefined."""
+    loss = -float(row["val_loss"]) if row.get("val_loss") is not None else None
     if row.get("val_auc") is not None:
-        return float(row["val_auc"])
-    return -float(row["val_loss"]) if row.get("val_loss") is not None else None
+        return [float(row["val_auc"]), loss if loss is not None else float("-inf")]
+    return [loss] if loss is not None else None
+
+
+def _improves(score: list[float] | None, best: Any) -> bool:
+    if score is None:
+        return False
+    if best is None or len(best) != len(score):  # also a best_score from an older checkpoint (a float)
+        return best is None or not isinstance(best, list)
+    return tuple(score) > tuple(best)
 
 
 def save_epoch(trainer: Trainer, epoch: int, row: dict[str, Any]) -> Path:
     """``ckpt_epoch_<epoch>.pth`` (full training state, atomic) and ``best.pth`` when the score improves."""
     rng = dist_utils.all_gather_objects(capture_rng())
     score = _score(row)
-    improved = score is not None and (trainer.best_score is None or score > trainer.best_score)
+    improved = _improves(score, trainer.best_score)
     if improved:
         trainer.best_score = score
     path = trainer.output / f"ckpt_epoch_{epoch}.pth"

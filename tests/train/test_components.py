@@ -102,3 +102,14 @@ def test_rng_round_trip(tmp_path) -> None:
     restore_rng(torch.load(tmp_path / "rng.pth", weights_only=True))
     assert torch.equal(torch.rand(2), expected[0]) and np.random.rand() == expected[1]
     assert random.random() == expected[2]
+
+
+def test_best_checkpoint_selection_breaks_auc_ties_by_validation_loss():
+    from spai.train.trainer import _improves, _score
+
+    first = _score({"val_auc": 0.99, "val_loss": 0.69})
+    assert _improves(first, None)
+    assert _improves(_score({"val_auc": 0.99, "val_loss": 0.30}), first)  # same AUC, calibrated logits
+    assert not _improves(_score({"val_auc": 0.98, "val_loss": 0.01}), first)
+    assert not _improves(_score({"val_auc": None, "val_loss": 0.01}), first)  # one-class epoch keeps the best
+    assert _improves(_score({"val_auc": None, "val_loss": 0.5}), None)
