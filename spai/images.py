@@ -109,8 +109,8 @@ def as_image_tensor(image: ImageSource, **limits: Any) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike, bytes)):
         return decode_image(image, **limits)
     if isinstance(image, Image.Image):
-        return torch.from_numpy(np.ascontiguousarray(_to_rgb_array(ImageOps.exif_transpose(image) or image)))\
-            .permute(2, 0, 1).contiguous()
+        arr = _to_rgb_array(ImageOps.exif_transpose(image) or image)
+        return torch.from_numpy(np.array(arr.transpose(2, 0, 1)))  # a writable CHW copy
     tensor = torch.as_tensor(np.asarray(image)) if isinstance(image, np.ndarray) else image
     if tensor.ndim == 2:
         tensor = tensor.unsqueeze(0).expand(3, -1, -1)
