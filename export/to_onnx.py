@@ -15,29 +15,27 @@ if __package__ in (None, ""):  # run as a script: put the repo root (not export/
     sys.path[:] = [_ROOT] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
+from export.cli_common import add_common_arguments, run_reporting_errors  # noqa: E402  (after the path fix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint file or named config (e.g. spai-tiny: random weights)")
-    parser.add_argument("-o", "--output", default="export_out", help="output directory (default: export_out)")
-    parser.add_argument("--check-images", metavar="DIR", help="also check these images (samples.csv = labels)")
-    parser.add_argument("--check-patches", type=int, default=256, help="random patches for the parity check")
-    parser.add_argument("--fp16-route", choices=("convert", "torch"), default="convert")
+    add_common_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    from export.pipeline import onnx_from_checkpoint, parity_from_onnx
-    from spai.errors import SPAIError
-
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
+        from export.pipeline import onnx_from_checkpoint, parity_from_onnx
+
         art = onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
         parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches)
-    except SPAIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return 0
+
+    return run_reporting_errors(work)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ if __package__ in (None, ""):  # run as a script: put the repo root (not export/
     sys.path[:] = [_ROOT] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
+from export.cli_common import add_common_arguments, run_reporting_errors  # noqa: E402  (after the path fix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint file or named config (e.g. spai-tiny: random weights)")
-    parser.add_argument("-o", "--output", default="export_out", help="output directory (default: export_out)")
+    add_common_arguments(parser)
     parser.add_argument("--min-batch", type=int, help="patch-encoder profile: fewest patches per call")
     parser.add_argument("--opt-batch", type=int, help="patch-encoder profile: batch the tactics are tuned for")
     parser.add_argument("--max-batch", type=int, help="patch-encoder profile: most patches per call")
@@ -28,38 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", type=int, metavar="MB", help="TensorRT workspace limit")
     parser.add_argument("--fp32", action="store_true", help="build an FP32 (TF32 off) encoder engine")
     parser.add_argument("--onnx-only", action="store_true", help="stop after ONNX and the ORT parity report")
-    parser.add_argument("--check-images", metavar="DIR", help="also check these images (samples.csv = labels)")
-    parser.add_argument("--check-patches", type=int, default=256, help="random patches for the parity check")
-    parser.add_argument("--fp16-route", choices=("convert", "torch"), default="convert")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: export_all(args))
+
+
+def export_all(args: argparse.Namespace) -> int:
+    """checkpoint -> ONNX -> (TensorRT engines) -> parity report; the exit code."""
     from export import pipeline
     from export.trt import tensorrt_available
-    from spai.errors import SPAIError
 
-    args = build_parser().parse_args(argv)
-    try:
-        art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
-        if args.onnx_only or not tensorrt_available():
-            pipeline.parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches)
-            if args.onnx_only:
-                return 0
-            print("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
-                  f"parity report are in {args.output}; run again on a GPU machine to build the engines "
-                  f"(exit code {pipeline.EXIT_TRT_UNAVAILABLE}).", file=sys.stderr)
-            return pipeline.EXIT_TRT_UNAVAILABLE
-        engines = pipeline.engines_from_onnx(art, args.output, min_batch=args.min_batch, opt_batch=args.opt_batch,
-                                             max_batch=args.max_batch, max_patches=args.max_patches,
-                                             timing_cache=args.timing_cache, workspace_mb=args.workspace,
-                                             fp32=args.fp32)
-        pipeline.parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches,
-                                  engines=engines)
-    except SPAIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
+    if args.onnx_only or not tensorrt_available():
+        pipeline.parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches)
+        if args.onnx_only:
+            return 0
+        print("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
+              f"parity report are in {args.output}; run again on a GPU machine to build the engines "
+              f"(exit code {pipeline.EXIT_TRT_UNAVAILABLE}).", file=sys.stderr)
+        return pipeline.EXIT_TRT_UNAVAILABLE
+    engines = pipeline.engines_from_onnx(art, args.output, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                                         max_batch=args.max_batch, max_patches=args.max_patches,
+                                         timing_cache=args.timing_cache, workspace_mb=args.workspace,
+                                         fp32=args.fp32)
+    pipeline.parity_from_onnx(art, args.output, image_dir=args.check_images, n_random=args.check_patches,
+                              engines=engines)
     return 0
 
 

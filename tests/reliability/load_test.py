@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --url must be a loopback address (127.0.0.1:PORT)", file=sys.stderr)
         return 1
     server = None
+    # SIGTERM (e.g. `timeout`, `kill`) becomes SystemExit, so the finally block below stops the server we started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.url:
             url, pid = args.url, args.server_pid
