@@ -21,7 +21,7 @@ from spai.images import ImageSource, as_image_tensor
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask
-from spai.patching import PatchSpec, count_patches, iter_patch_chunks
+from spai.patching import PatchSpec, count_patches, iter_patch_chunks, patchify
 
 CPU_MAX_CHUNK = 16  # patches per encoder call on CPU (memory, not results: encoding is batch independent)
 
@@ -112,12 +112,9 @@ class SPAIModel(nn.Module):
     # --- tensor path (training) --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, aux: dict[str, Any] | None = None) -> torch.Tensor:
         """B x 3 x H x W batch of same-size images in [0, 1] (e.g. augmented views side by side) -> B x 1."""
-        from spai.patching import patchify
-
         patches = torch.stack([patchify(img, self.patch_spec) for img in images])  # B x L x 3 x S x S
         b, n = patches.shape[:2]
-        features = self.encode_patches(patches.flatten(0, 1)) if aux is None else \
-            self.mfvit(patches.flatten(0, 1), aux=aux)
+        features = self.mfvit(patches.flatten(0, 1), aux=aux)
         return self.aggregate(features.view(b, n, -1))
 
     # --- images of any size ------------------------------------------------------------------------------
