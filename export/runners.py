@@ -58,8 +58,9 @@ class OrtRunner(Runner):
     """onnxruntime session (CPU by default; ``threads`` None = all cores)."""
 
     def __init__(self, onnx_path: str | os.PathLike, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.path = Path(onnx_path)
+        self.max_shapes = dict(max_shapes or {})  # largest shape per input, as a TensorRT profile declares it
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self.name = f"ort:{self.path.name}"
@@ -80,5 +81,11 @@ class OrtRunner(Runner):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
             raise RuntimeError(f"{self.name}: use it as a context manager (with OrtRunner(...) as r:)")
+        for name, limit in self.max_shapes.items():
+            shape = feed[name].shape
+            if len(shape) != len(limit) or any(d > m for d, m in zip(shape, limit)):
+                from spai.errors import ExportError
+
+                raise ExportError(f"{self.name}: input {name} of shape {shape} exceeds the declared maximum {limit}")
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(names, feed)))
