@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m spai demo $(if $(IMAGES),--images $(IMAGES))
+	$(VENV)/bin/spai demo $(if $(IMAGES),--images $(IMAGES))
 
 test: install
 	$(PY) -m pytest -q

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.baseline import UpstreamBaseline
@@ -76,23 +75,20 @@ def cudagraph_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
 
 
 def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
-    """ONNX Runtime CPU session on ``patch_encoder[.fp16].onnx`` with one thread per core."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise Unavailable(f"onnxruntime is not installed ({e})") from e
+    """An ONNX Runtime CPU runner on ``patch_encoder[.fp16].onnx`` (one thread per core) declared for this batch."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise Unavailable("onnxruntime is not installed")
+    from spai.runners import OrtRunner
+    from spai.specs import PATCHES
+
     path = onnx_dir / ("patch_encoder.onnx" if precision == "fp32" else f"patch_encoder.{precision}.onnx")
     if not path.is_file():
         err = onnx_dir / "fp16_error.txt"
         why = err.read_text() if err.is_file() else f"files: {sorted(p.name for p in onnx_dir.iterdir())}"
         raise Unavailable(f"no {path.name} from export ({why})")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = cpu_threads()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    array = x.numpy().astype(np.float16 if "float16" in inp.type else np.float32)
-    return lambda: session.run(None, {inp.name: array})
+    feed = {PATCHES: x.numpy()}
+    runner = OrtRunner(path, threads=cpu_threads(), limits={PATCHES: tuple(x.shape)}).__enter__()
+    return lambda: runner.infer(feed)
 
 
 def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
@@ -100,25 +96,24 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
     if importlib.util.find_spec("tensorrt") is None:
         raise Unavailable("TensorRT (the `tensorrt` package) is not installed on this machine")
     try:
-        from export.specs import trt_profile
         from export.trt import TrtRunner, engine_from_onnx
     except Exception as e:
         raise Unavailable(f"export.trt is not importable ({type(e).__name__}: {e})") from e
+    from spai.specs import PATCHES, patch_encoder_spec, trt_profile
+
     batch = x.shape[0]
     onnx = onnx_dir / "patch_encoder.fp16.onnx"
     onnx = onnx if onnx.is_file() else onnx_dir / "patch_encoder.onnx"
-    profile = trt_profile(_encoder_spec_from_onnx(onnx), min_batch=1, opt_batch=batch, max_batch=batch)
-    plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", profile)
+    spec = patch_encoder_spec(_feature_dim_of(onnx))
+    plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", trt_profile(spec, 1, batch, batch))
     runner = TrtRunner(plan).__enter__()  # one engine per test; freed with the runner at test teardown
-    feed = {"patches": x.cpu().numpy()}
+    feed = {PATCHES: x.cpu().numpy()}
     return lambda: runner.infer(feed)
 
 
-def _encoder_spec_from_onnx(onnx: Path) -> Any:
-    """The patch-encoder ModelSpec for the feature dimension stored in the ONNX graph's output shape."""
+def _feature_dim_of(onnx: Path) -> int:
+    """The feature dimension stored in an exported patch encoder's output shape."""
     import onnx as onnx_lib
 
-    from export.specs import patch_encoder_spec
-
     out = onnx_lib.load(str(onnx), load_external_data=False).graph.output[0]
-    return patch_encoder_spec(int(out.type.tensor_type.shape.dim[-1].dim_value))
+    return int(out.type.tensor_type.shape.dim[-1].dim_value)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,8 @@ from typing import Any
 
 import psutil
 import torch
+
+from spai.runners import available_cores as cpu_threads  # noqa: F401  (one definition of it)
 
 MB = 1024 * 1024
 
@@ -54,14 +55,6 @@ MODES: dict[str, BenchMode] = {
         aggregator_lengths=(1, 4, 16, 64, 256, 1024, 4096), foundation_batch=8, gemm_size=4096,
         gpu_batches=(1, 8, 32, 128, 256)),
 }
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def device_label(device: torch.device) -> str:

@@ -6,7 +6,6 @@ Run: ``pytest benchmarks/test_patch_encoder_ort.py --benchmark-group-by=param:na
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -35,12 +34,14 @@ def _exported(name: str, tmp_root: Path):
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 @pytest.mark.parametrize(("name", "batch"), CASES)
 def test_patch_encoder_throughput(benchmark, tmp_path_factory, name, batch, backend):
-    from export.runners import OrtRunner, TorchRunner
+    from spai.runners import OrtRunner, TorchRunner, available_cores
+    from spai.specs import PATCHES
 
     model, graphs = _exported(name, tmp_path_factory.getbasetemp())
-    feed = {"patches": np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)}
-    torch.set_num_threads(os.cpu_count() or 1)
-    runner = TorchRunner(model, "patch_encoder") if backend == "torch" else OrtRunner(graphs.patch_encoder)
+    feed = {PATCHES: np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)}
+    torch.set_num_threads(available_cores())
+    runner = TorchRunner(model, "patch_encoder", batch) if backend == "torch" else \
+        OrtRunner(graphs.patch_encoder, limits={PATCHES: (batch, 3, 224, 224)})
     benchmark.group = f"{name}-bs{batch}"
     with runner:
         rounds = 5 if name == "spai-tiny" else 2

@@ -1,5 +1,7 @@
 """Serving overhead: end-to-end images/s and p50/p99 latency through the bundled tritonserver (python-ort
-repository of spai-tiny) at concurrency 1, 4, 16, against in-process ONNX Runtime on the same images.
+repository of spai-tiny) at concurrency 1, 4, 16, against in-process scoring of the same images with the same
+runner (:mod:`spai.inference` with ONNX Runtime). Images: the shared samples where present, else the generated
+corpus of :mod:`spai.data.samples`.
 
     pytest benchmarks/test_serving.py --benchmark-json=out.json     # numbers in extra_info
     python benchmarks/test_serving.py                               # prints a table
@@ -17,35 +19,37 @@ SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "samples"
 CONCURRENCY = (1, 4, 16)
 
 
-def sample_paths() -> list[Path]:
+def sample_paths(work: Path) -> list[Path]:
+    from spai.data.samples import write_sample_images
     from spai.images import list_images
 
-    return list_images(SAMPLES) if SAMPLES.is_dir() else []
+    return list_images(SAMPLES) if SAMPLES.is_dir() else write_sample_images(work)
 
 
 def make_export(out: Path) -> Path:
     import torch
 
     import spai
-    from serving.export_for_serving import export_for_serving
+    from export.onnx import onnx_from_torch
 
     torch.manual_seed(0)
-    return export_for_serving(spai.create_model("spai-tiny"), out)
+    return onnx_from_torch(spai.create_model("spai-tiny"), out).directory
 
 
 def measure_inprocess(export: Path, paths: list[Path]) -> dict[str, float]:
-    """Images/s of the same pipeline with both ONNX graphs in this process (one image at a time)."""
-    from serving.ort_runner import InProcessScorer
-    from serving.pipeline import PipelineSettings, score_requests
+    """Images/s of the same inference path with both ONNX graphs in this process (one image at a time)."""
+    from spai.inference import score_requests
+    from spai.runners import OrtRunner
 
-    scorer, settings, lat = InProcessScorer(export), PipelineSettings(), []
+    lat = []
     blobs = [p.read_bytes() for p in paths]
-    score_requests([blobs[0]], settings, scorer.encode, scorer.aggregate)  # warm-up
-    start = time.perf_counter()
-    for b in blobs:
-        t = time.perf_counter()
-        score_requests([[b]], settings, scorer.encode, scorer.aggregate)
-        lat.append((time.perf_counter() - t) * 1e3)
+    with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
+        score_requests([blobs[:1]], enc, agg)  # warm-up
+        start = time.perf_counter()
+        for b in blobs:
+            t = time.perf_counter()
+            score_requests([[b]], enc, agg)
+            lat.append((time.perf_counter() - t) * 1e3)
     return summarize(lat, time.perf_counter() - start)
 
 
@@ -69,9 +73,7 @@ def summarize(latencies_ms: list[float], seconds: float) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     pytest.importorskip("pytriton")
-    paths = sample_paths()
-    if not paths:
-        pytest.skip(f"{SAMPLES} not present")
+    paths = sample_paths(tmp_path_factory.mktemp("images"))
     from serving.repository import build_repository
     from serving.server import TritonServer
 
@@ -100,8 +102,8 @@ def main() -> None:
     from serving.repository import build_repository
     from serving.server import TritonServer
 
-    paths = sample_paths()
     with tempfile.TemporaryDirectory() as tmp:
+        paths = sample_paths(Path(tmp) / "images")
         export = make_export(Path(tmp) / "export")
         base = measure_inprocess(export, paths)
         print(f"in-process ORT      {base['images_per_s']:6.2f} img/s  p50 {base['p50_ms']:7.1f} ms  "

@@ -1,8 +1,8 @@
 """The one comparator: PyTorch FP32 vs ORT FP32 vs ORT FP16 vs TensorRT, with the gates in one place.
 
-Two task-level checks per backend: (1) real images at native resolution through the real pipeline
-(``spai.patchify`` -> encoder in chunks -> aggregator with the padding mask), against ``model.score_images``;
-(2) random patches grouped into pseudo-images of 1..8 patches (exercises padding and dynamic L).
+Two task-level checks per backend, both through :mod:`spai.inference` (the code that serves), chunked and
+grouped by each runner's declared limits: (1) real images at native resolution, against the torch runners
+(``model.score_images``); (2) random patches grouped into pseudo-images of 1..8 patches (padding, dynamic L).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from spai.errors import AccuracyError
+from spai.inference import prepare_image, score_patch_groups, score_prepared, sigmoid
+from spai.specs import PATCHES_INPUT
 
 Backend = tuple[Any, Any]  # (patch-encoder runner, aggregator runner), entered context managers
 
@@ -62,10 +63,6 @@ def compare_outputs(ref: np.ndarray, test: np.ndarray, *, atol: float | None = N
     return CompareResult(max_abs, float(diff.mean()) if diff.size else 0.0, float(rel.max(initial=0.0)), passed)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
-
-
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -75,7 +72,7 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """max/mean |Δ logit|, max |Δ probability|, decision flips at 0.5 and the AUC delta."""
     ref, test = np.asarray(ref_logits, np.float64).ravel(), np.asarray(test_logits, np.float64).ravel()
-    p_ref, p_test = _sigmoid(ref), _sigmoid(test)
+    p_ref, p_test = sigmoid(ref).astype(np.float64), sigmoid(test).astype(np.float64)
     labels = (p_ref >= 0.5).astype(int) if labels is None else np.asarray(labels).astype(int)
     auc_ref, auc_test = _auc(labels, p_ref), _auc(labels, p_test)
     return {"n": int(ref.size), "max_abs_dlogit": float(np.abs(ref - test).max(initial=0.0)),
@@ -87,42 +84,16 @@ def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.nda
             "finite": bool(np.isfinite(test).all())}
 
 
-def encode_in_chunks(encoder: Any, patches: np.ndarray, chunk: int) -> np.ndarray:
-    """Patch features of N patches, ``chunk`` at a time (the engine's max batch bounds ``chunk``)."""
-    outs = [encoder.infer({"patches": np.ascontiguousarray(patches[i:i + chunk], np.float32)})["patch_features"]
-            for i in range(0, len(patches), chunk)]
-    return np.concatenate(outs).astype(np.float32)
-
-
-def aggregate_padded(aggregator: Any, features: np.ndarray, counts: Sequence[int]) -> np.ndarray:
-    """Logits (B,) of images whose concatenated patch features are split by ``counts`` (zero-padded batch)."""
-    longest = max(counts)
-    batch = np.zeros((len(counts), longest, features.shape[1]), np.float32)
-    mask = np.zeros((len(counts), longest), bool)
-    start = 0
-    for i, n in enumerate(counts):
-        batch[i, :n], mask[i, :n] = features[start:start + n], True
-        start += n
-    return aggregator.infer({"patch_features": batch, "patch_mask": mask})["logits"][:, 0]
-
-
-def score_images_with(backend: Backend, images: Sequence[torch.Tensor], spec: Any, chunk: int = 16) -> np.ndarray:
-    """The deployed pipeline on decoded images: patchify -> encoder (chunks) -> padded aggregator."""
-    from spai.patching import patchify
-
-    patches = [patchify(img, spec).numpy() for img in images]
-    counts = [len(p) for p in patches]
-    features = encode_in_chunks(backend[0], np.concatenate(patches), chunk)
-    return aggregate_padded(backend[1], features, counts)
-
-
 def random_patch_groups(n: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
-    """``n`` random patches in [0, 1] and a split of them into pseudo-images of 1..8 patches."""
+    """``n`` random patches (uint8 pixel values, in the encoder's input dtype: floats scaled to [0, 1]) and a
+    split of them into pseudo-images of 1..8 patches."""
     rng = np.random.default_rng(seed)
     counts: list[int] = []
     while sum(counts) < n:
         counts.append(int(min(rng.integers(1, 9), n - sum(counts))))
-    return rng.random((n, 3, 224, 224), dtype=np.float32), counts
+    pixels = rng.integers(0, 256, (n, *PATCHES_INPUT.shape), dtype=np.uint8)
+    dtype = PATCHES_INPUT.np_dtype
+    return (pixels if dtype == np.uint8 else (pixels.astype(dtype) / 255).astype(dtype)), counts
 
 
 @dataclass
@@ -170,32 +141,30 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
 
 def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
                      image_paths: Sequence[Path] = (), labels: np.ndarray | None = None, n_random: int = 256,
-                     gates: Gates | None = None, chunk: int = 16, progress: Any = None) -> ParityReport:
+                     gates: Gates | None = None, progress: Any = None) -> ParityReport:
     """Compare each backend (name -> ((encoder, aggregator), "fp32"|"fp16")) with PyTorch FP32."""
-    from export.runners import TorchRunner
-    from spai.images import decode_image
+    from spai.runners import TorchRunner
 
     gates, say = gates or Gates(), progress or (lambda _m: None)
     report = ParityReport(gates=asdict(gates))
-    torch_backend = (TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
-    images = [decode_image(p) for p in image_paths]
+    reference = (TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
+    images = [prepare_image(p, str(p), spec=model.patch_spec) for p in image_paths]
     ref_images = None
     if images:
-        say(f"scoring {len(images)} images with PyTorch (model.score_images) ...")
-        ref_images = np.array([s.logit for s in model.score_images(images)])
+        say(f"scoring {len(images)} images with PyTorch ...")
+        ref_images = np.array([s.logit for s in score_prepared(images, *reference)])
     patches, counts = random_patch_groups(n_random)
     say(f"encoding {n_random} random patches with PyTorch ...")
-    ref_feats = encode_in_chunks(torch_backend[0], patches, chunk)
-    ref_random = aggregate_padded(torch_backend[1], ref_feats, counts)
+    ref_feats, ref_random = score_patch_groups(patches, counts, *reference)
     for name, (backend, precision) in backends.items():
         say(f"checking {name} ({precision}) ...")
         entry: dict[str, Any] = {"precision": precision}
-        feats = encode_in_chunks(backend[0], patches, chunk)
+        feats, logits = score_patch_groups(patches, counts, *backend)
         entry["patch_features"] = asdict(compare_outputs(ref_feats, feats))
-        entry["random_patches"] = logit_parity(ref_random, aggregate_padded(backend[1], feats, counts))
+        entry["random_patches"] = logit_parity(ref_random, logits)
         report.failures += _gate(f"{name}/random", precision, entry["random_patches"], gates, False)
         if ref_images is not None:
-            entry["images"] = logit_parity(ref_images, score_images_with(backend, images, model.patch_spec, chunk),
+            entry["images"] = logit_parity(ref_images, np.array([s.logit for s in score_prepared(images, *backend)]),
                                            labels)
             report.failures += _gate(f"{name}/images", precision, entry["images"], gates, True)
         report.backends[name] = entry

@@ -3,7 +3,7 @@
 Policy (both routes): the CLIP backbone's matmuls, GELU and residual adds run in FP16; FP32 stays where FP16 is
 unsafe: the spectral filter (DFT matmuls), the CLIP normalisation, every LayerNormalization and Softmax, and the
 whole FrequencyRestorationEstimator (cosine-similarity statistics, unbiased std, gates, fusion: < 1 % of the
-FLOPs). Inputs and outputs stay float32, so the serving contract of :mod:`export.specs` is unchanged.
+FLOPs). Inputs and outputs stay float32, so the serving contract of :mod:`spai.specs` is unchanged.
 
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from export.onnx import atomic_path, check_graph, example_inputs, export_graph
-from export.specs import patch_encoder_spec
 from spai.errors import ExportError
+from spai.specs import patch_encoder_spec
 
 FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
 # Inside the backbone scope: normalisation and attention probabilities stay FP32 (the SDPA scale arithmetic

@@ -1,5 +1,5 @@
 """PyTorch -> ONNX: ``patch_encoder.onnx`` and ``aggregator.onnx`` with the names and dynamic axes of
-:mod:`export.specs`.
+:mod:`spai.specs`.
 
 Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). Our spectral filter is
 already plain MatMuls, so the dynamo exporter's one advantage (FFT -> ``DFT``) is moot, and in our trials the
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.specs import OPSET, ModelSpec, aggregator_spec, patch_encoder_spec
 from spai.errors import CheckpointError, ExportError
+from spai.specs import OPSET, ModelSpec, aggregator_spec, patch_encoder_spec
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
 Progress = Callable[[str], None]
@@ -36,6 +36,11 @@ class OnnxExport:
     patch_encoder: Path
     aggregator: Path
     feature_dim: int
+
+    @property
+    def directory(self) -> Path:
+        """The export directory (what a model repository is built from)."""
+        return self.patch_encoder.parent
 
 
 class PatchEncoderGraph(nn.Module):

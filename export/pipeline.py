@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -11,10 +12,10 @@ from typing import Any
 from export.compare import Gates, ParityReport, compare_backends, enforce, load_images, write_report
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
-from export.runners import OrtRunner
-from export.specs import aggregator_spec, patch_encoder_spec, trt_profile
+from spai.runners import OrtRunner
+from spai.specs import Shape, aggregator_spec, max_shapes, patch_encoder_spec, trt_profile
 
-EXIT_TRT_UNAVAILABLE = 4  # ONNX + ORT parity report written, but no TensorRT/GPU to build engines
+Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
 
 def log(msg: str) -> None:
@@ -48,30 +49,36 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
     return OnnxArtifacts(model, description, graphs, fp16)
 
 
-def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, *, image_dir: str | os.PathLike | None = None,
-                     n_random: int = 256, gates: Gates | None = None, engines: dict[str, Path] | None = None,
-                     extra: dict | None = None) -> ParityReport:
+def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
+                    max_batch: int | None = None, max_patches: int | None = None) -> Profiles:
+    """The TensorRT optimisation profiles of both engines (None = the defaults of :mod:`spai.specs`)."""
+    return {"patch_encoder": trt_profile(patch_encoder_spec(feature_dim), min_batch, opt_batch, max_batch),
+            "aggregator": trt_profile(aggregator_spec(feature_dim), max_patches=max_patches)}
+
+
+def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: Profiles, *,
+                     image_dir: str | os.PathLike | None = None, n_random: int = 256, gates: Gates | None = None,
+                     engines: dict[str, Any] | None = None, extra: dict | None = None) -> ParityReport:
     """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given); write the report; raise
-    :class:`spai.AccuracyError` if a gate fails."""
+    :class:`spai.AccuracyError` if a gate fails. The ORT runners declare the engines' profile limits, so the
+    check chunks and groups exactly as the engines will be fed."""
     paths, labels = load_images(image_dir) if image_dir else ([], None)
-    runners = {"ort-fp32": (OrtRunner(art.graphs.patch_encoder), OrtRunner(art.graphs.aggregator), "fp32"),
-               "ort-fp16": (OrtRunner(art.patch_encoder_fp16), OrtRunner(art.graphs.aggregator), "fp16")}
+    enc_limits, agg_limits = max_shapes(profiles["patch_encoder"]), max_shapes(profiles["aggregator"])
+    runners = {"ort-fp32": (OrtRunner(art.graphs.patch_encoder, limits=enc_limits),
+                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp32"),
+               "ort-fp16": (OrtRunner(art.patch_encoder_fp16, limits=enc_limits),
+                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp16")}
     if engines:
         from export.trt import TrtRunner
 
         precision = "fp32" if engines.get("fp32") else "fp16"
         runners[f"trt-{precision}"] = (TrtRunner(engines["patch_encoder"]), TrtRunner(engines["aggregator"]),
                                        precision)
-    entered = {}
-    for name, (enc, agg, precision) in runners.items():
-        entered[name] = ((enc.__enter__(), agg.__enter__()), precision)
-    try:
+    with contextlib.ExitStack() as stack:
+        entered = {name: ((stack.enter_context(enc), stack.enter_context(agg)), precision)
+                   for name, (enc, agg, precision) in runners.items()}
         report = compare_backends(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
                                   gates=gates, progress=log)
-    finally:
-        for (enc, agg), _ in entered.values():
-            enc.__exit__(None, None, None)
-            agg.__exit__(None, None, None)
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
     json_path, md_path = write_report(report, out_dir, header, extra)
     print(md_path.read_text(), flush=True)
@@ -80,23 +87,20 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, *, image_di
     return report
 
 
-def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, *, min_batch: int | None = None,
-                      opt_batch: int | None = None, max_batch: int | None = None, max_patches: int | None = None,
+def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: Profiles, *,
                       timing_cache: str | os.PathLike | None = None, workspace_mb: int | None = None,
                       fp32: bool = False) -> dict[str, Any]:
     """``patch_encoder.plan`` (from the fp16 ONNX, or the fp32 one with ``fp32``) and ``aggregator.plan``."""
     from export.trt import engine_from_onnx
 
-    out, dim = Path(out_dir), art.graphs.feature_dim
+    out = Path(out_dir)
     enc_onnx = art.graphs.patch_encoder if fp32 else art.patch_encoder_fp16
-    enc_profile = trt_profile(patch_encoder_spec(dim), min_batch, opt_batch, max_batch)
-    agg_profile = trt_profile(aggregator_spec(dim), max_patches=max_patches)
-    log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {enc_profile}) ...")
-    enc = engine_from_onnx(enc_onnx, out / "patch_encoder.plan", enc_profile, timing_cache=timing_cache,
-                           workspace_mb=workspace_mb, fp32=fp32)
+    log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {profiles['patch_encoder']}) ...")
+    enc = engine_from_onnx(enc_onnx, out / "patch_encoder.plan", profiles["patch_encoder"],
+                           timing_cache=timing_cache, workspace_mb=workspace_mb, fp32=fp32)
     log("building TensorRT aggregator (FP32) ...")
-    agg = engine_from_onnx(art.graphs.aggregator, out / "aggregator.plan", agg_profile, timing_cache=timing_cache,
-                           workspace_mb=workspace_mb, fp32=True)
+    agg = engine_from_onnx(art.graphs.aggregator, out / "aggregator.plan", profiles["aggregator"],
+                           timing_cache=timing_cache, workspace_mb=workspace_mb, fp32=True)
     for path in (enc, agg):
         log(f"wrote {path}")
     return {"patch_encoder": enc, "aggregator": agg, "fp32": fp32}

@@ -18,6 +18,7 @@ import numpy as np
 
 from export.onnx import atomic_path
 from spai.errors import ExportError
+from spai.runners import Runner
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
@@ -106,7 +107,7 @@ def engine_from_onnx(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
                      timing_cache: str | os.PathLike | None = None, workspace_mb: int | None = None,
                      fp32: bool = False, verbose: bool = False) -> Path:
     """Build a serialized engine (``.plan``) from ONNX with one optimisation profile covering ``profile``
-    (input name -> (min, opt, max) shapes, see :func:`export.specs.trt_profile`). The timing cache, if
+    (input name -> (min, opt, max) shapes, see :func:`spai.specs.trt_profile`). The timing cache, if
     given, is loaded and written back. Nothing is left at ``plan_path`` if the build fails."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
@@ -128,10 +129,14 @@ def engine_from_onnx(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     return plan
 
 
-class TrtRunner:
-    """Runs a serialized engine on the current CUDA device with torch-allocated buffers (profile 0)."""
+class TrtRunner(Runner):
+    """Runs a serialized engine on the current CUDA device with torch-allocated buffers (profile 0).
+
+    Declares the engine's own limits: the largest shape of optimisation profile 0 for every input.
+    """
 
     def __init__(self, plan_path: str | os.PathLike) -> None:
+        super().__init__()
         self.path = Path(plan_path)
         self.name = f"trt:{self.path.name}"
         self.engine: Any = None
@@ -145,6 +150,8 @@ class TrtRunner:
             raise ExportError(f"{self.path} is not a TensorRT engine for this TensorRT version / GPU; rebuild it.")
         self.context = self.engine.create_execution_context()
         self._trt = trt
+        self.limits = {name: tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
+                       for name in self._io_names(trt.TensorIOMode.INPUT)}
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -155,7 +162,7 @@ class TrtRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         return [n for n in names if self.engine.get_tensor_mode(n) == mode]
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         trt = self._trt
@@ -163,7 +170,9 @@ class TrtRunner:
         for name in self._io_names(trt.TensorIOMode.INPUT):
             dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             tensor = torch.from_numpy(np.ascontiguousarray(feed[name], dtype=dtype)).cuda()
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ExportError(f"{self.name}: input {name!r} of shape {tuple(tensor.shape)} is outside the "
+                                  f"engine's optimisation profile (largest {self.limits.get(name)}).")
             self.context.set_tensor_address(name, tensor.data_ptr())
             keep.append(tensor)
         outputs = {}

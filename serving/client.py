@@ -1,38 +1,30 @@
 """Client side of ``spai score``: send encoded images to the ``spai`` model over HTTP or gRPC (tritonclient),
-N requests in flight (threads), retries on connection errors, CSV rows and attention heatmaps.
+N requests in flight (threads), retries on connection errors and on the server's retryable errors (INTERNAL,
+UNAVAILABLE), one :class:`spai.inference.ImageScore` per image. Light: no torch.
 """
 
 from __future__ import annotations
 
-import csv
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from spai.errors import ServingError
-from spai.images import expand_inputs  # noqa: F401  (re-exported: the CLI and tests use it from here)
+from spai.inference import ImageScore
 
-CSV_FIELDS = ["image", "probability", "logit", "num_patches", "latency_ms", "error"]
-
-
-@dataclass
-class ScoreRow:
-    """One image's result (``error`` non-empty when it failed)."""
-
-    image: str
-    probability: float | str = ""
-    logit: float | str = ""
-    num_patches: int | str = ""
-    latency_ms: float = 0.0
-    error: str = ""
-    attention: np.ndarray | None = None
+# Server answers worth a retry: INTERNAL (an encoder/aggregator failure), UNAVAILABLE (loading, overloaded).
+RETRYABLE_STATUS = ("500", "503", "StatusCode.INTERNAL", "StatusCode.UNAVAILABLE")
 
 
-def _is_connection_error(exc: Exception) -> bool:
+def is_retryable(exc: Exception) -> bool:
+    """A connection failure, or a server error that a later attempt may not meet (never a bad image)."""
+    status = exc.status() if callable(getattr(exc, "status", None)) else None
+    if status is not None and str(status) in RETRYABLE_STATUS:
+        return True
     text = str(exc).lower()
     return isinstance(exc, (ConnectionError, OSError)) or "unavailable" in text or "connect" in text
 
@@ -46,8 +38,6 @@ class SpaiClient:
             raise ServingError(f"unknown protocol {protocol!r}; use http or grpc.")
         self.url, self.protocol, self.model = url.removeprefix("http://").removeprefix("grpc://"), protocol, model
         self.retries, self.timeout_s = retries, timeout_s
-        import threading
-
         self._local = threading.local()
 
     def _module(self):
@@ -67,7 +57,8 @@ class SpaiClient:
 
     def infer(self, data: bytes, with_attention: bool = False) -> dict[str, np.ndarray]:
         """One image -> output arrays (probability, logit, num_patches[, patch_attention]), retrying on
-        connection errors; a request the server rejects raises ServingError with its message."""
+        connection and retryable server errors; a request the server rejects raises ServingError with its
+        message."""
         module = self._module()
         image = module.InferInput("image", [1, 1], "BYTES")
         image.set_data_from_numpy(np.array([[data]], dtype=object))
@@ -83,31 +74,31 @@ class SpaiClient:
                 result = self._client().infer(self.model, inputs, outputs=outputs)
                 return {n: result.as_numpy(n) for n in names}
             except Exception as e:  # noqa: BLE001 - tritonclient raises several unrelated types
-                if attempt < self.retries and _is_connection_error(e):
+                if attempt < self.retries and is_retryable(e):
                     time.sleep(min(2.0 ** attempt * 0.5, 10.0))
                     continue
                 msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
                 raise ServingError(msg or repr(e)) from e
         raise AssertionError("unreachable")
 
-    def score_file(self, path: str | Path, with_attention: bool = False) -> ScoreRow:
-        """Score one file; failures become the row's ``error`` (never raised)."""
+    def score_file(self, path: str | Path, with_attention: bool = False) -> ImageScore:
+        """Score one file; failures become the score's ``error`` (never raised)."""
         start = time.perf_counter()
         try:
             out = self.infer(Path(path).read_bytes(), with_attention)
         except (ServingError, OSError) as e:
-            return ScoreRow(str(path), latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip())
+            return ImageScore(str(path), latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip())
         n = int(out["num_patches"][0, 0])
-        attn = out["patch_attention"][0, :n] if with_attention else None
-        return ScoreRow(str(path), float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
-                        (time.perf_counter() - start) * 1e3, "", attn)
+        return ImageScore(str(path), float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
+                          (time.perf_counter() - start) * 1e3,
+                          attention=out["patch_attention"][0, :n] if with_attention else None)
 
     def score_paths(self, paths: Sequence[str | Path], concurrency: int = 1, with_attention: bool = False,
-                    progress: bool = True, on_row: Callable[[ScoreRow], None] | None = None) -> list[ScoreRow]:
-        """Score files with ``concurrency`` requests in flight; rows in input order."""
+                    progress: bool = True, on_row: Callable[[ImageScore], None] | None = None) -> list[ImageScore]:
+        """Score files with ``concurrency`` requests in flight; results in input order."""
         from tqdm import tqdm
 
-        def task(p: str | Path) -> ScoreRow:
+        def task(p: str | Path) -> ImageScore:
             row = self.score_file(p, with_attention)
             if on_row:
                 on_row(row)
@@ -116,14 +107,3 @@ class SpaiClient:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             it = pool.map(task, paths)
             return list(tqdm(it, total=len(paths), disable=not progress, unit="img", desc="scoring"))
-
-
-def write_rows(rows: Sequence[ScoreRow], path: str | Path) -> None:
-    """CSV with image, probability, logit, num_patches, latency_ms, error."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in rows:
-            lat = f"{r.latency_ms:.2f}"
-            writer.writerow({k: (lat if k == "latency_ms" else getattr(r, k)) for k in CSV_FIELDS})

@@ -1,10 +1,11 @@
-"""Generate Triton model repositories (config.pbtxt + model files) from :mod:`export.specs`.
+"""Generate Triton model repositories (config.pbtxt + model files) from :mod:`spai.specs`.
 
 Three models: ``spai`` (Python/BLS entry point taking encoded image bytes), ``spai_patch_encoder`` and
 ``spai_aggregator``. Variants of the two graphs: ``trt`` (``tensorrt_plan``, GPU, production), ``onnx``
 (``onnxruntime_onnx``, full Triton containers) and ``python-ort`` (Python backend running ONNX Runtime, the
 only kind the tritonserver bundled in nvidia-pytriton can load). Tensor names, dtypes and shapes come from
-``export.specs`` only, so configs cannot drift from the exported graphs.
+``spai.specs`` only, so configs cannot drift from the exported graphs. The ``spai`` model's code is the one file
+``serving/triton_models/spai/1/model.py``; generated repositories copy it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,29 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.specs import (DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PATCHES, ModelSpec, TensorSpec,
-                          aggregator_spec, patch_encoder_spec, trt_profile)
-from serving.pipeline import PipelineSettings
+from serving.bls import EntrySettings
 from spai.errors import ServingError
+from spai.inference import InputLimits
+from spai.specs import (
+    ATTENTION,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_PATCHES,
+    ModelSpec,
+    TensorSpec,
+    aggregator_spec,
+    patch_encoder_spec,
+    trt_profile,
+)
 
 VARIANTS = ("trt", "onnx", "python-ort")
 ENTRY, ENCODER, AGGREGATOR = "spai", "spai_patch_encoder", "spai_aggregator"
 PRODUCTION_FEATURE_DIM = 1168  # spai-fusion-b16 (the checked-in serving/triton_models/ layout)
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 CHECKED_IN = Path(__file__).resolve().parent / "triton_models"
+ENTRY_MODEL_FILE = CHECKED_IN / ENTRY / "1" / "model.py"  # the one source of the `spai` model
 # Aggregator output (B x L, attention mean over heads) used for heatmaps; older exports may lack it.
-ATTENTION_OUTPUT = aggregator_spec(1).output("attention")
+ATTENTION_OUTPUT = aggregator_spec(1).output(ATTENTION)
 ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)))
 ENTRY_OUTPUTS = (TensorSpec("probability", "float32", (1,)), TensorSpec("logit", "float32", (1,)),
                  TensorSpec("num_patches", "int32", (1,)), TensorSpec("patch_attention", "float32", (-1,)))
@@ -44,8 +56,8 @@ class RepositoryOptions:
     entry_instances: int = 2
     cpu_instances: int = 1
     queue_delay_us: int = 2000
-    settings: PipelineSettings = field(default_factory=lambda: PipelineSettings(
-        max_patches=DEFAULT_MAX_PATCHES, aggregator_batch=DEFAULT_MAX_IMAGES))
+    settings: EntrySettings = field(default_factory=lambda: EntrySettings(
+        limits=InputLimits(64 * 1024 * 1024, 50_000_000, DEFAULT_MAX_PATCHES), aggregator_batch=DEFAULT_MAX_IMAGES))
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -88,8 +100,8 @@ def _instances(variant: str, count: int) -> str:
 
 
 def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """The engine's (min, opt, max) input shapes (export.specs.trt_profile): max_batch_size = max[0]."""
-    return trt_profile(spec, max_batch=opts.max_batch, max_patches=opts.settings.max_patches,
+    """The engine's (min, opt, max) input shapes (spai.specs.trt_profile): max_batch_size = max[0]."""
+    return trt_profile(spec, max_batch=opts.max_batch, max_patches=opts.settings.limits.max_patches,
                        max_images=opts.max_images)
 
 
@@ -141,9 +153,10 @@ def entry_config(opts: RepositoryOptions) -> str:
     s = opts.settings
     params = {"encoder_model": ENCODER, "aggregator_model": AGGREGATOR, "aggregator_attention": str(opts.attention),
               "encoder_chunk": str(min(s.encoder_chunk, opts.max_batch)),
-              "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.max_bytes),
-              "max_pixels": str(s.max_pixels), "max_patches": str(s.max_patches), "patch_size": str(s.patch.size),
-              "patch_stride": str(s.patch.stride), "minimum_patches": str(s.patch.minimum_patches)}
+              "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.limits.max_bytes),
+              "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
+              "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
+              "minimum_patches": str(s.patch.minimum_patches)}
     parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS),
              f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}",
@@ -158,7 +171,9 @@ def write_configs(out: str | Path, opts: RepositoryOptions) -> Path:
     for name, text in files.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "config.pbtxt").write_text(text)
-    shutil.copyfile(MODELS_DIR / "spai_bls.py", root / ENTRY / "1" / "model.py")
+    entry_model = root / ENTRY / "1" / "model.py"
+    if entry_model.resolve() != ENTRY_MODEL_FILE.resolve():  # --checked-in writes beside the source itself
+        shutil.copyfile(ENTRY_MODEL_FILE, entry_model)
     if opts.variant == "python-ort":
         for name in (ENCODER, AGGREGATOR):
             shutil.copyfile(MODELS_DIR / "ort_model.py", root / name / "1" / "model.py")
@@ -195,8 +210,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                                                                         (AGGREGATOR, "aggregator"))}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:
-        raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai convert` (ONNX/TensorRT "
-                           f"export) into {art} first, or pick another --variant.")
+        raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai export CKPT -o {art}` first, "
+                           "or pick another --variant.")
     if (feature_dim is None or attention is None) and (art / "aggregator.onnx").is_file():
         dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
         feature_dim = feature_dim or dim

@@ -52,6 +52,20 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **state: An
                               "untouched.") from e
 
 
+def refuse_torchscript(path: str | Path) -> None:
+    """OpenAI's JIT CLIP archives are TorchScript programs: refuse them before anything deserialises them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return
+    if any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in n for n in names):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (e.g. OpenAI's JIT ViT-B-16.pt); it is code and is not loaded. "
+            "Convert it to plain weights with open_clip: `open_clip.create_model('ViT-B-16-quickgelu', "
+            "pretrained='openai')` then torch.save(model.state_dict(), 'clip_b16.pt'), and pass that file.")
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file without executing code: ``weights_only=True``, or the restricted unpickler for
     the pickled-yacs configs of upstream/fork checkpoints. Never falls back to an unrestricted load."""
@@ -60,8 +74,6 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} does not exist (or is not a file).")
     if path.stat().st_size == 0:
         raise CheckpointError(f"Checkpoint {path} is empty (0 bytes).")
-    from spai.importers.detect import refuse_torchscript
-
     refuse_torchscript(path)  # OpenAI JIT archives: refused with a clear message, never deserialised
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

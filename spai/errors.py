@@ -1,10 +1,13 @@
-"""One error family for everything a user can get wrong.
+"""One error family for everything a user can get wrong, and the one wrapper every command runs in.
 
-CLIs catch :class:`SPAIError`, print its message and exit 1; any other exception is a bug and keeps its
-traceback. Messages say what went wrong *and* how to fix it.
+:func:`report_errors` catches :class:`SPAIError`, prints its message and returns its ``exit_code``; any other
+exception is a bug and keeps its traceback. Messages say what went wrong *and* how to fix it.
 """
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class SPAIError(Exception):
@@ -41,3 +44,15 @@ class AccuracyError(SPAIError):
 
 class ServingError(SPAIError):
     """The inference server cannot be started or reached, or a request failed."""
+
+
+def report_errors(work: Callable[[], int | None]) -> int:
+    """Run a command: its exit code; for a user error its message on stderr and the error's own exit code."""
+    try:
+        return int(work() or 0)
+    except SPAIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spai.checkpoint import NATIVE_FORMAT, load_state_dict_strict, read_checkpoint_file, save_checkpoint
+from spai.checkpoint import NATIVE_FORMAT, check_finite, load_state_dict_strict, read_checkpoint_file, save_checkpoint
 from spai.config import Config, get_config, list_config_names
 from spai.errors import CheckpointError, ConfigError
 from spai.models.spai_model import SPAIModel
@@ -37,9 +38,14 @@ def build_backbone(cfg: Config, weights: str | os.PathLike | None = None) -> tor
             highpass_patch_embedding(visual)
         return CLIPBackbone(visual, layers)
     if kind == "mfm":
+        from spai.importers.detect import extract_mfm_backbone
         from spai.models.mfm import MFMBackbone
 
-        return MFMBackbone.from_config(cfg, weights)
+        model = MFMBackbone.from_config(cfg)
+        if weights is not None:  # an MFM pretrain file, upstream spai.pth or ours: unused keys declared
+            state = extract_mfm_backbone(read_checkpoint_file(weights), str(weights))
+            load_state_dict_strict(model, state, f"MFM backbone weights {weights}")
+        return model
     raise ConfigError(f"Unknown MODEL_WEIGHTS {kind!r}: use 'clip' (open_clip ViT) or 'mfm' (upstream SPAI's ViT).")
 
 
@@ -58,18 +64,21 @@ def create_model(name_or_cfg: str | os.PathLike | Mapping[str, Any] | None = Non
         device: where to put the model.
     """
     if checkpoint is not None:
-        model = _model_from_checkpoint(checkpoint, name_or_cfg, overrides)
-    else:
-        if name_or_cfg is None:
-            raise ConfigError("create_model needs a model name, a config or a checkpoint; "
-                              f"named models: {', '.join(list_models())}.")
-        cfg = get_config(name_or_cfg, overrides)
-        model = SPAIModel(cfg, build_backbone(cfg, pretrained or cfg.PRETRAINED or None))
+        return load_checkpoint(checkpoint, device, name_or_cfg, overrides)[0]
+    if name_or_cfg is None:
+        raise ConfigError("create_model needs a model name, a config or a checkpoint; "
+                          f"named models: {', '.join(list_models())}.")
+    cfg = get_config(name_or_cfg, overrides)
+    model = SPAIModel(cfg, build_backbone(cfg, pretrained or cfg.PRETRAINED or None))
     return model.to(device).eval()
 
 
-def _model_from_checkpoint(path: str | os.PathLike, name_or_cfg: Any, overrides: Iterable[tuple[str, Any]]
-                           ) -> SPAIModel:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    name_or_cfg: str | os.PathLike | Mapping[str, Any] | None = None,
+                    overrides: Iterable[tuple[str, Any]] = ()) -> tuple[SPAIModel, dict[str, Any]]:
+    """Model and the rest of the checkpoint (epoch, optimizer, lr_scheduler, scaler, metrics, source_format).
+
+    Any supported format (see :func:`create_model`); ``name_or_cfg`` names the model of a backbone-only file."""
     data = read_checkpoint_file(path)
     if data.get("format") != NATIVE_FORMAT:
         from spai.importers import import_foreign_checkpoint
@@ -78,23 +87,27 @@ def _model_from_checkpoint(path: str | os.PathLike, name_or_cfg: Any, overrides:
     _require_model_and_config(data, path)
     cfg = get_config(data["config"], overrides)
     model = SPAIModel(cfg, build_backbone(cfg, None))
-    load_state_dict_strict(model, data["model"], str(path))
-    return model
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SPAIModel, dict[str, Any]]:
-    """Model and the rest of the checkpoint (epoch, optimizer, lr_scheduler, scaler, metrics, ...)."""
-    data = read_checkpoint_file(path)
-    if data.get("format") != NATIVE_FORMAT:
-        from spai.importers import import_foreign_checkpoint
-
-        data = import_foreign_checkpoint(data, Path(path), None)
-    _require_model_and_config(data, path)
-    cfg = get_config(data["config"])
-    model = SPAIModel(cfg, build_backbone(cfg, None))
-    load_state_dict_strict(model, data["model"], str(path))
-    state = {k: v for k, v in data.items() if k not in ("model", "config", "format")}
+    if data.get("backbone_only"):
+        _fill_backbone(model, data["model"], str(path), data["backbone_only"])
+    else:
+        load_state_dict_strict(model, data["model"], str(path))
+    state = {k: v for k, v in data.items() if k not in ("model", "config", "format", "backbone_only")}
     return model.to(device).eval(), state
+
+
+def _fill_backbone(model: SPAIModel, backbone: dict[str, torch.Tensor], source: str, kind: str) -> None:
+    """Load backbone-only weights (``mfvit.vit.*``) into ``model``: every backbone tensor, nothing else."""
+    full = model.state_dict()
+    own = {k for k in full if k.startswith("mfvit.vit.")}
+    missing, extra = sorted(own - set(backbone)), sorted(set(backbone) - own)
+    bad = sorted(k for k in own & set(backbone) if backbone[k].shape != full[k].shape)
+    if missing or extra or bad:
+        raise CheckpointError(f"{source}: backbone weights do not fit {model.cfg.MODEL.NAME}: missing {missing[:6]}, "
+                              f"unexpected {extra[:6]}, shape mismatch {bad[:6]}. Pick the matching model config.")
+    check_finite(backbone, source)
+    model.load_state_dict({**full, **backbone}, strict=True)
+    warnings.warn(f"{source}: loaded the {kind} backbone only; the SPAI head (projectors, attention, classifier) "
+                  "is randomly initialised and its scores mean nothing until it is trained.", stacklevel=4)
 
 
 def _require_model_and_config(data: dict[str, Any], path: str | os.PathLike) -> None:

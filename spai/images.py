@@ -1,4 +1,4 @@
-"""Decode images of any format, mode and size to RGB uint8 tensors (3 x H x W), with limits.
+"""Decode images of any format, mode and size to RGB uint8 arrays (H x W x 3), with limits. Pure numpy + PIL.
 
 Handling (documented in the README): EXIF orientation applied; every PIL mode to RGB (16-bit and 32-bit integer
 greyscale scaled down to 8 bit, not clipped; alpha dropped as upstream's ``convert("RGB")`` does); animated
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from spai.errors import DataError, ImageError
@@ -26,7 +25,7 @@ DEFAULT_MAX_PIXELS = 178_956_970  # 2x PIL's bomb warning threshold
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm"}
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor]
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray, Any]  # Any: a torch.Tensor
 
 
 def _open(source: str | os.PathLike | bytes, max_bytes: int, name: str,
@@ -81,8 +80,8 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> torch.Tensor:
-    """Encoded image (path or bytes) -> 3 x H x W uint8 RGB tensor."""
+                 max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> np.ndarray:
+    """Encoded image (path or bytes) -> H x W x 3 uint8 RGB array (PIL's own buffer layout: no transpose)."""
     name = name or (str(source) if not isinstance(source, bytes) else "image bytes")
     im = _open(source, max_bytes, name, max_pixels)
     width, height = im.size
@@ -94,43 +93,48 @@ def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT
     try:
         im.seek(0)
         ImageOps.exif_transpose(im, in_place=True)  # in place: no full-size copy of a decoded image we own
-        arr = _to_rgb_array(im)
+        return _to_rgb_array(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name}: image data is truncated or corrupt ({e}).") from e
     finally:
-        im.close()  # free the decoded PIL image before the CHW copy (peak memory: see docs/reliability.md)
-    out = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.uint8)
-    out.numpy()[...] = arr.transpose(2, 0, 1)  # arr may be a read-only view of PIL's buffer: copy, never alias
-    return out
+        im.close()  # free the decoded PIL image: only the array is kept (peak memory: see docs/reliability.md)
 
 
-def as_image_tensor(image: ImageSource, **limits: Any) -> torch.Tensor:
-    """Path, bytes, PIL image, H x W x 3 / 3 x H x W array or tensor -> 3 x H x W (uint8, or float in [0, 1])."""
+def load_image(image: ImageSource, *, name: str | None = None, **limits: Any) -> np.ndarray:
+    """Path, bytes, PIL image, H x W x 3 / 3 x H x W array or tensor -> H x W x 3 (uint8, or float32 in [0, 1]).
+
+    ``name`` names encoded images in errors (default: the path). Arrays are not copied when they already have
+    that layout (a 3 x H x W one becomes a transposed view).
+    """
     if isinstance(image, (str, os.PathLike, bytes)):
-        return decode_image(image, **limits)
+        return decode_image(image, name=name, **limits)
     if isinstance(image, Image.Image):
-        arr = _to_rgb_array(ImageOps.exif_transpose(image) or image)
-        return torch.from_numpy(np.array(arr.transpose(2, 0, 1)))  # a writable CHW copy
-    tensor = torch.as_tensor(np.asarray(image)) if isinstance(image, np.ndarray) else image
-    if tensor.ndim == 2:
-        tensor = tensor.unsqueeze(0).expand(3, -1, -1)
-    if tensor.ndim != 3:
-        raise ImageError(f"expected an image of shape 3 x H x W or H x W x 3, got {tuple(tensor.shape)}.")
-    if tensor.shape[0] not in (1, 3) and tensor.shape[-1] in (1, 3, 4):
-        tensor = tensor[..., :3].permute(2, 0, 1)
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    if tensor.shape[0] != 3:
-        raise ImageError(f"expected 3 colour channels, got an array of shape {tuple(tensor.shape)}.")
-    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
-        raise ImageError(f"image array has no pixels (shape {tuple(tensor.shape)}).")
-    if tensor.dtype != torch.uint8:
-        tensor = tensor.float()
-        if not torch.isfinite(tensor).all():
-            raise ImageError("image array contains NaN or infinite values.")
-        if tensor.min() < 0 or tensor.max() > 1:
-            raise ImageError("float image arrays must hold values in [0, 1] (divide uint8 data by 255).")
-    return tensor
+        return _to_rgb_array(ImageOps.exif_transpose(image) or image)
+    array = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)  # torch without torch
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ImageError(f"expected an image of shape 3 x H x W or H x W x 3, got {tuple(array.shape)}.")
+    if array.shape[0] in (1, 3) or array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # channels first (torch's layout) -> channels last
+    array = array[:, :, :3]
+    if array.shape[2] == 1:
+        array = np.broadcast_to(array, (*array.shape[:2], 3))
+    if array.shape[2] != 3:
+        raise ImageError(f"expected 3 colour channels, got an array of shape {tuple(np.shape(image))}.")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"image array has no pixels (shape {tuple(np.shape(image))}).")
+    return array if array.dtype == np.uint8 else _unit_float(array)
+
+
+def _unit_float(array: np.ndarray) -> np.ndarray:
+    """A float image as float32, refused unless every value is finite and in [0, 1]."""
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise ImageError("image array contains NaN or infinite values.")
+    if array.min() < 0 or array.max() > 1:
+        raise ImageError("float image arrays must hold values in [0, 1] (divide uint8 data by 255).")
+    return array
 
 
 def list_images(directory: str | os.PathLike) -> list[Path]:

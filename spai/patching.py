@@ -1,16 +1,18 @@
 """Any-resolution patching exactly as SPAI: reflect-101 centre padding to 224, a 224 grid with the configured
 stride (remainders dropped, row-major), five-crop when the grid has fewer than MINIMUM_PATCHES patches.
 
-Patches are described by their top-left corners so that huge images are cut chunk by chunk: only
-``chunk`` patches are ever materialised as floats, whatever the image size.
+Pure numpy (no torch). :func:`patch_grid` computes an image's geometry once; :func:`cut_patches` cuts any run of
+its patches, so huge images are cut chunk by chunk and only ``chunk`` patches are ever materialised. Images are
+H x W x C (the decoder's layout, no full-size transpose); patches come out N x C x S x S.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
 
 PATCH_SIZE = 224
 
@@ -24,36 +26,46 @@ class PatchSpec:
     minimum_patches: int = 4
 
 
-def reflect101_indices(n: int, before: int, after: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class PatchGrid:
+    """Geometry of one image: its size, its reflect-101 padding to at least ``size`` a side (top/left share
+    ``pad_top`` / ``pad_left``, the rest goes bottom/right) and the top-left corners of its patches in the
+    padded frame, in SPAI's order."""
+
+    height: int
+    width: int
+    size: int
+    pad_top: int
+    pad_left: int
+    padded_height: int
+    padded_width: int
+    corners: tuple[tuple[int, int], ...]
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.corners)
+
+    @property
+    def needs_padding(self) -> bool:
+        return (self.padded_height, self.padded_width) != (self.height, self.width)
+
+
+def reflect101_indices(n: int, before: int, after: int) -> np.ndarray:
     """Indices of cv2.BORDER_REFLECT_101 padding of a length-``n`` axis (repeats reflection for tiny axes)."""
-    idx = torch.arange(-before, n + after)
+    idx = np.arange(-before, n + after)
     if n == 1:
-        return torch.zeros_like(idx)
+        return np.zeros_like(idx)
     period = 2 * (n - 1)
-    idx = torch.remainder(idx, period)
-    return torch.where(idx >= n, period - idx, idx)
+    idx = np.remainder(idx, period)
+    return np.where(idx >= n, period - idx, idx)
 
 
-def pad_to_minimum(image: torch.Tensor, size: int = PATCH_SIZE) -> torch.Tensor:
-    """Centre-pad a C x H x W image to at least ``size`` on each side with reflect-101 (albumentations
-    PadIfNeeded defaults: top = (size - H) // 2, the rest at the bottom; same for left/right)."""
-    _, h, w = image.shape
-    if h >= size and w >= size:
-        return image
-    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
-    rows = reflect101_indices(h, pad_h // 2, pad_h - pad_h // 2)
-    cols = reflect101_indices(w, pad_w // 2, pad_w - pad_w // 2)
-    return image[:, rows][:, :, cols]
-
-
-def patch_corners(height: int, width: int, spec: PatchSpec = PatchSpec()) -> list[tuple[int, int]]:
-    """Top-left corners of the patches of a padded ``height`` x ``width`` image, in SPAI's order."""
+def grid_corners(height: int, width: int, spec: PatchSpec = PatchSpec()) -> list[tuple[int, int]]:
+    """Top-left corners of the patches of an already padded ``height`` x ``width`` image, in SPAI's order."""
     s = spec.size
     if height < s or width < s:
         raise ValueError(f"image of {height}x{width} must be padded to at least {s}x{s} first")
-    tops = range(0, height - s + 1, spec.stride)
-    lefts = range(0, width - s + 1, spec.stride)
-    corners = [(t, left) for t in tops for left in lefts]
+    corners = [(t, c) for t in range(0, height - s + 1, spec.stride) for c in range(0, width - s + 1, spec.stride)]
     if len(corners) >= spec.minimum_patches:
         return corners
     # torchvision five_crop: TL, TR, BL, BR, centre (centre rounds like torchvision's center_crop)
@@ -61,41 +73,39 @@ def patch_corners(height: int, width: int, spec: PatchSpec = PatchSpec()) -> lis
     return [(0, 0), (0, width - s), (height - s, 0), (height - s, width - s), (ct, cl)]
 
 
+def patch_grid(height: int, width: int, spec: PatchSpec = PatchSpec()) -> PatchGrid:
+    """The geometry of an original ``height`` x ``width`` image (albumentations PadIfNeeded centring)."""
+    s = spec.size
+    ph, pw = max(height, s), max(width, s)
+    return PatchGrid(height, width, s, (ph - height) // 2, (pw - width) // 2, ph, pw,
+                     tuple(grid_corners(ph, pw, spec)))
+
+
 def count_patches(height: int, width: int, spec: PatchSpec = PatchSpec()) -> int:
     """Number of patches an original ``height`` x ``width`` image yields."""
-    return len(patch_corners(max(height, spec.size), max(width, spec.size), spec))
+    return patch_grid(height, width, spec).num_patches
 
 
-def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+def padding_indices(grid: PatchGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the padded frame into the original image."""
+    rows = reflect101_indices(grid.height, grid.pad_top, grid.padded_height - grid.height - grid.pad_top)
+    cols = reflect101_indices(grid.width, grid.pad_left, grid.padded_width - grid.width - grid.pad_left)
+    return rows, cols
 
 
-def crop_patches(image: torch.Tensor, corners: list[tuple[int, int]], size: int = PATCH_SIZE) -> torch.Tensor:
-    """Cut ``corners`` out of a padded C x H x W image -> len(corners) x C x size x size floats in [0, 1]."""
-    if not corners:
-        return torch.empty(0, image.shape[0], size, size)
-    return _to_unit_float(torch.stack([image[:, t:t + size, left:left + size] for t, left in corners]))
+def pad_image(image: Any, grid: PatchGrid, channels_first: bool = False) -> Any:
+    """H x W x C image (C x H x W with ``channels_first``; numpy or torch) -> its padded frame (the image itself,
+    not a copy, when it needs no padding)."""
+    if not grid.needs_padding:
+        return image
+    rows, cols = padding_indices(grid)
+    return image[:, rows][:, :, cols] if channels_first else image[rows][:, cols]
 
 
-def patchify(image: torch.Tensor, spec: PatchSpec = PatchSpec()) -> torch.Tensor:
-    """One 3 x H x W image (floats in [0, 1] or uint8) -> L x 3 x 224 x 224 floats, exactly as the model cuts it."""
-    padded = pad_to_minimum(image, spec.size)
-    return crop_patches(padded, patch_corners(padded.shape[1], padded.shape[2], spec), spec.size)
-
-
-def iter_patch_chunks(images: list[torch.Tensor], spec: PatchSpec, chunk: int) -> Iterator[torch.Tensor]:
-    """Patches of several images, concatenated in order and yielded ``chunk`` at a time (bounded memory)."""
-    pending: list[tuple[torch.Tensor, tuple[int, int]]] = []
-    for image in images:
-        padded = pad_to_minimum(image, spec.size)
-        for corner in patch_corners(padded.shape[1], padded.shape[2], spec):
-            pending.append((padded, corner))
-            if len(pending) == chunk:
-                yield _crop_pending(pending, spec.size)
-                pending = []
-    if pending:
-        yield _crop_pending(pending, spec.size)
-
-
-def _crop_pending(pending: list[tuple[torch.Tensor, tuple[int, int]]], size: int) -> torch.Tensor:
-    return torch.stack([_to_unit_float(img[:, t:t + size, left:left + size]) for img, (t, left) in pending])
+def cut_patches(padded: np.ndarray, corners: Sequence[tuple[int, int]], out: np.ndarray) -> np.ndarray:
+    """Write the patches at ``corners`` of a padded H x W x C image into ``out`` (N x C x S x S, any dtype:
+    values are converted, not scaled) and return it."""
+    s = out.shape[-1]
+    for i, (t, c) in enumerate(corners):
+        out[i] = padded[t:t + s, c:c + s].transpose(2, 0, 1)
+    return out

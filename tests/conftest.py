@@ -50,7 +50,26 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
-def samples_dir() -> Path:
-    if not SAMPLES_DIR.is_dir():
-        pytest.skip(f"{SAMPLES_DIR} (shared sample images) is not present")
-    return SAMPLES_DIR
+def tiny_onnx_dir(tiny_model, tmp_path_factory) -> Path:
+    """patch_encoder.onnx + aggregator.onnx (with attention) of the seeded spai-tiny model."""
+    pytest.importorskip("onnxruntime")
+    from export.onnx import onnx_from_torch
+
+    return onnx_from_torch(tiny_model, tmp_path_factory.mktemp("tiny_onnx")).directory
+
+
+@pytest.fixture(scope="session")
+def generated_images(tmp_path_factory) -> list[Path]:
+    """The project's own corpus (spai.data.samples): JPEG/PNG/WebP of several sizes, one over 2 MP, non-square,
+    16-bit, CMYK, EXIF-rotated, RGBA. Needs nothing outside the project."""
+    from spai.data.samples import write_sample_images
+
+    return write_sample_images(tmp_path_factory.mktemp("generated_images"))
+
+
+@pytest.fixture(scope="session")
+def check_images(generated_images) -> list[Path]:
+    """What end-to-end checks score: the generated corpus, plus the shared samples where present."""
+    from spai.images import list_images
+
+    return [*generated_images, *(list_images(SAMPLES_DIR) if SAMPLES_DIR.is_dir() else [])]

@@ -1,8 +1,9 @@
 """Triton Python-backend model running one ONNX graph with ONNX Runtime (the ``python-ort`` variant of
 ``spai_patch_encoder`` / ``spai_aggregator``; copied to <repo>/<model>/1/model.py).
 
-Thin adapter around :class:`serving.ort_runner.OrtRunner`: requests of equal shape (dynamic batching) run
-as one ONNX Runtime call. Input/output names come from config.pbtxt (generated from export/specs.py).
+A thin adapter around :class:`spai.runners.OrtRunner`: the requests of a dynamic batch whose shapes agree run as
+one ONNX Runtime call (:meth:`spai.runners.Runner.infer_many`), within the config's ``max_batch_size``.
+Input/output names come from config.pbtxt (generated from :mod:`spai.specs`).
 """
 
 import json
@@ -10,7 +11,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from serving.ort_runner import OrtRunner, make_session
+from spai.runners import OrtRunner, preferred_providers
 
 
 class TritonPythonModel:
@@ -19,15 +20,21 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         path = os.path.join(args["model_repository"], args["model_version"], params.get("onnx_file", "model.onnx"))
         self.inputs = [t["name"] for t in config["input"]]
-        outputs = [t["name"] for t in config["output"]]
-        self.runner = OrtRunner(make_session(path, int(params.get("intra_op_threads", "0"))), outputs)
+        self.outputs = [t["name"] for t in config["output"]]
+        limit = int(config.get("max_batch_size", 0)) or None
+        threads = int(params.get("intra_op_threads", "0")) or None
+        self.runner = OrtRunner(path, preferred_providers(), threads,
+                                limits={name: (limit,) for name in self.inputs}).__enter__()
 
     def execute(self, requests):
-        batch = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
         try:
-            results = self.runner.run_many(batch)
-        except Exception as e:  # noqa: BLE001 - ONNX Runtime errors become per-batch error responses
-            error = pb_utils.TritonError(f"ONNX Runtime failed: {e}")
+            results = self.runner.infer_many(feeds)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime errors become error responses of this batch
+            error = pb_utils.TritonError(f"ONNX Runtime failed: {e}", pb_utils.TritonError.INTERNAL)
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(k, out[k]) for k in self.outputs if k in out])
                 for out in results]
+
+    def finalize(self):
+        self.runner.__exit__(None, None, None)

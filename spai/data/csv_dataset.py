@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -97,7 +98,7 @@ class CSVImageDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         record = self.records[index]
         try:
-            image = decode_image(record.path, **self.limits)
+            image = torch.from_numpy(np.ascontiguousarray(decode_image(record.path, **self.limits).transpose(2, 0, 1)))
         except ImageError as e:
             return None, record.label, index, str(e)
         if self.transform is not None:

@@ -127,10 +127,10 @@ class TrainTransform:
 
 
 def pad_to_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Reflect-101 centre padding to at least ``size`` x ``size`` (PadIfNeeded)."""
-    from spai.patching import pad_to_minimum
+    """Reflect-101 centre padding of a C x H x W tensor to at least ``size`` x ``size`` (PadIfNeeded)."""
+    from spai.patching import PatchSpec, pad_image, patch_grid
 
-    return pad_to_minimum(image, size)
+    return pad_image(image, patch_grid(image.shape[1], image.shape[2], PatchSpec(size)), channels_first=True)
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:

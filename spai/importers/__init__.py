@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,15 @@ from spai.checkpoint import NATIVE_FORMAT
 from spai.config import Config, get_config
 from spai.errors import CheckpointError
 from spai.importers import configmap
-from spai.importers.detect import (CLIP, CLIP_TEXT_PREFIXES, MFM_PRETRAIN, UPSTREAM, detect_format,
-                                   extract_mfm_backbone, model_state)
+from spai.importers.detect import (
+    CLIP,
+    CLIP_TEXT_PREFIXES,
+    MFM_PRETRAIN,
+    UPSTREAM,
+    detect_format,
+    extract_mfm_backbone,
+    model_state,
+)
 from spai.models.mfm import UPSTREAM_UNUSED_PREFIXES, declared_unused
 
 __all__ = ["import_foreign_checkpoint", "detect_format"]
@@ -41,6 +47,8 @@ def import_foreign_checkpoint(data: Mapping[str, Any], path: Path, name_or_cfg: 
     else:
         cfg, model = (_upstream if kind == UPSTREAM else _fork)(state, data.get("config"), source)
     extra: dict[str, Any] = {"source_format": kind}
+    if kind in (CLIP, MFM_PRETRAIN):
+        extra["backbone_only"] = kind
     if isinstance(data.get("epoch"), int):
         extra["epoch"] = data["epoch"]
     if isinstance(data.get("max_accuracy"), (int, float)):
@@ -100,31 +108,19 @@ def _fork(state: dict[str, torch.Tensor], foreign_cfg: Any, source: str) -> tupl
 
 def _backbone_only(kind: str, data: Mapping[str, Any], state: dict[str, torch.Tensor], name_or_cfg: Any,
                    source: str) -> tuple[Config, dict]:
-    """Fill the backbone of the named model with the file's weights; everything else stays random."""
-    from spai.factory import build_backbone
-    from spai.models.spai_model import SPAIModel
-
+    """The named model's config and the file's backbone weights under our ``mfvit.vit.*`` names; the factory
+    fills them into that model (everything else stays random: ``backbone_only`` in the result says so)."""
     if name_or_cfg is None:
         example = "spai-fusion-b16" if kind == CLIP else "spai-mfm-b16"
         raise CheckpointError(f"{source} holds only backbone weights ({kind}); say which model they belong to: "
                               f"create_model('{example}', checkpoint=...) or `spai convert --model {example}`.")
     cfg = get_config(name_or_cfg)
-    backbone = _clip_backbone(state, source) if kind == CLIP else extract_mfm_backbone(data, source)
     want = "clip" if kind == CLIP else "mfm"
     if cfg.MODEL_WEIGHTS != want:
         raise CheckpointError(f"{source} holds {kind} backbone weights but the model config uses MODEL_WEIGHTS "
                               f"{cfg.MODEL_WEIGHTS!r}; pick a config with MODEL_WEIGHTS {want!r}.")
-    full = SPAIModel(cfg, build_backbone(cfg, None)).state_dict()
-    own = {k[len("mfvit.vit."):] for k in full if k.startswith("mfvit.vit.")}
-    missing, extra = sorted(own - set(backbone)), sorted(set(backbone) - own)
-    bad = sorted(k for k in own & set(backbone) if backbone[k].shape != full["mfvit.vit." + k].shape)
-    if missing or extra or bad:
-        raise CheckpointError(f"{source}: backbone weights do not fit {cfg.MODEL.NAME}: missing {missing[:6]}, "
-                              f"unexpected {extra[:6]}, shape mismatch {bad[:6]}. Pick the matching model config.")
-    full.update({"mfvit.vit." + k: v for k, v in backbone.items()})
-    warnings.warn(f"{source}: loaded the {kind} backbone only; the SPAI head (projectors, attention, classifier) "
-                  "is randomly initialised and its scores mean nothing until it is trained.", stacklevel=3)
-    return cfg, full
+    backbone = _clip_backbone(state, source) if kind == CLIP else extract_mfm_backbone(data, source)
+    return cfg, {"mfvit.vit." + k: v for k, v in backbone.items()}
 
 
 def _clip_backbone(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,20 +54,6 @@ KNOWN_PREFIXES: dict[str, tuple[str, ...]] = {
     CLIP: ("visual.",) + CLIP_TEXT_PREFIXES,
     MFM_PRETRAIN: ("encoder.", "decoder."),
 }
-
-
-def refuse_torchscript(path: str | Path) -> None:
-    """OpenAI's JIT CLIP archives are TorchScript programs: refuse them before anything deserialises them."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return
-    if any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in n for n in names):
-        raise CheckpointError(
-            f"{path} is a TorchScript archive (e.g. OpenAI's JIT ViT-B-16.pt); it is code and is not loaded. "
-            "Convert it to plain weights with open_clip: `open_clip.create_model('ViT-B-16-quickgelu', "
-            "pretrained='openai')` then torch.save(model.state_dict(), 'clip_b16.pt'), and pass that file.")
 
 
 def model_state(data: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ tensors (``cls_pos_embed``, ``actual_cls_token``, ``cls_blocks.0.*``, ``fc_norm`
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -118,22 +117,11 @@ class MFMBackbone(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def from_config(cls, cfg: Any, weights: str | os.PathLike | None = None) -> MFMBackbone:
-        """Build from ``MODEL.VIT.*``; ``weights``: an MFM pretrain file, upstream ``spai.pth`` or our file."""
+    def from_config(cls, cfg: Any) -> MFMBackbone:
+        """Build from ``MODEL.VIT.*`` (random weights; :func:`spai.factory.build_backbone` loads weight files)."""
         vit = cfg.MODEL.VIT
-        model = cls(int(vit.EMBED_DIM), int(vit.DEPTH), int(vit.NUM_HEADS), float(vit.MLP_RATIO),
-                    int(vit.PATCH_SIZE), int(vit.IMG_SIZE), list(vit.INTERMEDIATE_LAYERS))
-        if weights is not None:
-            model.load_weights_file(weights)
-        return model
-
-    def load_weights_file(self, path: str | os.PathLike) -> None:
-        """Strictly load backbone weights from any file that holds them (unused keys declared, others errors)."""
-        from spai.checkpoint import load_state_dict_strict, read_checkpoint_file
-        from spai.importers.detect import extract_mfm_backbone
-
-        state = extract_mfm_backbone(read_checkpoint_file(path), str(path))
-        load_state_dict_strict(self, state, f"MFM backbone weights {path}")
+        return cls(int(vit.EMBED_DIM), int(vit.DEPTH), int(vit.NUM_HEADS), float(vit.MLP_RATIO),
+                   int(vit.PATCH_SIZE), int(vit.IMG_SIZE), list(vit.INTERMEDIATE_LAYERS))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.patch_embed(x)

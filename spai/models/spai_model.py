@@ -2,14 +2,14 @@
 
 Deployment split used by export, serving, benchmarks and tests:
 ``encode_patches`` (N x 3 x 224 x 224 in [0, 1] -> N x D) and ``aggregate`` (B x L x D + B x L mask -> B x 1).
-``score`` = patchify + chunked ``encode_patches`` + padded ``aggregate`` + sigmoid, for images of any size.
+``score_images`` / ``score`` run :mod:`spai.inference` (the one inference path, also behind the server and the
+export parity check) with torch runners, for images of any size.
 Parameter names follow upstream SPAI / the fusion fork (``mfvit.*``, ``to_kv``, ``patch_aggregator``, ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,23 +17,23 @@ import torch
 from torch import nn
 
 from spai.config import Config
-from spai.images import ImageSource, as_image_tensor
+from spai.images import ImageSource
+from spai.inference import ImageScore, InputLimits, score_images
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask
-from spai.patching import PatchSpec, count_patches, iter_patch_chunks, patchify
+from spai.patching import PatchSpec, pad_image, patch_grid
+from spai.runners import CPU_MAX_CHUNK, TorchRunner
 
-CPU_MAX_CHUNK = 16  # patches per encoder call on CPU (memory, not results: encoding is batch independent)
 
-
-@dataclass
-class ImageScore:
-    """Result of scoring one image."""
-
-    probability: float
-    logit: float
-    num_patches: int
-    attention: np.ndarray  # heads x L attention of the spectral context attention over the patches
+def patchify(image: torch.Tensor, spec: PatchSpec = PatchSpec()) -> torch.Tensor:
+    """One 3 x H x W image tensor (floats in [0, 1] or uint8, any device) -> L x 3 x S x S floats, with the grid
+    and padding that :mod:`spai.inference` cuts images with (training's tensor path)."""
+    grid = patch_grid(image.shape[1], image.shape[2], spec)
+    image = pad_image(image, grid, channels_first=True)
+    s = grid.size
+    patches = torch.stack([image[:, t:t + s, c:c + s] for t, c in grid.corners])
+    return patches.float().div_(255.0) if patches.dtype == torch.uint8 else patches.float()
 
 
 class MFViT(nn.Module):
@@ -130,32 +130,13 @@ class SPAIModel(nn.Module):
     @torch.no_grad()
     def score_images(self, images: Sequence[ImageSource], chunk_size: int | None = None,
                      **limits: Any) -> list[ImageScore]:
-        """Score images of any size: patches of all images go through the encoder in chunks, then one padded
-        aggregate call. ``limits``: ``max_pixels`` / ``max_bytes`` for decoding."""
-        tensors = [as_image_tensor(img, **limits) for img in images]
-        if not tensors:
-            return []
-        chunk = chunk_size or self.default_chunk_size()
-        counts = [count_patches(t.shape[1], t.shape[2], self.patch_spec) for t in tensors]
-        feats = [self.encode_patches(c.to(self.device)) for c in iter_patch_chunks(tensors, self.patch_spec, chunk)]
-        features = torch.cat(feats)
-        logits, attn = self.aggregate(*pad_patch_features(features, counts), return_attention=True)
-        probs = torch.sigmoid(logits[:, 0])
-        return [ImageScore(float(p), float(z), n, a[:, :n].cpu().numpy())
-                for p, z, n, a in zip(probs, logits[:, 0], counts, attn)]
+        """Score images of any size (:func:`spai.inference.score_images` with torch runners): patches of all images
+        go through the encoder ``chunk_size`` at a time, then padded aggregator calls. ``limits``: ``max_pixels`` /
+        ``max_bytes`` for decoding. Every image is validated first; a bad one raises :class:`spai.ImageError`."""
+        return score_images(images, TorchRunner(self, "patch_encoder", chunk_size), TorchRunner(self, "aggregator"),
+                            limits=InputLimits(**limits), spec=self.patch_spec)
 
     def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **limits: Any) -> np.ndarray:
-        """Probabilities (sigmoid of the logit; 1 = AI-generated) for images of any size."""
+        """Probabilities (1 = AI-generated) for images of any size."""
         return np.array([s.probability for s in self.score_images(images, chunk_size, **limits)],
                         dtype=np.float32)
-
-
-def pad_patch_features(features: torch.Tensor, counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split concatenated N x D patch vectors into a zero-padded B x max(L) x D batch and its validity mask."""
-    longest = max(counts)
-    batch = features.new_zeros(len(counts), longest, features.shape[1])
-    mask = torch.zeros(len(counts), longest, dtype=torch.bool, device=features.device)
-    for i, part in enumerate(features.split(list(counts))):
-        batch[i, : len(part)] = part
-        mask[i, : len(part)] = True
-    return batch, mask

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from spai.data.csv_dataset import CSVImageDataset, collate_list
+from spai.inference import sigmoid
 from spai.train import distributed as dist_utils
 
 
@@ -53,7 +54,7 @@ def evaluate_scores(cfg: Any, scores: dict[str, Any]) -> dict[str, Any]:
     from spai.train.metrics import binary_metrics
 
     logits, labels = scores["logits"], scores["labels"]
-    probs = 1.0 / (1.0 + np.exp(-logits)) if len(logits) else logits
+    probs = sigmoid(logits).astype(np.float64) if len(logits) else logits
     metrics = binary_metrics(labels, probs)
     loss = classification_loss(cfg, torch.from_numpy(logits), torch.from_numpy(labels)) if len(logits) else None
     metrics["loss"] = float(loss) if loss is not None else None

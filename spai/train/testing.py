@@ -11,6 +11,7 @@ from typing import Any
 
 from spai.data.csv_dataset import CSVImageDataset, read_split_csv
 from spai.errors import CheckpointError, DataError
+from spai.inference import sigmoid
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.metrics import save_roc_curve
 from spai.train.state import list_epoch_checkpoints
@@ -35,12 +36,10 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 
 def write_scores(path: Path, dataset: CSVImageDataset, scores: dict[str, Any]) -> None:
     """The CSV's own columns for every scored image, plus ``score`` (probability) and ``logit``."""
-    import numpy as np
-
     rows = []
     for index, logit in zip(scores["indices"], scores["logits"]):
         row = dict(dataset.records[index].row)
-        row.update(score=f"{1.0 / (1.0 + np.exp(-logit)):.6f}", logit=f"{logit:.6f}")
+        row.update(score=f"{float(sigmoid(logit)):.6f}", logit=f"{logit:.6f}")
         rows.append(row)
     fields = list(dict.fromkeys([k for r in rows for k in r] or ["image", "class", "split", "score", "logit"]))
     with open(path, "w", newline="") as f:
@@ -68,7 +67,7 @@ def test_csv(model: Any, csv_path: Path, output: Path, name: str, split: str, ro
     metrics.update(csv=str(csv_path), split=split, missing=len(missing))
     write_scores(output / f"{name}_scores.csv", dataset, scores)
     (output / f"{name}_metrics.json").write_text(json.dumps(metrics, indent=2))
-    roc = save_roc_curve(scores["labels"], 1.0 / (1.0 + __import__("numpy").exp(-scores["logits"])),
+    roc = save_roc_curve(scores["labels"], sigmoid(scores["logits"]),
                          output / f"{name}_roc.png", name)
     metrics["roc_png"] = str(roc) if roc else None
     return metrics

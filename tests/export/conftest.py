@@ -16,11 +16,10 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory):
     """(model, OnnxArtifacts) for spai-tiny with seeded random weights."""
+    import spai
     from export.fp16 import patch_encoder_fp16
     from export.onnx import onnx_from_torch
     from export.pipeline import OnnxArtifacts
-
-    import spai
 
     torch.manual_seed(0)
     model = spai.create_model("spai-tiny")

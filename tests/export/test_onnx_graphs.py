@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export.specs import OPSET, aggregator_spec, patch_encoder_spec
+from spai.specs import OPSET, aggregator_spec, patch_encoder_spec
 
 OPS_FILE = Path(__file__).resolve().parents[2] / "export" / "data" / "tensorrt_onnx_ops.txt"
 
@@ -70,7 +70,7 @@ def test_fp16_graph_computes_backbone_in_fp16_with_fp32_islands(tiny_export):
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_ort_patch_encoder_keeps_batch_dynamic(tiny_export, batch):
-    from export.runners import OrtRunner
+    from spai.runners import OrtRunner
 
     _, art = tiny_export
     with OrtRunner(art.graphs.patch_encoder) as r:

@@ -1,20 +1,25 @@
-"""ORT fp32 / fp16 parity with PyTorch through the one comparator, on random patches and the sample images."""
+"""ORT fp32 / fp16 parity with PyTorch through the one comparator, on random patches, the generated images and
+the shared samples where present: logits, then decisions."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from export.compare import Gates, compare_backends, compare_outputs, enforce, load_images, logit_parity
-from export.runners import OrtRunner, TorchRunner
 from spai.errors import AccuracyError
+from spai.runners import OrtRunner, TorchRunner
+
+SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples"
 
 
 def _backends(art):
-    return {"ort-fp32": ((OrtRunner(art.graphs.patch_encoder).__enter__(), OrtRunner(art.graphs.aggregator).__enter__()),
-                         "fp32"),
-            "ort-fp16": ((OrtRunner(art.patch_encoder_fp16).__enter__(), OrtRunner(art.graphs.aggregator).__enter__()),
-                         "fp16")}
+    agg = OrtRunner(art.graphs.aggregator).__enter__()
+    return {"ort-fp32": ((OrtRunner(art.graphs.patch_encoder).__enter__(), agg), "fp32"),
+            "ort-fp16": ((OrtRunner(art.patch_encoder_fp16).__enter__(), agg), "fp16")}
 
 
 def test_parity_ort_fp32_and_fp16_pass_gates_on_random_patches(tiny_export):
@@ -25,9 +30,21 @@ def test_parity_ort_fp32_and_fp16_pass_gates_on_random_patches(tiny_export):
     assert report.backends["ort-fp16"]["random_patches"]["max_abs_dprob"] <= 1e-2
 
 
-def test_parity_on_sample_images_matches_score_images(tiny_export, samples_dir):
+def test_parity_on_generated_images(tiny_export, generated_images):
     model, art = tiny_export
-    paths, labels = load_images(samples_dir)
+    report = compare_backends(model, _backends(art), image_paths=generated_images, n_random=8)
+    enforce(report)
+    for name in ("ort-fp32", "ort-fp16"):
+        assert report.backends[name]["images"]["n"] == len(generated_images)
+        assert report.backends[name]["images"]["decision_flips"] == 0
+        assert report.backends[name]["images"]["max_abs_dprob"] <= (1e-5 if name == "ort-fp32" else 1e-2)
+
+
+@pytest.mark.parametrize("samples", [SAMPLES_DIR] if SAMPLES_DIR.is_dir() else [], ids=["shared-samples"])
+def test_parity_on_shared_samples_with_their_labels(tiny_export, samples):
+    """Only collected where ../shared/ is present: it adds cases, its absence skips nothing."""
+    model, art = tiny_export
+    paths, labels = load_images(samples)
     assert len(paths) == 18 and labels is not None
     report = compare_backends(model, _backends(art), image_paths=paths[::3], labels=labels[::3], n_random=8)
     enforce(report)
@@ -48,7 +65,8 @@ def test_torch_runner_matches_model(tiny_export):
     model, _ = tiny_export
     x = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
     with TorchRunner(model, "patch_encoder") as r:
-        assert r.infer({"patches": x})["patch_features"].shape == (2, model.feature_dim)
+        np.testing.assert_allclose(r.infer({"patches": x})["patch_features"],
+                                   model.encode_patches(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
 
 
 def test_compare_outputs_and_logit_parity_basics():

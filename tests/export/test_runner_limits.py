@@ -1,23 +1,39 @@
-"""Finding 2 of the "one inference path" issue: the comparator must chunk and group by the runners' declared
-limits. ORT runners declared at the production TensorRT profile (encoder 256 patches, aggregator 16 images x
-1024 patches) stand in for the engines on CPU."""
+"""Finding 2 of the "one inference path" issue: the comparator chunks and groups by the runners' declared limits.
+ORT runners declared at the production TensorRT profile (encoder 256 patches, aggregator 16 images x 1024
+patches) stand in for the engines on CPU. Before the fix the comparator sent all 58 pseudo-images of 256 random
+patches to the aggregator in one call and failed here."""
 
 from __future__ import annotations
 
-from export.compare import compare_backends
-from export.runners import OrtRunner
-from export.specs import aggregator_spec, patch_encoder_spec, trt_profile
+import contextlib
+
+from export.compare import compare_backends, enforce
+from export.pipeline import engine_profiles
+from spai.runners import OrtRunner
+from spai.specs import max_shapes
 
 
+@contextlib.contextmanager
 def _profile_limited(art):
-    dim = art.graphs.feature_dim
-    enc = {k: v[2] for k, v in trt_profile(patch_encoder_spec(dim)).items()}
-    agg = {k: v[2] for k, v in trt_profile(aggregator_spec(dim)).items()}
-    return {"ort-fp32": ((OrtRunner(art.graphs.patch_encoder, max_shapes=enc).__enter__(),
-                          OrtRunner(art.graphs.aggregator, max_shapes=agg).__enter__()), "fp32")}
+    profiles = engine_profiles(art.graphs.feature_dim)
+    assert max_shapes(profiles["patch_encoder"])["patches"][0] == 256
+    assert max_shapes(profiles["aggregator"])["patch_features"][:2] == (16, 1024)
+    with OrtRunner(art.graphs.patch_encoder, limits=max_shapes(profiles["patch_encoder"])) as enc, \
+            OrtRunner(art.graphs.aggregator, limits=max_shapes(profiles["aggregator"])) as agg:
+        yield {"ort-fp32": ((enc, agg), "fp32")}
 
 
 def test_comparator_respects_production_profile_limits_on_256_random_patches(tiny_export):
     model, art = tiny_export
-    report = compare_backends(model, _profile_limited(art), n_random=256)
-    assert report.passed, report.failures
+    with _profile_limited(art) as backends:
+        report = compare_backends(model, backends, n_random=256)
+    enforce(report)
+    assert report.backends["ort-fp32"]["random_patches"]["n"] == 58
+
+
+def test_comparator_respects_production_profile_limits_on_images(tiny_export, check_images):
+    model, art = tiny_export
+    with _profile_limited(art) as backends:
+        report = compare_backends(model, backends, image_paths=check_images, n_random=8)
+    enforce(report)
+    assert report.backends["ort-fp32"]["images"]["n"] == len(check_images) > 16

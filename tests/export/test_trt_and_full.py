@@ -9,13 +9,14 @@ import torch
 
 @pytest.mark.trt
 def test_engine_from_onnx_builds_and_matches_ort(tiny_export, tmp_path):
-    from export.pipeline import engines_from_onnx
-    from export.runners import OrtRunner, TrtRunner
+    from export.pipeline import engine_profiles, engines_from_onnx
+    from export.trt import TrtRunner
+    from spai.runners import OrtRunner
 
     _, art = tiny_export
     cache = tmp_path / "timing.cache"
-    engines = engines_from_onnx(art, tmp_path, min_batch=1, opt_batch=4, max_batch=8, max_patches=64,
-                                timing_cache=cache, fp32=True)
+    profiles = engine_profiles(art.graphs.feature_dim, min_batch=1, opt_batch=4, max_batch=8, max_patches=64)
+    engines = engines_from_onnx(art, tmp_path, profiles, timing_cache=cache, fp32=True)
     assert cache.is_file() and engines["patch_encoder"].is_file()
     x = np.random.default_rng(0).random((5, 3, 224, 224), dtype=np.float32)
     with TrtRunner(engines["patch_encoder"]) as trt, OrtRunner(art.graphs.patch_encoder) as ort:
@@ -25,12 +26,11 @@ def test_engine_from_onnx_builds_and_matches_ort(tiny_export, tmp_path):
 
 @pytest.mark.slow
 def test_full_size_random_weights_export_parity(tmp_path):
+    import spai
     from export.compare import compare_backends, enforce
     from export.fp16 import patch_encoder_fp16
     from export.onnx import onnx_from_torch
-    from export.runners import OrtRunner
-
-    import spai
+    from spai.runners import OrtRunner
 
     torch.manual_seed(0)
     model = spai.create_model("spai-fusion-b16")
@@ -38,5 +38,5 @@ def test_full_size_random_weights_export_parity(tmp_path):
     fp16 = patch_encoder_fp16(model, graphs.patch_encoder)
     with OrtRunner(graphs.patch_encoder) as e32, OrtRunner(fp16) as e16, OrtRunner(graphs.aggregator) as agg:
         report = compare_backends(model, {"ort-fp32": ((e32, agg), "fp32"), "ort-fp16": ((e16, agg), "fp16")},
-                                  n_random=8, chunk=4)
+                                  n_random=8)
     enforce(report)

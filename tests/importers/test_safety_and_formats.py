@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import spai
-from spai.cli import main
 from spai.errors import CheckpointError
+from spai_cli import main
 from tests.importers.helpers import clip_full_state, install_fake_yacs, save_original, upstream_config, upstream_layout
 
 

@@ -47,10 +47,10 @@ def spai_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def run_spai(spai_env):
-    """Run ``python -m spai ARGS`` and return the CompletedProcess (text, captured)."""
+    """Run ``python -m spai_cli ARGS`` and return the CompletedProcess (text, captured)."""
 
     def _run(*args: str, timeout: float = 300, env: dict | None = None, cwd: str | Path | None = None):
-        return subprocess.run([sys.executable, "-m", "spai", *map(str, args)], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "spai_cli", *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, env=env or spai_env, cwd=cwd or ROOT, errors="replace")
 
     return _run

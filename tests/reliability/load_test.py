@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             import spai
-            from serving.export_for_serving import export_for_serving
+            from export.onnx import onnx_from_torch
             from serving.repository import build_repository
             from serving.server import TritonServer
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             if not repo:
                 torch.manual_seed(0)
                 model = spai.create_model("spai-tiny")
-                repo = build_repository(export_for_serving(model, work / "export"), "python-ort", work / "repo")
+                repo = build_repository(onnx_from_torch(model, work / "export").directory, "python-ort", work / "repo")
             server = TritonServer(repo, host="127.0.0.1").start(timeout=300)
             url = server.http_url if args.protocol == "http" else server.grpc_url
             pid = server.process.pid

@@ -69,7 +69,7 @@ def main() -> int:
     before = proc.memory_info().rss
     (res,), encode_max, score_s = sampled(lambda: model.score_images([image], chunk_size=chunk))
     print(json.dumps({
-        "width": int(image.shape[2]), "height": int(image.shape[1]), "image_bytes": int(image.numel()),
+        "width": int(image.shape[1]), "height": int(image.shape[0]), "image_bytes": int(image.size),
         "file_bytes": Path(args.image).stat().st_size, "num_patches": res.num_patches, "chunk": chunk,
         "probability": res.probability, "baseline_rss": baseline,
         "decode_delta": decode_max - baseline, "encode_extra": encode_max - before,

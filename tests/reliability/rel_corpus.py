@@ -1,7 +1,7 @@
 """The bad-input corpus: each case writes one file and states the documented handling.
 
 ``expect`` is ``"error"`` (an :class:`spai.ImageError` whose message matches ``match``, a row with an error in
-the CLIs) or ``"scored"`` (a probability in [0, 1]; ``shape`` is then the decoded C x H x W when it is known).
+the CLIs) or ``"scored"`` (a probability in [0, 1]; ``shape`` is then the decoded H x W x C when it is known).
 Everything is generated in a few milliseconds; no case needs network or fixtures.
 """
 
@@ -118,7 +118,7 @@ def cases() -> list[Case]:
         Case("truncated PNG", "truncated.png", lambda: png[: len(png) // 2], "error", "truncated or corrupt"),
         Case("corrupt PNG (IDAT overwritten)", "corrupt.png", lambda: _corrupt(png), "error", "truncated or corrupt"),
         Case("truncated WebP", "truncated.webp", lambda: webp[: len(webp) // 2], "error", "cannot decode|truncated"),
-        Case("corrupt WebP payload", "corrupt.webp", lambda: _corrupt(webp), "scored", shape=(3, 300, 300),
+        Case("corrupt WebP payload", "corrupt.webp", lambda: _corrupt(webp), "scored", shape=(300, 300, 3),
              handling="decoded: libwebp conceals a damaged VP8 payload (pixels wrong, score computed)"),
         Case("text file named .png", "notes.png", lambda: b"just some text\n" * 20, "error", "not a recognised image"),
         Case("PDF named .jpg", "document.jpg", _minimal_pdf, "error", "not a recognised image"),
@@ -126,11 +126,11 @@ def cases() -> list[Case]:
         Case("HTML error page named .webp", "page.webp", lambda: b"<html><body>404 Not Found</body></html>",
              "error", "not a recognised image"),
         Case("1x1 image", "one.png", lambda: encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), "scored",
-             shape=(3, 1, 1), handling="scored: reflect-padded to 224, five-crop (5 patches)"),
+             shape=(1, 1, 3), handling="scored: reflect-padded to 224, five-crop (5 patches)"),
         Case("1xN image (1 x 3000)", "row.png", lambda: encode(Image.fromarray(_rand(1, 3000)), "PNG"), "scored",
-             shape=(3, 1, 3000), handling="scored: padded to 224 high, 13 patches"),
+             shape=(1, 3000, 3), handling="scored: padded to 224 high, 13 patches"),
         Case("Nx1 image (2000 x 1)", "column.png", lambda: encode(Image.fromarray(_rand(2000, 1)), "PNG"), "scored",
-             shape=(3, 2000, 1)),
+             shape=(2000, 1, 3)),
         Case("decompression bomb PNG (header 30000x30000)", "bomb.png", png_bomb, "error", "decompression-bomb",
              handling="refused before decoding: 900 MP over the max_pixels limit"),
         Case("JPEG header claiming 60000x60000", "huge-header.jpg", jpeg_huge_header, "error",
@@ -142,25 +142,25 @@ def cases() -> list[Case]:
              limits={"max_bytes": 1000}, handling="refused before reading: max_bytes"),
         Case("16-bit greyscale PNG", "grey16.png",
              lambda: encode(Image.fromarray(np.random.default_rng(0).integers(0, 65535, (64, 80), dtype=np.uint16)),
-                            "PNG"), "scored", shape=(3, 64, 80), handling="scored: scaled to 8 bit (/257), not clipped"),
+                            "PNG"), "scored", shape=(64, 80, 3), handling="scored: scaled to 8 bit (/257), not clipped"),
         Case("32-bit float TIFF", "float.tiff",
              lambda: encode(Image.fromarray(np.random.default_rng(0).random((40, 50), dtype=np.float32)), "TIFF"),
-             "scored", shape=(3, 40, 50), handling="scored: [0,1] floats scaled to 8 bit"),
+             "scored", shape=(40, 50, 3), handling="scored: [0,1] floats scaled to 8 bit"),
         Case("CMYK JPEG", "cmyk.jpg", lambda: encode(Image.fromarray(_rand(80, 90)).convert("CMYK"), "JPEG"),
-             "scored", shape=(3, 80, 90), handling="scored: converted to RGB"),
-        Case("palette PNG with transparency", "palette.png", _palette_transparent, "scored", shape=(3, 50, 70),
+             "scored", shape=(80, 90, 3), handling="scored: converted to RGB"),
+        Case("palette PNG with transparency", "palette.png", _palette_transparent, "scored", shape=(50, 70, 3),
              handling="scored: palette expanded, alpha dropped"),
         Case("RGBA PNG", "rgba.png", lambda: encode(Image.fromarray(_rand(60, 60)).convert("RGBA"), "PNG"),
-             "scored", shape=(3, 60, 60), handling="scored: alpha dropped (as upstream)"),
-        Case("animated GIF", "anim.gif", _animated_gif, "scored", shape=(3, 48, 64),
+             "scored", shape=(60, 60, 3), handling="scored: alpha dropped (as upstream)"),
+        Case("animated GIF", "anim.gif", _animated_gif, "scored", shape=(48, 64, 3),
              handling="scored: first frame only"),
         Case("greyscale JPEG", "grey.jpg", lambda: encode(Image.fromarray(_rand(70, 90)).convert("L"), "JPEG"),
-             "scored", shape=(3, 70, 90)),
+             "scored", shape=(70, 90, 3)),
     ]
     for o in range(1, 9):
         transposed = o >= 5
         c.append(Case(f"EXIF orientation {o}", f"exif{o}.jpg", lambda o=o: _exif_jpeg(o), "scored",
-                      shape=(3, 200, 120) if transposed else (3, 120, 200),
+                      shape=(200, 120, 3) if transposed else (120, 200, 3),
                       handling="scored: EXIF orientation applied" + (" (H and W swap)" if transposed else "")))
     return c
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rel_corpus import Case, cases, good_jpeg, write_cases
 
 import spai
 from spai.errors import ImageError
-
-from rel_corpus import Case, cases, good_jpeg, write_cases
 
 CASES = cases()
 SECTION = "inputs"
@@ -36,7 +35,7 @@ def test_python_api(case: Case, tiny_model, tmp_path, record):
                handling=case.handling or "refused with ImageError")
     else:
         t = spai.decode_image(path, **case.limits)
-        assert t.dtype == torch.uint8 and t.shape[0] == 3
+        assert t.dtype == np.uint8 and t.shape[2] == 3
         if case.shape:
             assert tuple(t.shape) == case.shape
         (res,) = tiny_model.score_images([path], **case.limits)
@@ -108,7 +107,7 @@ def test_raw_torch_model_bad_tensors(tiny_model, record):
     record(SECTION, "raw torch encode_patches: wrong shape", api="RuntimeError (shape mismatch)",
            handling="raw model API, not user input: torch's shape error")
     record(SECTION, "raw torch encode_patches: NaN patches", api="NaN features",
-           handling="raw graph propagates NaN; as_image_tensor / the serving decoder refuse NaN before it")
+           handling="raw graph propagates NaN; load_image / the serving decoder refuse NaN before it")
 
 
 @pytest.fixture(scope="module")

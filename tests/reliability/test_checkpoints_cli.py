@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, assert_clean_failure
 
 import spai
-
-from conftest import ROOT, assert_clean_failure
 
 
 class _Evil:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import csv
 
 import pytest
-
-import spai
-
 from conftest import assert_clean_failure
 from rel_corpus import good_jpeg
+
+import spai
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import sys
 
 import numpy as np
 import torch
+from rel_corpus import good_jpeg
 
 import spai
-
-from rel_corpus import good_jpeg
 
 TOL = 1e-6
 

@@ -65,10 +65,10 @@ def test_huge_image_memory_is_bounded(width, height, name, tmp_path, spai_env, r
 
 def test_pixel_limit_is_configurable_above_pils_default(tmp_path, record):
     """PIL refuses > 179 MP on its own; a larger --max-pixels must really allow more (header-only check)."""
+    from rel_corpus import png_bomb
+
     import spai
     from spai.errors import ImageError
-
-    from rel_corpus import png_bomb
 
     data = png_bomb(14000, 14000)  # 196 MP header, a few rows of data
     with pytest.raises(ImageError, match="decompression-bomb"):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import HERE, ROOT, assert_clean_failure
 
 EPOCHS = "2"
@@ -20,7 +19,7 @@ EPOCHS = "2"
 @pytest.fixture(scope="module")
 def proxy_csv(tmp_path_factory, spai_env) -> Path:
     out = tmp_path_factory.mktemp("proxy")
-    proc = subprocess.run([sys.executable, "-m", "spai", "data", "proxy", "--output", str(out), "--n", "8"],
+    proc = subprocess.run([sys.executable, "-m", "spai_cli", "data", "proxy", "--output", str(out), "--n", "8"],
                           capture_output=True, text=True, env=spai_env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out / "data.csv"

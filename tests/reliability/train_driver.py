@@ -46,6 +46,6 @@ def install_fault(spec: str) -> None:
 if __name__ == "__main__":
     if os.environ.get("SPAI_TEST_FAULT"):
         install_fault(os.environ["SPAI_TEST_FAULT"])
-    from spai.cli import main
+    from spai_cli import main
 
     sys.exit(main(sys.argv[1:]))

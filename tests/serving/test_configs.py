@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from export.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
-from serving.repository import (AGGREGATOR, CHECKED_IN, ENCODER, ENTRY, ENTRY_INPUTS, ENTRY_OUTPUTS, VARIANTS,
-                                RepositoryOptions, production_options, write_configs)
+from serving.repository import (
+    AGGREGATOR,
+    CHECKED_IN,
+    ENCODER,
+    ENTRY,
+    ENTRY_INPUTS,
+    ENTRY_OUTPUTS,
+    VARIANTS,
+    RepositoryOptions,
+    production_options,
+    write_configs,
+)
+from spai.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -92,10 +102,10 @@ def test_build_repository_errors(tmp_path):
         build_repository(tmp_path, "torch", tmp_path / "repo")
 
 
-def test_build_repository_from_export(tiny_export, tmp_path):
+def test_build_repository_from_export(tiny_onnx_dir, tmp_path):
     from serving.repository import build_repository
 
-    root = build_repository(tiny_export, "onnx", tmp_path / "repo")
+    root = build_repository(tiny_onnx_dir, "onnx", tmp_path / "repo")
     cfg = parse(root / AGGREGATOR / "config.pbtxt")
     assert cfg.input[0].dims[-1] == 96 and [o.name for o in cfg.output] == ["logits", "attention"]
     assert (root / ENCODER / "1" / "model.onnx").is_file()

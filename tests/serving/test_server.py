@@ -1,15 +1,16 @@
-"""End-to-end: the tritonserver bundled in nvidia-pytriton serving a python-ort repository of spai-tiny."""
+"""End-to-end: the tritonserver bundled in nvidia-pytriton serving a python-ort repository of spai-tiny, on the
+project's own generated images (plus the shared samples where present)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
-
-import importlib.util
-from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location("serving_bad_inputs", Path(__file__).with_name("bad_inputs.py"))
 bad_inputs = importlib.util.module_from_spec(_spec)
@@ -27,44 +28,45 @@ def server(ort_repo):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model, sample_paths) -> dict[str, float]:
-    return {str(p): s.probability for p, s in zip(sample_paths, tiny_model.score_images(sample_paths))}
+def reference(tiny_model, check_images) -> dict[str, float]:
+    return {str(p): s.probability for p, s in zip(check_images, tiny_model.score_images(check_images))}
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_samples_match_pytorch(server, sample_paths, reference, protocol):
+def test_images_match_pytorch(server, check_images, reference, protocol):
     from serving.client import SpaiClient
 
     url = server.http_url if protocol == "http" else server.grpc_url
-    rows = SpaiClient(url, protocol).score_paths(sample_paths, concurrency=4, progress=False)
+    rows = SpaiClient(url, protocol).score_paths(check_images, concurrency=4, progress=False)
     assert all(not r.error for r in rows), [r.error for r in rows if r.error]
     got = np.array([r.probability for r in rows])
     want = np.array([reference[r.image] for r in rows])
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_concurrent_clients_are_batched(server, sample_paths):
+def test_concurrent_clients_are_batched(server, check_images):
     import tritonclient.http as th
 
     from serving.client import SpaiClient
 
     client = SpaiClient(server.http_url)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: client.infer(p.read_bytes()), sample_paths[:16] * 2))
+        list(pool.map(lambda p: client.infer(p.read_bytes()), check_images[:16] * 2))
     stats = th.InferenceServerClient(server.http_url).get_inference_statistics()["model_stats"]
     counts = {s["name"]: (s["inference_count"], s["execution_count"]) for s in stats}
     assert any(exe < inf for inf, exe in counts.values()), counts
 
 
-def test_patch_attention_and_heatmap(server, sample_paths, tiny_model, tmp_path):
+def test_patch_attention_and_heatmap(server, check_images, tiny_model, tmp_path):
     from serving.client import SpaiClient
-    from spai.cli import main
+    from spai_cli import main
 
-    row = SpaiClient(server.http_url).score_file(sample_paths[0], with_attention=True)
-    (ref,) = tiny_model.score_images([sample_paths[0]])
-    np.testing.assert_allclose(row.attention, ref.attention.mean(0), atol=1e-5)
+    image = next(p for p in check_images if "wide" in p.name)  # 2048 x 1152: a 9 x 5 grid
+    row = SpaiClient(server.http_url).score_file(image, with_attention=True)
+    (ref,) = tiny_model.score_images([image])
+    np.testing.assert_allclose(row.attention, ref.attention, atol=1e-5)
     out = tmp_path / "scores.csv"
-    assert main(["score", str(sample_paths[0]), "--url", server.http_url, "--heatmaps", str(tmp_path / "hm"),
+    assert main(["score", str(image), "--url", server.http_url, "--heatmaps", str(tmp_path / "hm"),
                  "-o", str(out), "--no-progress"]) == 0
     assert list(csv.DictReader(open(out)))[0]["num_patches"] == str(ref.num_patches)
     assert len(list((tmp_path / "hm").glob("*.png"))) == 1
@@ -133,3 +135,62 @@ def test_metrics_endpoint(server):
 
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     assert "nv_inference_request_success" in text
+
+
+def _http_status(call) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as info:
+        call()
+    return str(info.value.status())
+
+
+def _infer_http(url: str, data: bytes):
+    import tritonclient.http as th
+
+    image = th.InferInput("image", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[data]], dtype=object))
+    return lambda: th.InferenceServerClient(url).infer("spai", [image])
+
+
+def _executed(url: str) -> int:
+    """Requests the `spai` model has run (an error response counts too)."""
+    import tritonclient.http as th
+
+    (stats,) = th.InferenceServerClient(url).get_inference_statistics("spai")["model_stats"]
+    return int(stats["inference_stats"]["compute_infer"]["count"])
+
+
+def test_a_bad_image_answers_invalid_arg(server):
+    assert _http_status(_infer_http(server.http_url, b"junk")) == "400"
+
+
+def test_an_encoder_failure_answers_internal_and_the_client_retries(ort_repo, tmp_path):
+    """Every encoder call fails (its model file is the aggregator's graph): the good request gets INTERNAL
+    (HTTP 500, retryable), a bad one in the same server still gets INVALID_ARG, and the server stays ready."""
+    from serving.client import SpaiClient, is_retryable
+    from serving.server import TritonServer
+    from spai.errors import ServingError
+
+    repo = shutil.copytree(ort_repo, tmp_path / "repo")
+    shutil.copyfile(repo / "spai_aggregator" / "1" / "model.onnx", repo / "spai_patch_encoder" / "1" / "model.onnx")
+    with TritonServer(repo) as broken:
+        assert _http_status(_infer_http(broken.http_url, bad_inputs.jpeg())) == "500"
+        assert _http_status(_infer_http(broken.http_url, b"junk")) == "400"
+        before = _executed(broken.http_url)
+        with pytest.raises(ServingError, match="spai_patch_encoder failed"):
+            SpaiClient(broken.http_url, retries=1).infer(bad_inputs.jpeg())
+        assert _executed(broken.http_url) == before + 2  # the request and its retry
+        assert broken.is_ready()
+    from tritonclient.utils import InferenceServerException
+
+    assert is_retryable(InferenceServerException("x", status="500"))
+    assert not is_retryable(InferenceServerException("image: not a recognised image format", status="400"))
+
+
+def test_server_errors_without_repository(tmp_path):
+    from serving.server import TritonServer
+    from spai.errors import ServingError
+
+    with pytest.raises(ServingError, match="config.pbtxt"):
+        TritonServer(tmp_path).start()

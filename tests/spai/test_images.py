@@ -1,4 +1,4 @@
-"""Decoding: every mode to RGB, EXIF orientation, limits, clear errors naming the file."""
+"""Decoding: every mode to RGB (H x W x 3 uint8), EXIF orientation, limits, clear errors naming the file."""
 
 import io
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from spai.errors import ImageError
-from spai.images import as_image_tensor, decode_image
+from spai.images import decode_image, expand_inputs, load_image
 
 
 def _save(im, tmp_path, name, **kw):
@@ -22,7 +22,7 @@ def test_modes_are_converted_to_rgb(tmp_path, mode):
     im = Image.new("RGB", (40, 30), (200, 100, 50)).convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     t = decode_image(_save(im, tmp_path, f"x.{fmt.lower()}", format=fmt))
-    assert t.shape == (3, 30, 40) and t.dtype == torch.uint8
+    assert t.shape == (30, 40, 3) and t.dtype == np.uint8
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
@@ -36,7 +36,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees
     t = decode_image(_save(im, tmp_path, "r.jpg", exif=exif.tobytes()))
-    assert t.shape == (3, 60, 20)
+    assert t.shape == (60, 20, 3)
 
 
 def test_animated_gif_uses_first_frame(tmp_path):
@@ -44,7 +44,7 @@ def test_animated_gif_uses_first_frame(tmp_path):
     path = tmp_path / "a.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:])
     t = decode_image(path)
-    assert t[0, 0, 0] > 200 and t[2, 0, 0] < 50
+    assert t[0, 0, 0] > 200 and t[0, 0, 2] < 50
 
 
 @pytest.mark.parametrize("content,match", [(b"", "empty"), (b"hello, not an image", "not a recognised image"),
@@ -86,11 +86,23 @@ def test_one_pixel_image_is_scored(tiny_model, tmp_path):
     assert res.num_patches == 5 and 0 <= res.probability <= 1
 
 
-def test_arrays_and_pil_images_are_accepted():
+def test_arrays_tensors_and_pil_images_are_accepted():
     arr = np.random.rand(50, 60, 3).astype(np.float32)
-    assert as_image_tensor(arr).shape == (3, 50, 60)
-    assert as_image_tensor(Image.fromarray((arr * 255).astype(np.uint8))).dtype == torch.uint8
+    assert load_image(arr).shape == (50, 60, 3)
+    chw = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    assert np.array_equal(load_image(chw), arr)  # torch's 3 x H x W layout -> H x W x 3, no torch import needed
+    assert load_image(Image.fromarray((arr * 255).astype(np.uint8))).dtype == np.uint8
+    assert load_image(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
     with pytest.raises(ImageError, match=r"\[0, 1\]"):
-        as_image_tensor(arr * 255)
+        load_image(arr * 255)
     with pytest.raises(ImageError, match="NaN"):
-        as_image_tensor(np.full((10, 10, 3), np.nan, dtype=np.float32))
+        load_image(np.full((10, 10, 3), np.nan, dtype=np.float32))
+
+
+def test_expand_inputs_csv_and_dir(tmp_path):
+    Image.new("RGB", (10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "list.csv").write_text("image,label\na.png,1\n")
+    assert expand_inputs([str(tmp_path / "list.csv")]) == [tmp_path / "a.png"]
+    assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.png"]
+    with pytest.raises(ImageError):
+        expand_inputs([str(tmp_path / "missing.jpg")])

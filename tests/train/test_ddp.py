@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_ddp_two_processes_gloo(proxy_csv: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "spai", "train", "--cfg", "spai-tiny", "--data", str(proxy_csv), "--output", str(tmp_path),
+           "-m", "spai_cli", "train", "--cfg", "spai-tiny", "--data", str(proxy_csv), "--output", str(tmp_path),
            "--no-progress", "--workers", "0", "--epochs", "2", "--opt", "DATA.BATCH_SIZE", "2",
            "--opt", "DATA.AUGMENTED_VIEWS", "1", "--opt", "TRAIN.FUSION_ONLY_EPOCHS", "1"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -24,7 +24,7 @@ TARGET_AUC = 0.95
 
 
 def _spai(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "spai", *args], check=True)
+    subprocess.run([sys.executable, "-m", "spai_cli", *args], check=True)
 
 
 def test_spai_tiny_learns_the_proxy_dataset(tmp_path: Path) -> None:

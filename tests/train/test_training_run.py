@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from spai.checkpoint import read_checkpoint_file
-from spai.cli import main as cli_main
 from spai.config import get_config
 from spai.errors import ConfigError, SPAIError
 from spai.train import trainer as trainer_mod
 from spai.train.trainer import TrainOptions, train
+from spai_cli import main as cli_main
 
 FAST = [("DATA.BATCH_SIZE", 4), ("DATA.AUGMENTED_VIEWS", 1), ("TRAIN.EPOCHS", 3), ("TRAIN.FUSION_ONLY_EPOCHS", 1),
         ("TRAIN.WARMUP_EPOCHS", 1), ("DATA.NUM_WORKERS", 0)]

@@ -1,62 +1,70 @@
-"""Triton Python-backend model ``spai`` (copied to <repo>/spai/1/model.py by serving/repository.py).
+"""Triton Python-backend model ``spai``: encoded images in, scores out (the one source of this file; generated
+repositories copy it).
 
-Thin pb_utils <-> numpy adapter: the work is in :mod:`serving.pipeline` (decode with limits, patchify,
-chunked BLS calls to ``spai_patch_encoder``, one padded BLS call to ``spai_aggregator``). A bad request gets
-its own TritonError response; the other requests of the batch are scored normally. Needs ``spai-deploy``
-importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve`` sets it).
+A thin pb_utils adapter around :mod:`spai.inference`, the path every scorer shares: decode with limits, patch grid,
+chunked BLS calls to ``spai_patch_encoder``, padded BLS calls to ``spai_aggregator``. The BLS requests ask for
+CPU outputs (``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own
+request with INVALID_ARG; an encoder or aggregator failure answers the batch's good requests with INTERNAL
+(retryable). Needs ``spai-deploy`` importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve``
+sets it).
 """
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.pipeline import PipelineSettings, pack_results, score_requests
+from serving.bls import EntrySettings, error_code, output_array, pack_scores
 from spai.errors import ServingError, SPAIError
+from spai.inference import prepare_requests, score_prepared_requests
+from spai.runners import Runner
+from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
+
+
+class BlsRunner(Runner):
+    """Another model of this server, called through BLS, with the limits the repository configured for it."""
+
+    def __init__(self, model, outputs, limits):
+        super().__init__(limits)
+        self.model, self.outputs, self.name = model, list(outputs), f"bls:{model}"
+
+    def _infer(self, feed):
+        request = pb_utils.InferenceRequest(
+            model_name=self.model, requested_output_names=self.outputs,
+            inputs=[pb_utils.Tensor(k, v) for k, v in feed.items()],
+            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+        response = request.exec()
+        if response.has_error():
+            raise ServingError(f"{self.model} failed: {response.error().message()}")
+        return {n: output_array(pb_utils.get_output_tensor_by_name(response, n), self.model) for n in self.outputs}
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.settings = PipelineSettings.from_parameters(params)
-        self.encoder_model = params.get("encoder_model", "spai_patch_encoder")
-        self.aggregator_model = params.get("aggregator_model", "spai_aggregator")
-        self.attention = params.get("aggregator_attention", "False").lower() == "true"
+        self.settings = EntrySettings.from_parameters(
+            {k: v["string_value"] for k, v in config.get("parameters", {}).items()})
+        s = self.settings
+        self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits())
+        self.aggregator = BlsRunner(s.aggregator_model, [LOGITS, ATTENTION] if s.attention else [LOGITS],
+                                    s.aggregator_limits())
 
     def execute(self, requests):
-        blobs, flags = [], []
+        images, flags = [], []
         for request in requests:
-            blobs.append(list(pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)))
+            images.append([bytes(b) for b in pb_utils.get_input_tensor_by_name(request, "image").as_numpy().ravel()])
             flag = pb_utils.get_input_tensor_by_name(request, "return_patch_scores")
             flags.append(bool(flag is not None and flag.as_numpy().any()))
+        prepared = prepare_requests(images, self.settings.limits, self.settings.patch)
         try:
-            results = score_requests(blobs, self.settings, self._encode, self._aggregate)
-        except SPAIError as e:
-            results = [e] * len(requests)
+            results = score_prepared_requests(prepared, self.encoder, self.aggregator)
+        except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
+            failure = e if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
+            results = [p if isinstance(p, SPAIError) else failure for p in prepared]
         return [self._response(r, f) for r, f in zip(results, flags)]
 
     def _response(self, result, with_attention):
-        if isinstance(result, SPAIError):
-            code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # -> HTTP 400 (Triton >= 23.x)
-            message = str(result)
-            error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+        if isinstance(result, BaseException):
+            error = pb_utils.TritonError(str(result), getattr(pb_utils.TritonError, error_code(result)))
             return pb_utils.InferenceResponse(output_tensors=[], error=error)
-        arrays = pack_results(result, with_attention)
+        arrays = pack_scores(result, with_attention)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in arrays.items()])
-
-    def _call(self, model, inputs, outputs):
-        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
-                                            inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()])
-        response = request.exec()
-        if response.has_error():
-            raise ServingError(f"{model} failed: {response.error().message()}")
-        return [pb_utils.get_output_tensor_by_name(response, o).as_numpy() for o in outputs]
-
-    def _encode(self, patches):
-        return self._call(self.encoder_model, {"patches": patches}, ["patch_features"])[0]
-
-    def _aggregate(self, features, mask):
-        outputs = ["logits", "attention"] if self.attention else ["logits"]
-        values = self._call(self.aggregator_model, {"patch_features": features, "patch_mask": mask}, outputs)
-        return values[0], (np.asarray(values[1]) if self.attention else None)

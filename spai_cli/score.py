@@ -1,11 +1,13 @@
-"""``spai score``: score images with a running Triton server (``spai`` model), write a CSV and heatmaps."""
+"""``spai score``: score images with a running Triton server (``spai`` model), write the scores CSV and heatmaps."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from spai.errors import SPAIError
+from spai.inference import CSV_FIELDS, ImageScore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,16 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default="127.0.0.1:8000", help="server address (HTTP port for http, gRPC for grpc)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    p.add_argument("--retries", type=int, default=2, help="retries per image on connection errors")
+    p.add_argument("--retries", type=int, default=2, help="retries per image on connection or server errors")
     p.add_argument("--heatmaps", help="write per-patch attention heatmap PNGs into this directory")
     p.add_argument("--model", default="spai", help="Triton model name")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-o", "--output", required=True, help="CSV: image, probability, logit, num_patches, latency_ms, "
-                                                          "error")
+    p.add_argument("-o", "--output", required=True, help=f"CSV: {', '.join(CSV_FIELDS)}")
     p.set_defaults(func=run)
 
 
-def write_heatmaps(rows: list, directory: str | Path) -> int:
+def write_heatmaps(rows: Sequence[ImageScore], directory: str | Path) -> int:
     """One <stem>.heatmap.png per scored image with attention; returns how many were written."""
     from serving.heatmap import save_heatmap
 
@@ -36,13 +37,15 @@ def write_heatmaps(rows: list, directory: str | Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.client import SpaiClient, expand_inputs, write_rows
+    from serving.client import SpaiClient
+    from spai.images import expand_inputs
+    from spai.inference import write_scores_csv
 
     paths = expand_inputs(args.inputs)
     client = SpaiClient(args.url, args.protocol, args.model, retries=args.retries)
     rows = client.score_paths(paths, args.concurrency, with_attention=bool(args.heatmaps),
                               progress=not args.no_progress)
-    write_rows(rows, args.output)
+    write_scores_csv(rows, args.output)
     failed = [r for r in rows if r.error]
     print(f"scored {len(rows) - len(failed)}/{len(rows)} images -> {args.output}")
     for r in failed[:10]:

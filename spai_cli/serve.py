@@ -9,7 +9,7 @@ import threading
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a Triton model repository (system tritonserver or nvidia-pytriton's)")
-    p.add_argument("--repository", required=True, help="model repository (serving/build_repository.py output)")
+    p.add_argument("--repository", required=True, help="model repository (`spai repository` output)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from serving.server import TritonServer
+    from spai.errors import ServingError
 
     server = TritonServer(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port)
@@ -34,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
         print("Ctrl-C to stop", flush=True)
         while not stop.wait(1.0):
             if server.process is None or server.process.poll() is not None:
-                from spai.errors import ServingError
-
                 raise ServingError(f"tritonserver exited unexpectedly; last log lines:\n{server.log_tail()}")
     except KeyboardInterrupt:
         pass

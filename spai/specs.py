@@ -1,6 +1,7 @@
-"""The single source of truth for tensor names, dtypes and shapes of the exported models.
+"""The single source of truth for tensor names, dtypes and shapes of the two deployed graphs.
 
-ONNX export, TensorRT profiles, Triton configs (serving/build_repository.py) and tests all read these.
+The inference module and the runners (:mod:`spai.inference`, :mod:`spai.runners`), ONNX export, TensorRT profiles,
+Triton configs (:mod:`serving.repository`) and tests all read these. Pure numpy: no torch.
 Shapes exclude the batch dimension (Triton's convention); -1 marks a dynamic dimension.
 """
 
@@ -47,13 +48,20 @@ class ModelSpec:
         return next(t for t in self.outputs if t.name == name)
 
 
+# Tensor names every caller uses (the graphs below declare them).
+PATCHES, PATCH_FEATURES = "patches", "patch_features"
+PATCH_MASK, LOGITS, ATTENTION = "patch_mask", "logits", "attention"
+# What the inference module cuts images into: N x 3 x 224 x 224 floats in [0, 1].
+PATCHES_INPUT = TensorSpec(PATCHES, "float32", (3, PATCH_SIZE, PATCH_SIZE))
+
+
 def patch_encoder_spec(feature_dim: int) -> ModelSpec:
-    """``patches`` (N x 3 x 224 x 224 float32 in [0, 1]) -> ``patch_features`` (N x D)."""
+    """``patches`` (:data:`PATCHES_INPUT`: N x 3 x 224 x 224 float32 in [0, 1]) -> ``patch_features`` (N x D)."""
     return ModelSpec(
         name="patch_encoder",
-        inputs=(TensorSpec("patches", "float32", (3, PATCH_SIZE, PATCH_SIZE)),),
-        outputs=(TensorSpec("patch_features", "float32", (feature_dim,)),),
-        dynamic_axes={"patches": {0: "num_patches"}, "patch_features": {0: "num_patches"}},
+        inputs=(PATCHES_INPUT,),
+        outputs=(TensorSpec(PATCH_FEATURES, "float32", (feature_dim,)),),
+        dynamic_axes={PATCHES: {0: "num_patches"}, PATCH_FEATURES: {0: "num_patches"}},
     )
 
 
@@ -62,10 +70,10 @@ def aggregator_spec(feature_dim: int) -> ModelSpec:
     ``attention`` (B x L: the spectral context attention over the patches, mean over heads; for heatmaps)."""
     return ModelSpec(
         name="aggregator",
-        inputs=(TensorSpec("patch_features", "float32", (-1, feature_dim)), TensorSpec("patch_mask", "bool", (-1,))),
-        outputs=(TensorSpec("logits", "float32", (1,)), TensorSpec("attention", "float32", (-1,))),
-        dynamic_axes={"patch_features": {0: "batch", 1: "num_patches"}, "patch_mask": {0: "batch", 1: "num_patches"},
-                      "logits": {0: "batch"}, "attention": {0: "batch", 1: "num_patches"}},
+        inputs=(TensorSpec(PATCH_FEATURES, "float32", (-1, feature_dim)), TensorSpec(PATCH_MASK, "bool", (-1,))),
+        outputs=(TensorSpec(LOGITS, "float32", (1,)), TensorSpec(ATTENTION, "float32", (-1,))),
+        dynamic_axes={PATCH_FEATURES: {0: "batch", 1: "num_patches"}, PATCH_MASK: {0: "batch", 1: "num_patches"},
+                      LOGITS: {0: "batch"}, ATTENTION: {0: "batch", 1: "num_patches"}},
     )
 
 
@@ -99,6 +107,11 @@ def trt_profile(spec: ModelSpec, min_batch: int | None = None, opt_batch: int | 
     seq_max = max_patches or DEFAULT_MAX_PATCHES
     images = max_images or DEFAULT_MAX_IMAGES
     seq_opt = min(DEFAULT_OPT_PATCHES, seq_max)
-    dim = spec.input("patch_features").shape[-1]
-    return {"patch_features": ((1, 1, dim), (1, seq_opt, dim), (images, seq_max, dim)),
-            "patch_mask": ((1, 1), (1, seq_opt), (images, seq_max))}
+    dim = spec.input(PATCH_FEATURES).shape[-1]
+    return {PATCH_FEATURES: ((1, 1, dim), (1, seq_opt, dim), (images, seq_max, dim)),
+            PATCH_MASK: ((1, 1), (1, seq_opt), (images, seq_max))}
+
+
+def max_shapes(profile: dict[str, tuple[Shape, Shape, Shape]]) -> dict[str, Shape]:
+    """The largest shape per input of a profile: what a runner standing in for that engine declares."""
+    return {name: shapes[2] for name, shapes in profile.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,22 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import spai
-    from spai.checkpoint import NATIVE_FORMAT, load_state_dict_strict, read_checkpoint_file
-    from spai.config import get_config
-    from spai.factory import build_backbone
-    from spai.models.spai_model import SPAIModel
 
-    data = read_checkpoint_file(args.input)  # read once: released checkpoints are ~900 MB
-    if data.get("format") != NATIVE_FORMAT:
-        from spai.importers import import_foreign_checkpoint
-
-        data = import_foreign_checkpoint(data, Path(args.input), args.model)
-    cfg = get_config(data["config"], [tuple(o) for o in args.opt])
-    model = SPAIModel(cfg, build_backbone(cfg, None))
-    load_state_dict_strict(model, data["model"], args.input)
-    state = {k: data[k] for k in ("epoch", "metrics", "source_format") if k in data}
-    out = spai.save_checkpoint(model, args.output, **state)
+    model, state = spai.load_checkpoint(args.input, name_or_cfg=args.model, overrides=[tuple(o) for o in args.opt])
+    kept = {k: state[k] for k in ("epoch", "metrics", "source_format") if k in state}
+    out = spai.save_checkpoint(model, args.output, **kept)
     n = sum(v.numel() for v in model.state_dict().values())
-    print(f"wrote {out} ({data.get('source_format', 'native')} -> {cfg.MODEL.NAME}, MODEL_WEIGHTS "
-          f"{cfg.MODEL_WEIGHTS}, {n:,} values)")
+    print(f"wrote {out} ({state.get('source_format', 'native')} -> {model.cfg.MODEL.NAME}, MODEL_WEIGHTS "
+          f"{model.cfg.MODEL_WEIGHTS}, {n:,} values)")
     return 0

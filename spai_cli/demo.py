@@ -18,10 +18,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from export.cli import EXIT_TRT_UNAVAILABLE
 from spai.errors import SPAIError
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED_SAMPLES = ROOT.parent / "shared" / "data" / "samples"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLES = ROOT.parent / "shared" / "data" / "samples"  # beside a checkout; absent for a wheel install
 DEMO_SOURCES = 100  # proxy sources (2 images each): about 10 s to generate
 DEMO_EPOCHS = 10  # about 2 minutes of CPU training; validation AUC about 0.97-0.99 on the proxy data
 NOTICE = ("NOTE: the demo model is spai-tiny trained for a few minutes on the PROXY dataset (synthetic images): "
@@ -36,11 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _step(title: str, args: list[str], **kwargs) -> None:
-    print(f"\n== {title}\n$ {' '.join(args)}", flush=True)
-    result = subprocess.run(args, **kwargs)
-    if result.returncode != 0:
-        raise SPAIError(f"demo step '{title}' failed with exit code {result.returncode} (see its output above).")
+def _spai(args: list[str]) -> list[str]:
+    """The command line of ``spai ARGS`` run with this interpreter."""
+    return [sys.executable, "-m", "spai_cli", *args]
+
+
+def _step(title: str, args: list[str], ok: tuple[int, ...] = (0,)) -> int:
+    """Print ``$ spai ARGS`` and run it; its exit code must be one of ``ok``."""
+    print(f"\n== {title}\n$ spai {' '.join(args)}", flush=True)
+    code = subprocess.run(_spai(args)).returncode
+    if code not in ok:
+        raise SPAIError(f"demo step '{title}' failed with exit code {code} (see its output above).")
+    return code
 
 
 def _free_port() -> int:
@@ -112,18 +120,17 @@ def _print_proxy_auc(csv_path: Path) -> None:
 
 def _serve_and_score(out: Path, repo: Path, images: str | None) -> None:
     http, grpc, metrics = _free_port(), _free_port(), _free_port()
-    py = sys.executable
-    cmd = [py, "-m", "spai", "serve", "--repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+    cmd = ["serve", "--repository", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
            "--metrics-port", str(metrics)]
-    print(f"\n== start the Triton server\n$ {' '.join(cmd)}", flush=True)
-    server = subprocess.Popen(cmd, start_new_session=True)
+    print(f"\n== start the Triton server\n$ spai {' '.join(cmd)}", flush=True)
+    server = subprocess.Popen(_spai(cmd), start_new_session=True)
     try:
         _wait_ready(f"http://127.0.0.1:{http}", server)
         for title, folder in _score_sets(out, images):
             csv_out = out / "scores" / (title.replace(" ", "_") + ".csv")
             heatmaps = out / "heatmaps" / title.replace(" ", "_")
-            _step(f"score {title}", [py, "-m", "spai", "score", folder, "--url", f"127.0.0.1:{http}",
-                                     "--concurrency", "4", "--heatmaps", str(heatmaps), "-o", str(csv_out)])
+            _step(f"score {title}", ["score", folder, "--url", f"127.0.0.1:{http}", "--concurrency", "4",
+                                     "--heatmaps", str(heatmaps), "-o", str(csv_out)])
             _print_results(csv_out, title)
             if title == "proxy test images":
                 _print_proxy_auc(csv_out)
@@ -138,25 +145,19 @@ def _serve_and_score(out: Path, repo: Path, images: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
-    py = sys.executable
     print(NOTICE)
-    _step("generate the proxy dataset",
-          [py, "-m", "spai", "data", "proxy", "--output", str(out / "proxy"), "--n", str(DEMO_SOURCES)])
+    _step("generate the proxy dataset", ["data", "proxy", "--output", str(out / "proxy"), "--n", str(DEMO_SOURCES)])
     _step("train spai-tiny on the proxy data",
-          [py, "-m", "spai", "train", "--cfg", "spai-tiny", "--data", str(out / "proxy" / "data.csv"),
-           "--output", str(out / "train"), "--workers", "1", "--epochs", str(args.epochs), "--no-progress"])
-    ckpt = out / "train" / "best.pth"
-    export = [py, str(ROOT / "export" / "to_trt.py"), str(ckpt), "-o", str(out / "export")]
+          ["train", "--cfg", "spai-tiny", "--data", str(out / "proxy" / "data.csv"), "--output", str(out / "train"),
+           "--workers", "1", "--epochs", str(args.epochs), "--no-progress"])
+    export = ["export", str(out / "train" / "best.pth"), "-o", str(out / "export")]
     if SHARED_SAMPLES.is_dir():
         export += ["--check-images", str(SHARED_SAMPLES)]
-    print(f"\n== export ONNX + TensorRT\n$ {' '.join(export)}", flush=True)
-    code = subprocess.run(export).returncode
-    if code not in (0, 4):  # 4: TensorRT / GPU absent, the ONNX files and their parity report are written
-        raise SPAIError(f"export failed with exit code {code} (see its output above).")
+    # exit code 4: TensorRT / GPU absent; the ONNX files and their parity report are written
+    _step("export ONNX + TensorRT", export, ok=(0, EXIT_TRT_UNAVAILABLE))
     repo = out / "triton_repository"
     _step("build the CPU (python-ort) Triton repository",
-          [py, str(ROOT / "serving" / "build_repository.py"), "--artifacts", str(out / "export"), "--variant",
-           "python-ort", "-o", str(repo)])
+          ["repository", "--artifacts", str(out / "export"), "--variant", "python-ort", "-o", str(repo)])
     _proxy_test_dir(out)
     _serve_and_score(out, repo, args.images)
     print(f"\nDone. Scores: {out / 'scores'}  Heatmaps: {out / 'heatmaps'}  Export report: "

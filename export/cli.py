@@ -1,0 +1,54 @@
+"""The export command, shared by ``spai export`` and ``python export/to_trt.py``: its arguments and its one
+function (checkpoint -> ONNX -> parity report -> TensorRT engines). Light: heavy imports happen in :func:`run`.
+
+Exit codes: 0 ok (also with --onnx-only), 1 user error (nothing half-written), 3 parity gates failed,
+4 TensorRT or a GPU unavailable (the ONNX files and the ORT parity report were written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_TRT_UNAVAILABLE = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CKPT, the output directory, the parity-check options and the TensorRT build options."""
+    parser.add_argument("checkpoint", help="checkpoint file or named config (e.g. spai-tiny: random weights)")
+    parser.add_argument("-o", "--output", default="export_out", help="output directory (default: export_out)")
+    parser.add_argument("--check-images", metavar="DIR", help="also check these images (samples.csv = labels)")
+    parser.add_argument("--check-patches", type=int, default=256, help="random patches for the parity check")
+    parser.add_argument("--fp16-route", choices=("convert", "torch"), default="convert")
+    parser.add_argument("--min-batch", type=int, help="patch-encoder profile: fewest patches per call")
+    parser.add_argument("--opt-batch", type=int, help="patch-encoder profile: batch the tactics are tuned for")
+    parser.add_argument("--max-batch", type=int, help="patch-encoder profile: most patches per call")
+    parser.add_argument("--max-patches", type=int, help="aggregator profile: most patches per image")
+    parser.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
+    parser.add_argument("--workspace", type=int, metavar="MB", help="TensorRT workspace limit")
+    parser.add_argument("--fp32", action="store_true", help="build an FP32 (TF32 off) encoder engine")
+    parser.add_argument("--onnx-only", action="store_true", help="stop after ONNX and the ORT parity report")
+
+
+def run(args: argparse.Namespace) -> int:
+    """checkpoint -> ONNX -> (TensorRT engines) -> parity report; returns the exit code."""
+    from export import pipeline
+    from export.trt import tensorrt_available
+
+    art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
+    profiles = pipeline.engine_profiles(art.graphs.feature_dim, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                                        max_batch=args.max_batch, max_patches=args.max_patches)
+    if args.onnx_only or not tensorrt_available():
+        pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images,
+                                  n_random=args.check_patches)
+        if args.onnx_only:
+            return 0
+        print("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
+              f"parity report are in {args.output}; run again on a GPU machine to build the engines "
+              f"(exit code {EXIT_TRT_UNAVAILABLE}).", file=sys.stderr)
+        return EXIT_TRT_UNAVAILABLE
+    engines = pipeline.engines_from_onnx(art, args.output, profiles, timing_cache=args.timing_cache,
+                                         workspace_mb=args.workspace, fp32=args.fp32)
+    pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images, n_random=args.check_patches,
+                              engines=engines)
+    return 0

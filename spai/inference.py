@@ -1,0 +1,236 @@
+"""The one inference path: images of any size -> scores, through the deployed split (encoder, aggregator).
+
+paths / bytes / arrays -> decode with limits -> patch grid (once per image) -> patches cut chunk by chunk ->
+``encoder`` runner -> zero-padded groups of patch features -> ``aggregator`` runner -> probabilities -> one
+:class:`ImageScore` per image. Every caller uses it: ``SPAIModel.score_images`` (torch runners), ``spai predict``,
+the Triton ``spai`` model (BLS runners), the export comparator and the benchmarks (ONNX Runtime / TensorRT
+runners). Chunks and groups follow the runners' declared limits (:class:`spai.runners.Runner`).
+Pure numpy: no torch, no Triton.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spai.errors import ImageError, SPAIError
+from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
+from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
+from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
+
+CSV_FIELDS = ("image", "probability", "logit", "num_patches", "latency_ms", "error")
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What an image may be: file size, pixels (decompression bombs) and patches (the aggregator's L)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_patches: int | None = None
+
+
+@dataclass
+class ImageScore:
+    """One image's result, wherever it was scored: ``probability`` (1 = AI-generated), ``logit``, the patch count,
+    the attention over its patches (mean over heads, in :func:`spai.patching.patch_grid` order), the time it took
+    and, when it failed, ``error`` (the other fields then stay empty)."""
+
+    image: str
+    probability: float | None = None
+    logit: float | None = None
+    num_patches: int = 0
+    latency_ms: float = 0.0
+    error: str = ""
+    attention: np.ndarray | None = field(default=None, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """The CSV row (:data:`CSV_FIELDS`) of ``spai predict`` and ``spai score``."""
+        def num(x: float | None, fmt: str) -> str:
+            return "" if x is None else format(x, fmt)
+        return {"image": self.image, "probability": num(self.probability, ".6f"), "logit": num(self.logit, ".6f"),
+                "num_patches": self.num_patches if not self.error else "", "latency_ms": f"{self.latency_ms:.2f}",
+                "error": self.error}
+
+
+def write_scores_csv(scores: Sequence[ImageScore], path: str | Path) -> Path:
+    """One CSV schema for every scorer: :data:`CSV_FIELDS`, one row per image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # surrogateescape: a non-UTF-8 file name is written back byte for byte instead of crashing the run
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        writer.writerows(s.row() for s in scores)
+    return path
+
+
+def sigmoid(x: float | np.ndarray) -> np.ndarray:
+    """logit -> probability: the numerically stable logistic function, computed in float64 and rounded once to
+    float32 (the one sigmoid of every scorer)."""
+    x = np.asarray(x, np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded image in its padded frame (H x W x 3, uint8 or float32 in [0, 1]) with its patch grid."""
+
+    name: str
+    pixels: np.ndarray
+    grid: PatchGrid
+
+
+def prepare_image(source: ImageSource, name: str, limits: InputLimits = InputLimits(),
+                  spec: PatchSpec = PatchSpec()) -> PreparedImage:
+    """Decode with limits and compute the patch grid once; :class:`ImageError` naming the image if it is bad."""
+    pixels = load_image(source, name=name, max_pixels=limits.max_pixels, max_bytes=limits.max_bytes)
+    grid = patch_grid(pixels.shape[0], pixels.shape[1], spec)
+    if limits.max_patches is not None and grid.num_patches > limits.max_patches:
+        raise ImageError(f"{name}: {grid.width}x{grid.height} yields {grid.num_patches} patches, over the limit of "
+                         f"{limits.max_patches}; downscale the image or raise max_patches (and the aggregator "
+                         "engine's profile).")
+    return PreparedImage(name, pad_image(pixels, grid), grid)
+
+
+def patch_chunks(images: Sequence[PreparedImage], chunk: int | None,
+                 dtype: np.dtype = PATCHES_INPUT.np_dtype) -> Iterator[np.ndarray]:
+    """The patches of all ``images`` in order, ``chunk`` at a time (None: all at once), as N x 3 x S x S
+    ``dtype``: floats in [0, 1] (uint8 images are scaled by 1/255) or uint8 (float images are rounded)."""
+    pending = [(img, k) for img in images for k in range(img.grid.num_patches)]
+    step = chunk or max(len(pending), 1)
+    for start in range(0, len(pending), step):
+        yield _cut(pending[start:start + step], np.dtype(dtype))
+
+
+def _cut(pending: list[tuple[PreparedImage, int]], dtype: np.dtype) -> np.ndarray:
+    size = pending[0][0].grid.size
+    out = np.empty((len(pending), 3, size, size), dtype)
+    row = 0
+    while row < len(pending):  # one run of consecutive patches per image
+        img = pending[row][0]
+        end = row
+        while end < len(pending) and pending[end][0] is img:
+            end += 1
+        corners = [img.grid.corners[k] for _, k in pending[row:end]]
+        _fill(out[row:end], img.pixels, corners)
+        row = end
+    return out
+
+
+def _fill(out: np.ndarray, pixels: np.ndarray, corners: list[tuple[int, int]]) -> None:
+    if out.dtype == np.uint8 and pixels.dtype != np.uint8:
+        out[...] = np.rint(cut_patches(pixels, corners, np.empty(out.shape, np.float32)) * 255)
+        return
+    cut_patches(pixels, corners, out)
+    if out.dtype != np.uint8 and pixels.dtype == np.uint8:
+        np.divide(out, 255, out=out)  # == torch's x.float().div_(255): the scaling the model was trained with
+
+
+def encode(encoder: Any, images: Sequence[PreparedImage]) -> np.ndarray:
+    """N x D patch features of all ``images`` (in order), in chunks of the encoder's declared batch limit."""
+    feats = [encoder.infer({PATCHES: chunk})[PATCH_FEATURES]
+             for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0))]
+    return np.concatenate(feats).astype(np.float32, copy=False)
+
+
+def aggregate(aggregator: Any, features: np.ndarray, counts: Sequence[int]
+              ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Logits (B,) and per-image attention of images whose concatenated N x D features split by ``counts``:
+    zero-padded groups with a validity mask, as many images a call as the aggregator's limits allow."""
+    per_call = aggregator.max_dim(PATCH_FEATURES, 0) or max(len(counts), 1)
+    offsets = np.cumsum([0, *counts])
+    logits, attention = [], []
+    for start in range(0, len(counts), per_call):
+        group = list(counts[start:start + per_call])
+        padded = np.zeros((len(group), max(group), features.shape[1]), np.float32)
+        mask = np.zeros((len(group), max(group)), bool)
+        for i, n in enumerate(group):
+            padded[i, :n] = features[offsets[start + i]:offsets[start + i] + n]
+            mask[i, :n] = True
+        out = aggregator.infer({PATCH_FEATURES: padded, PATCH_MASK: mask})
+        logits.append(np.asarray(out[LOGITS], np.float32).reshape(len(group), -1)[:, 0])
+        attn = out.get(ATTENTION)
+        attention += [None if attn is None else np.asarray(attn[i, :n], np.float32) for i, n in enumerate(group)]
+    return np.concatenate(logits), attention
+
+
+def score_prepared(images: Sequence[PreparedImage], encoder: Any, aggregator: Any) -> list[ImageScore]:
+    """Encode the patches of all ``images`` together, then aggregate: one score per image."""
+    if not images:
+        return []
+    counts = [img.grid.num_patches for img in images]
+    logits, attention = aggregate(aggregator, encode(encoder, images), counts)
+    probabilities = sigmoid(logits)
+    return [ImageScore(img.name, float(p), float(z), n, attention=a)
+            for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)]
+
+
+def effective_limits(limits: InputLimits, aggregator: Any) -> InputLimits:
+    """``limits`` with ``max_patches`` no larger than the aggregator's sequence limit."""
+    longest = aggregator.max_dim(PATCH_FEATURES, 1)
+    if longest is None or (limits.max_patches is not None and limits.max_patches <= longest):
+        return limits
+    return InputLimits(limits.max_bytes, limits.max_pixels, longest)
+
+
+def prepare_requests(requests: Sequence[Sequence[ImageSource]], limits: InputLimits = InputLimits(),
+                     spec: PatchSpec = PatchSpec()) -> list[list[PreparedImage] | SPAIError]:
+    """Decode every request: its prepared images, or the :class:`ImageError` of its first bad image (a request
+    carrying several images fails as a whole; the message names ``image[i]``)."""
+    prepared: list[list[PreparedImage] | SPAIError] = []
+    for images in requests:
+        try:
+            if not len(images):
+                raise ImageError("request holds no image; send at least one encoded image in the `image` input.")
+            names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
+            prepared.append([prepare_image(img, n, limits, spec) for img, n in zip(images, names)])
+        except SPAIError as e:
+            prepared.append(e)
+    return prepared
+
+
+def score_prepared_requests(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any, aggregator: Any
+                            ) -> list[list[ImageScore] | SPAIError]:
+    """Score the good requests of :func:`prepare_requests` together (their patches share encoder chunks); the
+    bad ones keep their error. Runner failures are not caught: they concern every good request."""
+    good = [img for p in prepared if not isinstance(p, SPAIError) for img in p]
+    scores = iter(score_prepared(good, encoder, aggregator))
+    return [p if isinstance(p, SPAIError) else [next(scores) for _ in p] for p in prepared]
+
+
+def score_requests(requests: Sequence[Sequence[ImageSource]], encoder: Any, aggregator: Any, *,
+                   limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec()
+                   ) -> list[list[ImageScore] | SPAIError]:
+    """Score several requests together: per request its scores, or the error of its first bad image."""
+    prepared = prepare_requests(requests, effective_limits(limits, aggregator), spec)
+    return score_prepared_requests(prepared, encoder, aggregator)
+
+
+def score_images(images: Sequence[ImageSource], encoder: Any, aggregator: Any, *,
+                 limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec()) -> list[ImageScore]:
+    """Score images of any size together; every input is validated first and the first bad one raises."""
+    limits = effective_limits(limits, aggregator)
+    prepared = [prepare_image(img, source_name(img, i), limits, spec) for i, img in enumerate(images)]
+    return score_prepared(prepared, encoder, aggregator)
+
+
+def source_name(source: ImageSource, index: int) -> str:
+    """How an image is named in results and errors: its path, else ``image[index]``."""
+    return str(source) if isinstance(source, (str, Path)) else f"image[{index}]"
+
+
+def score_patch_groups(patches: np.ndarray, counts: Sequence[int], encoder: Any, aggregator: Any
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(features N x D, logits B) of ready-cut patches grouped into pseudo-images of ``counts`` patches:
+    the same chunking and grouping as images get (the comparator's random-patch check)."""
+    step = encoder.max_dim(PATCHES, 0) or max(len(patches), 1)
+    feats = np.concatenate([encoder.infer({PATCHES: patches[i:i + step]})[PATCH_FEATURES]
+                            for i in range(0, len(patches), step)]).astype(np.float32, copy=False)
+    return feats, aggregate(aggregator, feats, counts)[0]

@@ -1,0 +1,103 @@
+"""The one inference path: the same scores through any runner pair, chunks and groups by the runners' limits,
+per-request errors, one result type and one CSV schema."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spai.errors import ExportError, ImageError
+from spai.inference import (
+    CSV_FIELDS,
+    ImageScore,
+    InputLimits,
+    patch_chunks,
+    prepare_image,
+    score_images,
+    score_requests,
+    sigmoid,
+    write_scores_csv,
+)
+from spai.runners import OrtRunner, Runner, TorchRunner
+from spai.specs import PATCH_FEATURES, PATCHES
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(w).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class Recording(Runner):
+    """Wraps a runner, declaring other limits and recording every feed's shapes."""
+
+    def __init__(self, inner: Runner, limits: dict) -> None:
+        super().__init__(limits)
+        self.inner, self.shapes = inner, []
+
+    def _infer(self, feed):
+        self.shapes.append({k: v.shape for k, v in feed.items()})
+        return self.inner._infer(feed)
+
+
+def test_ort_runners_match_pytorch_and_bad_requests_fail_alone(tiny_model, tiny_onnx_dir):
+    images = [_png(300, 250), _png(500, 470), _png(40, 30)]
+    limits = InputLimits(max_pixels=300_000)
+    with OrtRunner(tiny_onnx_dir / "patch_encoder.onnx", limits={PATCHES: (3, 3, 224, 224)}) as enc, \
+            OrtRunner(tiny_onnx_dir / "aggregator.onnx", limits={PATCH_FEATURES: (2, None, None)}) as agg:
+        out = score_requests([[images[0]], [b"junk"], [images[1], images[2]], [_png(700, 500)], []], enc, agg,
+                             limits=limits)
+    assert [type(o) for o in (out[1], out[3], out[4])] == [ImageError] * 3
+    assert "pixels" in str(out[3]) and "no image" in str(out[4])
+    ref = tiny_model.score_images(images)
+    got = [out[0][0], *out[2]]
+    np.testing.assert_allclose([r.probability for r in got], [r.probability for r in ref], atol=1e-5)
+    assert [r.num_patches for r in got] == [r.num_patches for r in ref] == [5, 4, 5]
+    np.testing.assert_allclose(got[1].attention, ref[1].attention, atol=1e-5)
+    assert [r.image for r in out[2]] == ["image[0]", "image[1]"]
+
+
+def test_chunks_and_groups_follow_the_runners_limits(tiny_model):
+    enc = Recording(TorchRunner(tiny_model, "patch_encoder"), {PATCHES: (4, 3, 224, 224)})
+    agg = Recording(TorchRunner(tiny_model, "aggregator"), {PATCH_FEATURES: (2, 8, None)})
+    images = [np.zeros((448, 700, 3), np.uint8), np.zeros((224, 224, 3), np.uint8), np.zeros((90, 300, 3), np.uint8)]
+    scores = score_images(images, enc, agg)
+    assert [s.num_patches for s in scores] == [6, 5, 5]
+    assert [s[PATCHES][0] for s in enc.shapes] == [4, 4, 4, 4]  # 16 patches, 4 a call
+    assert [s[PATCH_FEATURES][:2] for s in agg.shapes] == [(2, 6), (1, 5)]  # 2 images a call, padded to the longest
+    with pytest.raises(ImageError, match="yields 15 patches, over the limit of 8"):
+        score_images([np.zeros((3 * 224, 5 * 224, 3), np.uint8)], enc, agg)
+
+
+def test_a_runner_refuses_feeds_beyond_its_limits(tiny_model):
+    enc = TorchRunner(tiny_model, "patch_encoder", max_batch=2)
+    with pytest.raises(ExportError, match="outside the declared limits"):
+        enc.infer({PATCHES: np.zeros((3, 3, 224, 224), np.float32)})
+
+
+def test_patches_are_cut_in_the_encoders_dtype():
+    img = prepare_image(np.random.default_rng(0).integers(0, 256, (300, 460, 3), dtype=np.uint8), "x")
+    (floats,) = patch_chunks([img], None)
+    (ints,) = patch_chunks([img], None, np.uint8)
+    assert floats.dtype == np.float32 and ints.dtype == np.uint8 and floats.shape == (5, 3, 224, 224)
+    assert np.array_equal(floats, ints.astype(np.float32) / 255)
+    as_float = prepare_image(img.pixels.astype(np.float32) / 255, "y")
+    assert np.array_equal(next(patch_chunks([as_float], None, np.uint8)), ints)
+
+
+def test_one_csv_schema_for_every_scorer(tmp_path):
+    rows = [ImageScore("a.png", 0.25, -1.0986, 5, 12.5), ImageScore("b.png", latency_ms=1.0, error="bad image")]
+    path = write_scores_csv(rows, tmp_path / "s.csv")
+    got = list(csv.DictReader(open(path)))
+    assert list(got[0]) == list(CSV_FIELDS)
+    assert got[0]["probability"] == "0.250000" and got[0]["num_patches"] == "5"
+    assert got[1]["probability"] == "" and got[1]["error"] == "bad image"
+
+
+def test_sigmoid_is_stable_and_float32():
+    p = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    assert p.dtype == np.float32 and p.tolist() == [0.0, 0.5, 1.0]
