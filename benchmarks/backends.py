@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.baseline import UpstreamBaseline
@@ -86,9 +87,18 @@ def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
         err = onnx_dir / "fp16_error.txt"
         why = err.read_text() if err.is_file() else f"files: {sorted(p.name for p in onnx_dir.iterdir())}"
         raise Unavailable(f"no {path.name} from export ({why})")
-    feed = {PATCHES: x.numpy()}
+    feed = {PATCHES: graph_patches(x)}
     runner = OrtRunner(path, threads=cpu_threads(), limits={PATCHES: tuple(x.shape)}).__enter__()
     return lambda: runner.infer(feed)
+
+
+def graph_patches(x: torch.Tensor) -> np.ndarray:
+    """Float patches in [0, 1] as the exported graphs take them (:data:`spai.specs.PATCHES_INPUT`: uint8)."""
+    from spai.specs import PATCHES_INPUT
+
+    if PATCHES_INPUT.np_dtype == np.uint8:
+        return (x.detach().cpu() * 255).round().to(torch.uint8).numpy()
+    return x.detach().cpu().numpy().astype(PATCHES_INPUT.np_dtype)
 
 
 def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
@@ -107,7 +117,7 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
     spec = patch_encoder_spec(_feature_dim_of(onnx))
     plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", trt_profile(spec, 1, batch, batch))
     runner = TrtRunner(plan).__enter__()  # one engine per test; freed with the runner at test teardown
-    feed = {PATCHES: x.cpu().numpy()}
+    feed = {PATCHES: graph_patches(x)}
     return lambda: runner.infer(feed)
 
 

@@ -38,7 +38,7 @@ def test_patch_encoder_throughput(benchmark, tmp_path_factory, name, batch, back
     from spai.specs import PATCHES
 
     model, graphs = _exported(name, tmp_path_factory.getbasetemp())
-    feed = {PATCHES: np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)}
+    feed = {PATCHES: np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)}
     torch.set_num_threads(available_cores())
     runner = TorchRunner(model, "patch_encoder", batch) if backend == "torch" else \
         OrtRunner(graphs.patch_encoder, limits={PATCHES: (batch, 3, 224, 224)})

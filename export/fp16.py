@@ -3,7 +3,8 @@
 Policy (both routes): the CLIP backbone's matmuls, GELU and residual adds run in FP16; FP32 stays where FP16 is
 unsafe: the spectral filter (DFT matmuls), the CLIP normalisation, every LayerNormalization and Softmax, and the
 whole FrequencyRestorationEstimator (cosine-similarity statistics, unbiased std, gates, fusion: < 1 % of the
-FLOPs). Inputs and outputs stay float32, so the serving contract of :mod:`spai.specs` is unchanged.
+FLOPs). Inputs (uint8 patches) and outputs (float32) keep their dtypes, so the serving contract of
+:mod:`spai.specs` is unchanged.
 
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
@@ -26,6 +27,7 @@ from torch import nn
 
 from export.onnx import atomic_path, check_graph, example_inputs, export_graph
 from spai.errors import ExportError
+from spai.models.spai_model import to_unit_float
 from spai.specs import patch_encoder_spec
 
 FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
@@ -233,6 +235,7 @@ class _HalfBackboneEncoder(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         mf = self.mfvit
+        patches = to_unit_float(patches)
         low, high = mf.filter(patches)
         views = (torch.cat([patches, low, high]) - mf.mean) / mf.std
         tokens, embeddings = mf.vit(views.half())

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spai.errors import CheckpointError, ExportError
-from spai.specs import OPSET, ModelSpec, aggregator_spec, patch_encoder_spec
+from spai.specs import OPSET, PATCHES_INPUT, ModelSpec, aggregator_spec, patch_encoder_spec
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
 Progress = Callable[[str], None]
@@ -44,7 +44,8 @@ class OnnxExport:
 
 
 class PatchEncoderGraph(nn.Module):
-    """``patches`` -> ``patch_features``: the whole trained encoder (spectral split, backbone, FRE)."""
+    """``patches`` (uint8) -> ``patch_features``: the whole trained encoder (the x / 255 scaling, spectral split,
+    backbone, FRE)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -157,7 +158,8 @@ def example_inputs(feature_dim: int, batch: int = 2, patches: int = 3) -> dict[s
     """Tracing inputs; sizes > 1 so no dimension is mistaken for a broadcast constant."""
     mask = torch.ones(batch, patches, dtype=torch.bool)
     mask[0, -1] = False
-    return {"patch_encoder": (torch.rand(batch, 3, 224, 224),),
+    pixels = torch.randint(0, 256, (batch, *PATCHES_INPUT.shape), dtype=getattr(torch, PATCHES_INPUT.dtype))
+    return {"patch_encoder": (pixels,),
             "aggregator": (torch.randn(batch, patches, feature_dim), mask)}
 
 

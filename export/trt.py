@@ -150,8 +150,9 @@ class TrtRunner(Runner):
             raise ExportError(f"{self.path} is not a TensorRT engine for this TensorRT version / GPU; rebuild it.")
         self.context = self.engine.create_execution_context()
         self._trt = trt
-        self.limits = {name: tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
-                       for name in self._io_names(trt.TensorIOMode.INPUT)}
+        inputs = self._io_names(trt.TensorIOMode.INPUT)
+        self.limits = {name: tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2]) for name in inputs}
+        self.input_dtypes = {name: np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))) for name in inputs}
         return self
 
     def __exit__(self, *exc: Any) -> None:

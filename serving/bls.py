@@ -57,6 +57,9 @@ class EntrySettings:
                    params.get("aggregator_model", base.aggregator_model),
                    params.get("aggregator_attention", "False").lower() == "true")
 
+    def encoder_dtypes(self) -> dict[str, np.dtype]:
+        return {PATCHES: PATCHES_INPUT.np_dtype}
+
     def encoder_limits(self) -> Limits:
         return {PATCHES: (self.encoder_chunk, *PATCHES_INPUT.shape)}
 

@@ -134,9 +134,10 @@ def _fill(out: np.ndarray, pixels: np.ndarray, corners: list[tuple[int, int]]) -
 
 
 def encode(encoder: Any, images: Sequence[PreparedImage]) -> np.ndarray:
-    """N x D patch features of all ``images`` (in order), in chunks of the encoder's declared batch limit."""
+    """N x D patch features of all ``images`` (in order), in chunks of the encoder's declared batch limit, cut in
+    the dtype it declares."""
     feats = [encoder.infer({PATCHES: chunk})[PATCH_FEATURES]
-             for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0))]
+             for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0), encoder.input_dtype(PATCHES))]
     return np.concatenate(feats).astype(np.float32, copy=False)
 
 

@@ -5,8 +5,9 @@ calls (the ``spai`` Triton model).
 Every runner declares its **limits**: the largest shape each input accepts (``None`` on an axis = any size), from
 the tensor spec, the engine's optimisation profile or its own memory budget. :mod:`spai.inference` chunks patches
 and groups images by them, never by a default, and :meth:`Runner.infer` refuses a feed beyond them, as a
-TensorRT context refuses a shape outside its profile. This module imports neither torch nor onnxruntime at
-import time.
+TensorRT context refuses a shape outside its profile. It also declares the **dtype** it takes patches in: the
+exported graphs take uint8 (:data:`spai.specs.PATCHES_INPUT`), the PyTorch model floats (so float images are
+scored exactly). This module imports neither torch nor onnxruntime at import time.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class Runner:
 
     name = "runner"
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, input_dtypes: dict[str, np.dtype] | None = None) -> None:
         self.limits: Limits = dict(limits or {})
+        self.input_dtypes: dict[str, np.dtype] = dict(input_dtypes or {})
 
     def __enter__(self) -> Runner:
         return self
@@ -52,6 +54,10 @@ class Runner:
         """The largest size of axis ``axis`` of input ``name`` (None: not limited)."""
         shape = self.limits.get(name)
         return shape[axis] if shape is not None and axis < len(shape) else None
+
+    def input_dtype(self, name: str = PATCHES) -> np.dtype:
+        """The dtype input ``name`` is fed in (default: the spec's, :data:`spai.specs.PATCHES_INPUT` for patches)."""
+        return np.dtype(self.input_dtypes.get(name, PATCHES_INPUT.dtype if name == PATCHES else "float32"))
 
     def check_feed(self, feed: Feed) -> None:
         """:class:`ExportError` naming the input when a feed exceeds the declared limits."""
@@ -113,13 +119,16 @@ def _split_outputs(outputs: Feed, sizes: Sequence[int]) -> list[Feed]:
 
 
 GRAPHS = ("patch_encoder", "aggregator")
+ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+              "tensor(uint8)": np.dtype(np.uint8), "tensor(bool)": np.dtype(bool), "tensor(int64)": np.dtype(np.int64)}
 
 
 class TorchRunner(Runner):
     """Eager PyTorch on the model's device: ``graph`` is ``"patch_encoder"`` or ``"aggregator"``.
 
-    The encoder declares ``max_batch`` patches (default: the model's chunk size, which bounds memory); the
-    aggregator is unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported.
+    The encoder declares ``max_batch`` patches (default: the model's chunk size, which bounds memory) and takes
+    float32 patches (uint8 ones too: ``encode_patches`` scales them as the graph does); the aggregator is
+    unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported.
     """
 
     def __init__(self, model: Any, graph: str, max_batch: int | None = None) -> None:
@@ -127,7 +136,7 @@ class TorchRunner(Runner):
             raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
         limits = {PATCHES: (max_batch or model.default_chunk_size(), *PATCHES_INPUT.shape)} \
             if graph == "patch_encoder" else {}
-        super().__init__(limits)
+        super().__init__(limits, {PATCHES: np.dtype(np.float32)})
         self.model, self.graph, self.name = model, graph, f"torch:{graph}"
 
     def _infer(self, feed: Feed) -> Feed:
@@ -170,8 +179,8 @@ class OrtRunner(Runner):
         opts.intra_op_num_threads = self.threads or available_cores()
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
-        inputs = {i.name for i in self.session.get_inputs()}
-        if PATCHES in inputs and PATCHES not in self.limits:
+        self.input_dtypes = {i.name: ORT_DTYPES.get(i.type, np.dtype(np.float32)) for i in self.session.get_inputs()}
+        if PATCHES in self.input_dtypes and PATCHES not in self.limits:
             self.limits[PATCHES] = (CPU_MAX_CHUNK, *PATCHES_INPUT.shape)
         return self
 

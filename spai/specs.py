@@ -19,7 +19,7 @@ class TensorSpec:
     """One input or output tensor of an exported model."""
 
     name: str
-    dtype: str  # numpy dtype name: "float32", "float16", "bool"
+    dtype: str  # numpy dtype name: "float32", "float16", "bool", "uint8"
     shape: tuple[int, ...]  # without the batch dimension; -1 = dynamic
 
     @property
@@ -29,7 +29,7 @@ class TensorSpec:
     @property
     def triton_dtype(self) -> str:
         return {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bool": "TYPE_BOOL", "object": "TYPE_STRING",
-                "int64": "TYPE_INT64", "int32": "TYPE_INT32"}[self.dtype]
+                "int64": "TYPE_INT64", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8"}[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,13 @@ class ModelSpec:
 # Tensor names every caller uses (the graphs below declare them).
 PATCHES, PATCH_FEATURES = "patches", "patch_features"
 PATCH_MASK, LOGITS, ATTENTION = "patch_mask", "logits", "attention"
-# What the inference module cuts images into: N x 3 x 224 x 224 floats in [0, 1].
-PATCHES_INPUT = TensorSpec(PATCHES, "float32", (3, PATCH_SIZE, PATCH_SIZE))
+# What the deployed encoder graphs take: N x 3 x 224 x 224 uint8 pixel values (150 kB a patch; the graph scales
+# them to [0, 1] by x / 255 before the spectral filter, exactly as training does).
+PATCHES_INPUT = TensorSpec(PATCHES, "uint8", (3, PATCH_SIZE, PATCH_SIZE))
 
 
 def patch_encoder_spec(feature_dim: int) -> ModelSpec:
-    """``patches`` (:data:`PATCHES_INPUT`: N x 3 x 224 x 224 float32 in [0, 1]) -> ``patch_features`` (N x D)."""
+    """``patches`` (:data:`PATCHES_INPUT`: N x 3 x 224 x 224 uint8) -> ``patch_features`` (N x D float32)."""
     return ModelSpec(
         name="patch_encoder",
         inputs=(PATCHES_INPUT,),

@@ -26,14 +26,19 @@ from spai.patching import PatchSpec, pad_image, patch_grid
 from spai.runners import CPU_MAX_CHUNK, TorchRunner
 
 
+def to_unit_float(patches: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values -> floats in [0, 1] (x / 255: the scaling of training and of the exported graphs);
+    float patches pass unchanged."""
+    return patches.float().div(255.0) if patches.dtype == torch.uint8 else patches
+
+
 def patchify(image: torch.Tensor, spec: PatchSpec = PatchSpec()) -> torch.Tensor:
     """One 3 x H x W image tensor (floats in [0, 1] or uint8, any device) -> L x 3 x S x S floats, with the grid
     and padding that :mod:`spai.inference` cuts images with (training's tensor path)."""
     grid = patch_grid(image.shape[1], image.shape[2], spec)
     image = pad_image(image, grid, channels_first=True)
     s = grid.size
-    patches = torch.stack([image[:, t:t + s, c:c + s] for t, c in grid.corners])
-    return patches.float().div_(255.0) if patches.dtype == torch.uint8 else patches.float()
+    return to_unit_float(torch.stack([image[:, t:t + s, c:c + s] for t, c in grid.corners])).float()
 
 
 class MFViT(nn.Module):
@@ -96,8 +101,9 @@ class SPAIModel(nn.Module):
 
     # --- the deployment split -----------------------------------------------------------------------------
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
-        """N x 3 x 224 x 224 floats in [0, 1] -> N x D patch vectors (one encoder call, no chunking)."""
-        return self.mfvit(patches)
+        """N x 3 x 224 x 224 floats in [0, 1] (or uint8 pixel values, scaled here as the exported graph scales
+        them) -> N x D patch vectors (one encoder call, no chunking)."""
+        return self.mfvit(to_unit_float(patches))
 
     def aggregate(self, features: torch.Tensor, mask: torch.Tensor | None = None,
                   return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

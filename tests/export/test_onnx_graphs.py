@@ -26,8 +26,8 @@ def test_onnx_graphs_use_spec_names_and_dynamic_axes(tiny_export):
         g = onnx.load(str(path)).graph
         assert [i.name for i in g.input] == [t.name for t in spec.inputs]
         assert [o.name for o in g.output] == [t.name for t in spec.outputs]
-        for vi in list(g.input) + list(g.output):
-            assert vi.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL)
+        for vi, t in zip(list(g.input) + list(g.output), spec.inputs + spec.outputs):
+            assert vi.type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(t.np_dtype), vi.name
             dims = vi.type.tensor_type.shape.dim
             for axis in spec.dynamic_axes[vi.name]:
                 assert dims[axis].dim_param, f"{path.name}:{vi.name} axis {axis} is not dynamic"
@@ -74,7 +74,7 @@ def test_ort_patch_encoder_keeps_batch_dynamic(tiny_export, batch):
 
     _, art = tiny_export
     with OrtRunner(art.graphs.patch_encoder) as r:
-        out = r.infer({"patches": np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)})
+        out = r.infer({"patches": np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)})
     assert out["patch_features"].shape == (batch, art.graphs.feature_dim)
 
 

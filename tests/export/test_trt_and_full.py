@@ -18,7 +18,7 @@ def test_engine_from_onnx_builds_and_matches_ort(tiny_export, tmp_path):
     profiles = engine_profiles(art.graphs.feature_dim, min_batch=1, opt_batch=4, max_batch=8, max_patches=64)
     engines = engines_from_onnx(art, tmp_path, profiles, timing_cache=cache, fp32=True)
     assert cache.is_file() and engines["patch_encoder"].is_file()
-    x = np.random.default_rng(0).random((5, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 224, 224), dtype=np.uint8)
     with TrtRunner(engines["patch_encoder"]) as trt, OrtRunner(art.graphs.patch_encoder) as ort:
         diff = np.abs(trt.infer({"patches": x})["patch_features"] - ort.infer({"patches": x})["patch_features"])
     assert diff.max() < 1e-3

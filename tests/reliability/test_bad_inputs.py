@@ -124,8 +124,10 @@ def ort_sessions(tiny_model, tmp_path_factory):
 
 
 ORT_BAD = [
-    ("ORT encoder: wrong spatial size", "enc", lambda d: {"patches": np.zeros((1, 3, 100, 100), np.float32)}),
-    ("ORT encoder: 3-D input", "enc", lambda d: {"patches": np.zeros((3, 224, 224), np.float32)}),
+    ("ORT encoder: wrong spatial size", "enc", lambda d: {"patches": np.zeros((1, 3, 100, 100), np.uint8)}),
+    ("ORT encoder: 3-D input", "enc", lambda d: {"patches": np.zeros((3, 224, 224), np.uint8)}),
+    ("ORT encoder: float32 input (it takes uint8)", "enc",
+     lambda d: {"patches": np.zeros((1, 3, 224, 224), np.float32)}),
     ("ORT encoder: float64 input", "enc", lambda d: {"patches": np.zeros((1, 3, 224, 224), np.float64)}),
     ("ORT encoder: missing input", "enc", lambda d: {}),
     ("ORT aggregator: wrong feature dim", "agg",
@@ -145,24 +147,23 @@ def test_onnx_runtime_rejects_wrong_tensors(name, which, feeds, ort_sessions, re
     record(SECTION, name, api=f"{type(info.value).__name__}", message=str(info.value).splitlines()[0][:160],
            handling="rejected by ONNX Runtime's input validation (no crash, session still usable)")
     # the session still works afterwards
-    ok = enc.run(None, {"patches": np.random.rand(2, 3, 224, 224).astype(np.float32)})[0]
+    ok = enc.run(None, {"patches": np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224), dtype=np.uint8)})[0]
     assert ok.shape == (2, dim) and np.isfinite(ok).all()
 
 
-def test_onnx_runtime_nan_and_inf(ort_sessions, record):
+def test_onnx_encoder_takes_uint8_so_no_nan_reaches_it(ort_sessions, record):
     enc, agg, dim = ort_sessions
-    x = np.random.rand(3, 3, 224, 224).astype(np.float32)
-    x[1] = np.nan
-    x[2, 0, 0, 0] = np.inf
-    out = enc.run(None, {"patches": x})[0]
-    assert np.isfinite(out[0]).all()  # one bad patch does not poison the others in the batch
-    assert not np.isfinite(out[1]).all()
-    mask = np.ones((1, 3), bool)
-    mask[0, 1:] = False  # masked-out NaN rows must not leak into the logit? (they do via matmul: documented)
-    logits = agg.run(None, {"patch_features": np.nan_to_num(out)[None], "patch_mask": mask})[0]
-    assert np.isfinite(logits).all()
-    record(SECTION, "NaN / Inf patches to the ONNX encoder", api="non-finite features for those patches only",
-           handling="raw graph: NaN stays in its own patch; the pipelines refuse non-finite input earlier")
+    assert enc.get_inputs()[0].type == "tensor(uint8)"  # NaN / Inf cannot even be expressed at the graph boundary
+    out = enc.run(None, {"patches": np.array([np.zeros((3, 224, 224)), np.full((3, 224, 224), 255)], np.uint8)})[0]
+    assert np.isfinite(out).all()  # the extremes of the input range stay finite
+    feats = np.nan_to_num(out)[None].repeat(1, axis=0)
+    feats[0, 1] = np.nan  # a NaN feature row of a masked-out (padded) patch
+    logits = agg.run(None, {"patch_features": feats, "patch_mask": np.array([[True, False]])})[0]
+    record(SECTION, "NaN / Inf patches to the ONNX encoder", api="impossible: the encoder takes uint8 pixels",
+           handling="float images are checked for NaN/Inf and [0, 1] before they are cut (load_image)")
+    record(SECTION, "NaN in a masked-out patch's features (ONNX aggregator)",
+           api="finite logit" if np.isfinite(logits).all() else "NaN logit",
+           handling="padded rows are zeros in every pipeline; a NaN row is only reachable through the raw graph")
 
 
 # --- CLI: spai predict ---------------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ def test_raw_models_reject_wrong_dtype_and_shape(server, tiny_model):
     wrong_dtype.set_data_from_numpy(np.zeros((1, 3, 224, 224), np.float64))
     with pytest.raises(InferenceServerException, match="(?i)data-type|datatype|FP64"):
         client.infer("spai_patch_encoder", [wrong_dtype])
-    wrong_shape = th.InferInput("patches", [1, 3, 100, 100], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.float32))
+    wrong_shape = th.InferInput("patches", [1, 3, 100, 100], "UINT8")
+    wrong_shape.set_data_from_numpy(np.zeros((1, 3, 100, 100), np.uint8))
     with pytest.raises(InferenceServerException, match="(?i)shape"):
         client.infer("spai_patch_encoder", [wrong_shape])
     feats = th.InferInput("patch_features", [1, 4, tiny_model.feature_dim + 1], "FP32")

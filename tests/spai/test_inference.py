@@ -81,8 +81,8 @@ def test_a_runner_refuses_feeds_beyond_its_limits(tiny_model):
 
 def test_patches_are_cut_in_the_encoders_dtype():
     img = prepare_image(np.random.default_rng(0).integers(0, 256, (300, 460, 3), dtype=np.uint8), "x")
-    (floats,) = patch_chunks([img], None)
-    (ints,) = patch_chunks([img], None, np.uint8)
+    (ints,) = patch_chunks([img], None)  # the spec's dtype: uint8, what the exported graphs take
+    (floats,) = patch_chunks([img], None, np.float32)  # what the PyTorch runner takes
     assert floats.dtype == np.float32 and ints.dtype == np.uint8 and floats.shape == (5, 3, 224, 224)
     assert np.array_equal(floats, ints.astype(np.float32) / 255)
     as_float = prepare_image(img.pixels.astype(np.float32) / 255, "y")

@@ -59,7 +59,7 @@ def test_uint8_and_float_patchify_agree():
 def test_inference_cuts_what_the_training_path_cuts(h, w):
     """The numpy cut of spai.inference (H x W x 3 in, chunks out) == the torch patchify of the training path."""
     img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-    chunks = list(patch_chunks([prepare_image(img, "x")], 2))
+    chunks = list(patch_chunks([prepare_image(img, "x")], 2, np.float32))
     assert all(len(c) <= 2 for c in chunks)
     assert np.array_equal(np.concatenate(chunks), patchify(img).numpy())
 
@@ -68,7 +68,7 @@ def test_chunks_concatenate_the_patches_of_every_image_in_order():
     images = [np.random.rand(448, 700, 3).astype(np.float32), np.random.rand(224, 224, 3).astype(np.float32),
               np.random.randint(0, 255, (90, 300, 3), dtype=np.uint8)]
     prepared = [prepare_image(img, f"i{k}") for k, img in enumerate(images)]
-    chunks = list(patch_chunks(prepared, 4))
+    chunks = list(patch_chunks(prepared, 4, np.float32))
     assert [len(c) for c in chunks] == [4, 4, 4, 4]
     whole = [patchify(torch.from_numpy(np.ascontiguousarray(i.transpose(2, 0, 1)))).numpy() for i in images]
     assert np.array_equal(np.concatenate(chunks), np.concatenate(whole))

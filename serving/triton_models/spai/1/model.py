@@ -23,8 +23,8 @@ from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
 class BlsRunner(Runner):
     """Another model of this server, called through BLS, with the limits the repository configured for it."""
 
-    def __init__(self, model, outputs, limits):
-        super().__init__(limits)
+    def __init__(self, model, outputs, limits, input_dtypes=None):
+        super().__init__(limits, input_dtypes)
         self.model, self.outputs, self.name = model, list(outputs), f"bls:{model}"
 
     def _infer(self, feed):
@@ -44,7 +44,7 @@ class TritonPythonModel:
         self.settings = EntrySettings.from_parameters(
             {k: v["string_value"] for k, v in config.get("parameters", {}).items()})
         s = self.settings
-        self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits())
+        self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits(), s.encoder_dtypes())
         self.aggregator = BlsRunner(s.aggregator_model, [LOGITS, ATTENTION] if s.attention else [LOGITS],
                                     s.aggregator_limits())
 
