@@ -11,6 +11,7 @@ Pure numpy: no torch, no Triton.
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ def sigmoid(x: float | np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PreparedImage:
     """A decoded image in its padded frame (H x W x 3, uint8 or float32 in [0, 1]) with its patch grid."""
 
@@ -113,14 +114,11 @@ def _cut(pending: list[tuple[PreparedImage, int]], dtype: np.dtype) -> np.ndarra
     size = pending[0][0].grid.size
     out = np.empty((len(pending), 3, size, size), dtype)
     row = 0
-    while row < len(pending):  # one run of consecutive patches per image
-        img = pending[row][0]
-        end = row
-        while end < len(pending) and pending[end][0] is img:
-            end += 1
-        corners = [img.grid.corners[k] for _, k in pending[row:end]]
-        _fill(out[row:end], img.pixels, corners)
-        row = end
+    for _, group in itertools.groupby(pending, key=lambda p: id(p[0])):  # the run of one image's patches
+        run = list(group)
+        img = run[0][0]
+        _fill(out[row:row + len(run)], img.pixels, [img.grid.corners[k] for _, k in run])
+        row += len(run)
     return out
 
 
