@@ -29,3 +29,51 @@ def test_stub_only_tensorrt_is_not_tensorrt(tmp_path):
                        env={"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:] + r.stdout
     assert "type stubs" in r.stdout
+
+
+def test_buffer_pool_allocates_once_per_shape():
+    import torch
+
+    from export.trt import BufferPool
+
+    pool = BufferPool(lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    first = pool.get("patches", (4, 3, 224, 224), torch.uint8)
+    assert pool.get("patches", (4, 3, 224, 224), torch.uint8) is first  # same shape: the same buffer, reused
+    assert pool.allocations == 1
+    assert pool.get("patches", (2, 3, 224, 224), torch.uint8).shape == (2, 3, 224, 224)
+    assert pool.get("patch_features", (2, 96), torch.float32).dtype == torch.float32
+    assert pool.allocations == 3
+    pool.get("patches", (2, 3, 224, 224), torch.uint8)
+    assert pool.allocations == 3
+
+
+def test_builder_flags_tf32_off_by_default_and_version_compatible_on_request():
+    import pytest
+
+    from export.trt import BuildOptions, builder_flag_changes
+    from spai.errors import ExportError
+
+    flags_10 = {"FP16", "TF32", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"}
+    flags_11 = {"TF32", "VERSION_COMPATIBLE"}  # TensorRT 11 removed FP16/BF16/INT8 (strong typing only)
+    for flags in (flags_10, flags_11):
+        assert builder_flag_changes(flags, BuildOptions()) == ([], ["TF32"])
+        assert builder_flag_changes(flags, BuildOptions(tf32=True, version_compatible=True)) == \
+            (["VERSION_COMPATIBLE"], [])
+    with pytest.raises(ExportError, match="version-compatible"):
+        builder_flag_changes({"TF32"}, BuildOptions(version_compatible=True))
+
+
+def test_runner_declares_nothing_before_it_is_entered(tmp_path):
+    import numpy as np
+    import pytest
+
+    from export.trt import TrtRunner, tensorrt_importable
+    from spai.errors import ExportError
+
+    runner = TrtRunner(tmp_path / "patch_encoder.plan")
+    assert runner.limits == {} and runner.name == "trt:patch_encoder.plan"
+    if not tensorrt_importable():
+        with pytest.raises(ExportError, match="TensorRT is not installed"):
+            runner.__enter__()
+    with pytest.raises(RuntimeError, match="context manager"):
+        runner._infer({"patches": np.zeros((1, 3, 224, 224), np.uint8)})
