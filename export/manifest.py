@@ -30,7 +30,7 @@ from typing import Any
 
 from export.files import atomic_path
 from spai.errors import ExportError
-from spai.specs import PATCH_FEATURES, PATCH_MASK, PATCHES, ModelSpec, Shape, aggregator_spec, patch_encoder_spec
+from spai.specs import PATCH_FEATURES, PATCH_MASK, ModelSpec, Shape, aggregator_spec, patch_encoder_spec
 
 FORMAT = 1
 MANIFEST_NAME = "engine.json"

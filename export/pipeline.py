@@ -43,7 +43,8 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
     model, description = model_from_source(source)
     log(f"model: {description}; feature dim {model.feature_dim}")
     graphs = onnx_from_torch(model, out, opset=opset, progress=log)
-    log(f"building mixed-precision patch encoder (route {fp16_route}{', FRE Linear layers FP16' if fre_fp16 else ''}) ...")
+    fre = ", FRE Linear layers FP16" if fre_fp16 else ""
+    log(f"building mixed-precision patch encoder (route {fp16_route}{fre}) ...")
     fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16)
     for path in (graphs.patch_encoder, fp16, graphs.aggregator):
         log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -108,8 +109,8 @@ def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: 
     log("building TensorRT aggregator (FP32) ...")
     agg = engine_from_onnx(art.graphs.aggregator, out / "aggregator.plan", profiles["aggregator"],
                            timing_cache=timing_cache, options=dataclasses.replace(options, tf32=False))
-    manifest = manifest_for_engines(art, out, profiles, {"patch_encoder": enc_onnx, "aggregator": art.graphs.aggregator},
-                                    "fp32" if fp32 else "fp16", options)
+    sources = {"patch_encoder": enc_onnx, "aggregator": art.graphs.aggregator}
+    manifest = manifest_for_engines(art, out, profiles, sources, "fp32" if fp32 else "fp16", options)
     for path in (enc, agg, manifest):
         log(f"wrote {path}")
     return {"patch_encoder": enc, "aggregator": agg, "fp32": fp32, "manifest": manifest,

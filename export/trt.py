@@ -204,8 +204,9 @@ def engine_from_onnx(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
 def engine_device_memory(engine: trt.ICudaEngine) -> int:
     """Bytes of device memory an execution context of ``engine`` needs (activations, scratch)."""
     # TensorRT 11 removed ICudaEngine.device_memory_size; device_memory_size_v2 exists since TensorRT 10.1.
-    size = getattr(engine, "device_memory_size_v2", None)
-    return int(size if size is not None else getattr(engine, "device_memory_size"))
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
 
 
 def engine_layer_information(plan_path: str | os.PathLike, version_compatible: bool = False) -> str:

@@ -20,11 +20,11 @@ from spai.errors import ExportError, ServingError
 from spai.inference import InputLimits
 from spai.specs import (
     ATTENTION,
-    PATCH_FEATURES,
-    PATCHES,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PATCHES,
+    PATCH_FEATURES,
+    PATCHES,
     ModelSpec,
     TensorSpec,
     aggregator_spec,
