@@ -57,10 +57,11 @@ class Sizes:
     warmup: int
     iters: int
     engine_max_batch: int
+    compile_batches: tuple[int, ...]  # torch.compile: every batch on a GPU; one on the CPU (compiling is slow)
 
 
-GPU = Sizes("spai-fusion-b16", (1, 16, 64, 256), 256, 8192, (16, 1024), 3, 10, 256)
-DRY = Sizes("spai-tiny", (1, 2), 8, 256, (2, 16), 1, 2, 2)
+GPU = Sizes("spai-fusion-b16", (1, 16, 64, 256), 256, 8192, (16, 1024), 3, 10, 256, (1, 16, 64, 256))
+DRY = Sizes("spai-tiny", (1, 2), 8, 256, (2, 16), 1, 2, 2, (2,))
 
 
 def missing_imports() -> list[str]:
@@ -226,7 +227,7 @@ def autocast_parity(check: Check, model: Any, entry: dict[str, Any]) -> None:
     for name, result in report.backends.items():
         stats = result["random_patches"]
         entry[name] = {"max_abs_dprob": stats["max_abs_dprob"], "flips": stats["decision_flips"],
-                       "max_abs_dfeature": result["patch_features"]["max_abs"], "n_images": stats["n"]}
+                       "max_abs_dfeature": result["patch_features"]["max_abs"], "n_groups": stats["n"]}
     entry["patches"] = check.sizes.patches
     entry["failures"] = report.failures
 
@@ -274,7 +275,7 @@ def encoder_throughput(check: Check, model: Any, modes: tuple[str, ...], entry: 
             entry[mode] = {"skipped": f"{mode} needs a CUDA device"}
             continue
         rows, compiled = {}, {}
-        for batch in check.sizes.batches:
+        for batch in check.sizes.compile_batches if mode.startswith("compile") else check.sizes.batches:
             if check.left() < 20:
                 rows[str(batch)] = {"skipped": "time budget"}
                 continue
@@ -479,7 +480,8 @@ def plot(check: Check) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    series = dict(check.results.get("phases", {}).get("encoder", {}))
+    phases = check.results.get("phases", {})
+    series = {**phases.get("encoder", {}), **phases.get("encoder_compile", {})}
     for name, entry in check.results.get("phases", {}).items():
         if name.startswith("tensorrt") and isinstance(entry.get("throughput"), dict):
             series[name] = entry["throughput"]
@@ -489,7 +491,9 @@ def plot(check: Check) -> Path:
         pts = sorted((int(b), c["patches_per_s"]) for b, c in rows.items() if b.isdigit() and "patches_per_s" in c)
         if pts:
             ax.plot(*zip(*pts), marker="o", label=mode)
-    ax.set(xscale="log", yscale="log", xlabel="patches per call", ylabel="patches / s",
+    ax.set_xscale("log")
+    ax.set_xticks(list(check.sizes.batches), [str(b) for b in check.sizes.batches])
+    ax.set(yscale="log", xlabel="patches per call", ylabel="patches / s",
            title=f"{check.sizes.model} patch encoder on {check.results.get('environment', {}).get('gpu', 'CPU')}")
     ax.grid(True, which="both", alpha=0.3)
     if ax.lines:

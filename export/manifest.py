@@ -262,11 +262,11 @@ def check_tensorrt_version(manifest: EngineManifest, runtime: str, where: str) -
     if manifest.version_compatible:
         if have[:n] < built[:n]:
             raise ExportError(f"the plans are version-compatible engines built by TensorRT {manifest.tensorrt_version}"
-                              f", but {where} has the older TensorRT {runtime}; serve them with a Triton release "
+                              f", but {where} is the older TensorRT {runtime}; serve them with a Triton release "
                               "whose TensorRT is at least as new.")
         return
     if built[:n] != have[:n]:
-        raise ExportError(f"the plans were built by TensorRT {manifest.tensorrt_version} but {where} has TensorRT "
+        raise ExportError(f"the plans were built by TensorRT {manifest.tensorrt_version} but {where} is TensorRT "
                           f"{runtime}: a plan loads only on the TensorRT that built it. Rebuild them in the NGC "
                           "TensorRT container of the Triton release you serve with (docs/serving.md), or build "
                           "version-compatible engines (`spai export --version-compatible`).")

@@ -15,6 +15,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.manifest import (
+    MANIFEST_NAME,
+    EngineManifest,
+    check_tensorrt_version,
+    read_manifest,
+    runtime_tensorrt_version,
+)
 from serving.bls import EntrySettings
 from spai.errors import ExportError, ServingError
 from spai.inference import InputLimits
@@ -226,21 +233,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     if missing:
         raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai export CKPT -o {art}` first, "
                            "or pick another --variant.")
-    if (feature_dim is None or attention is None) and (art / "aggregator.onnx").is_file():
-        dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
-        if manifest is not None and dim != manifest.feature_dim:
-            raise ServingError(f"{art}: aggregator.onnx has feature dimension {dim} but engine.json says "
-                               f"{manifest.feature_dim}; the plans were built from another export.")
-        feature_dim = feature_dim or dim
-        attention = has_attn if attention is None else attention
-    if manifest is not None:
-        if feature_dim is not None and feature_dim != manifest.feature_dim:
-            raise ServingError(f"--feature-dim {feature_dim} disagrees with the engines' feature_dim "
-                               f"{manifest.feature_dim} (engine.json in {art}).")
-        feature_dim = manifest.feature_dim
-    if feature_dim is None:
-        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
-    base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=bool(attention), **overrides)
+    feature_dim, attention = _graph_facts(art, manifest, feature_dim, attention)
+    base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=attention, **overrides)
     opts = trt_options(base, manifest) if manifest is not None else base
     root = write_configs(out, opts)
     for model, src in sources.items():
@@ -250,30 +244,50 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     return root
 
 
+def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | None,
+                 attention: bool | None) -> tuple[int, bool]:
+    """(D, has the attention output): given, else from ``aggregator.onnx``; a manifest's D must agree with both."""
+    onnx_dim = None
+    if (feature_dim is None or attention is None or manifest is not None) and (art / "aggregator.onnx").is_file():
+        onnx_dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
+        attention = has_attn if attention is None else attention
+    if manifest is not None:
+        if onnx_dim is not None and onnx_dim != manifest.feature_dim:
+            raise ServingError(f"{art}: aggregator.onnx has feature dimension {onnx_dim} but engine.json says "
+                               f"{manifest.feature_dim}; the plans were built from another export.")
+        if feature_dim is not None and feature_dim != manifest.feature_dim:
+            raise ServingError(f"--feature-dim {feature_dim} disagrees with the engines' feature_dim "
+                               f"{manifest.feature_dim} (engine.json in {art}).")
+        onnx_dim = manifest.feature_dim
+    feature_dim = feature_dim or onnx_dim
+    if feature_dim is None:
+        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
+    return feature_dim, bool(attention)
+
+
 # ---- the trt variant: configs from the engines' manifest (export/manifest.py) -------------------------------
 
 SERVER_ARGS_FILE = "tritonserver.args"  # extra tritonserver arguments this repository needs, one per line
 VERSION_COMPATIBLE_ARG = "--backend-config=tensorrt,version-compatible=true"
 
 
-def engine_manifest(art: Path, tensorrt_version: str | None = None):  # -> export.manifest.EngineManifest
+def engine_manifest(art: Path, tensorrt_version: str | None = None) -> EngineManifest:
     """The export directory's ``engine.json``, checked (shapes, plans on disk) and, against ``tensorrt_version``
     or else the TensorRT this machine / container has (when it can be read), checked for loadability."""
-    from export.manifest import check_tensorrt_version, read_manifest, runtime_tensorrt_version
-
     try:
         manifest = read_manifest(art)
         if tensorrt_version:
-            check_tensorrt_version(manifest, tensorrt_version, "--tensorrt-version")
+            check_tensorrt_version(manifest, tensorrt_version, "the serving TensorRT (--tensorrt-version)")
         elif (found := runtime_tensorrt_version()) is not None:
-            check_tensorrt_version(manifest, found[0], f"this machine ({found[1]}; pass --tensorrt-version of the "
-                                                       "serving container to check against that instead)")
+            check_tensorrt_version(manifest, found[0], f"this machine's TensorRT ({found[1]}; pass "
+                                                       "--tensorrt-version of the serving container to check against "
+                                                       "that instead)")
     except ExportError as e:
         raise ServingError(str(e)) from e
     return manifest
 
 
-def trt_options(opts: RepositoryOptions, manifest) -> RepositoryOptions:
+def trt_options(opts: RepositoryOptions, manifest: EngineManifest) -> RepositoryOptions:
     """``opts`` following the engines: each model's max_batch_size is its profile's largest batch, warm-up uses the
     opt shapes, the ``spai`` model sends encoder chunks of the encoder's opt batch and aggregator groups of its
     largest image count, and refuses images over its largest patch count. Settings asked for beyond the profiles
@@ -292,12 +306,10 @@ def trt_options(opts: RepositoryOptions, manifest) -> RepositoryOptions:
     return dataclasses.replace(opts, max_batch=enc_max, max_images=images, settings=settings, profiles=profiles)
 
 
-def write_engine_records(root: Path, art: Path, manifest) -> None:
+def write_engine_records(root: Path, art: Path, manifest: EngineManifest) -> None:
     """Copy ``engine.json`` to the repository root (Triton reads only model folders) and, for version-compatible
     plans, ``tritonserver.args`` with the backend option that loads them
-    (serving/deploy/tritonserver.sh passes it to tritonserver)."""
-    from export.manifest import MANIFEST_NAME
-
+    (serving/deploy/tritonserver.py passes it to tritonserver)."""
     shutil.copyfile(art / MANIFEST_NAME, root / MANIFEST_NAME)
     args_file = root / SERVER_ARGS_FILE
     if manifest.version_compatible:

@@ -44,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
     args_file = root / SERVER_ARGS_FILE
     if args_file.is_file():
         print(f"serve with: tritonserver --model-repository={root} {' '.join(args_file.read_text().split())} "
-              "(serving/deploy/tritonserver.sh reads them from " + SERVER_ARGS_FILE + ")")
+              "(serving/deploy/tritonserver.py reads them from " + SERVER_ARGS_FILE + ")")
     return 0

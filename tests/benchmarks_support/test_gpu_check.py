@@ -27,7 +27,7 @@ def test_dry_run_runs_every_phase_on_the_cpu(tmp_path):
     assert result["environment"]["dry_run"] and result["environment"]["model"] == "spai-tiny"
     assert phases["gemm_peak"]["fp32"]["tflops"] > 0
     for name in ("autocast-fp16", "autocast-bf16"):
-        assert phases["autocast_parity"][name]["max_abs_dprob"] < 0.05 and phases["autocast_parity"][name]["n_images"]
+        assert phases["autocast_parity"][name]["max_abs_dprob"] < 0.05 and phases["autocast_parity"][name]["n_groups"]
     enc = phases["encoder"]
     for mode in ("fp32", "fp16", "bf16"):
         assert enc[mode]["1"]["patches_per_s"] > 0 and "pct_of_peak" in enc[mode]["2"]

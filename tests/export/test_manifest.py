@@ -114,7 +114,7 @@ def test_plans_load_only_on_their_tensorrt_unless_version_compatible():
     plain = _manifest()
     check_tensorrt_version(plain, "10.13.0.35", "x")
     check_tensorrt_version(plain, "10.13", "x")  # compared on the components both give
-    with pytest.raises(ExportError, match="built by TensorRT 10.13.0.35 but x has TensorRT 10.14.1.48"):
+    with pytest.raises(ExportError, match="built by TensorRT 10.13.0.35 but x is TensorRT 10.14.1.48"):
         check_tensorrt_version(plain, "10.14.1.48", "x")
     compatible = _manifest(version_compatible=True)
     check_tensorrt_version(compatible, "11.4.0.106", "x")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,8 +50,6 @@ def test_buffer_pool_allocates_once_per_shape():
 
 
 def test_builder_flags_tf32_off_by_default_and_version_compatible_on_request():
-    import pytest
-
     from export.trt import BuildOptions, builder_flag_changes
     from spai.errors import ExportError
 
@@ -65,7 +65,6 @@ def test_builder_flags_tf32_off_by_default_and_version_compatible_on_request():
 
 def test_runner_declares_nothing_before_it_is_entered(tmp_path):
     import numpy as np
-    import pytest
 
     from export.trt import TrtRunner, tensorrt_importable
     from spai.errors import ExportError
@@ -77,3 +76,35 @@ def test_runner_declares_nothing_before_it_is_entered(tmp_path):
             runner.__enter__()
     with pytest.raises(RuntimeError, match="context manager"):
         runner._infer({"patches": np.zeros((1, 3, 224, 224), np.uint8)})
+
+
+@pytest.mark.trt
+def test_engines_manifest_runner_and_repository_on_a_gpu(tiny_export, tmp_path):
+    """GPU + TensorRT only (skipped here): engine.json records this TensorRT and the profiles; the runner declares
+    them, reuses its buffers per shape, agrees between host and device inputs; the repository builds from it."""
+    import numpy as np
+    import torch
+
+    from export.manifest import read_manifest
+    from export.pipeline import engine_profiles, engines_from_onnx
+    from export.trt import TrtRunner, tensorrt_available, tensorrt_version
+    from serving.repository import build_repository
+
+    assert tensorrt_available()
+    _, art = tiny_export
+    profiles = engine_profiles(art.graphs.feature_dim, min_batch=1, opt_batch=4, max_batch=8, max_patches=64)
+    engines = engines_from_onnx(art, tmp_path, profiles)
+    manifest = read_manifest(tmp_path)
+    assert manifest.tensorrt_version == tensorrt_version() and manifest.engines["patch_encoder"].max_batch() == 8
+    x = np.random.default_rng(0).integers(0, 256, (5, 3, 224, 224), dtype=np.uint8)
+    with TrtRunner(engines["patch_encoder"]) as runner:
+        assert runner.limits["patches"] == (8, 3, 224, 224) and runner.input_dtype("patches") == np.uint8
+        host = [runner.infer({"patches": x})["patch_features"] for _ in range(3)]
+        allocations = runner._device.allocations
+        runner.infer({"patches": x})
+        assert runner._device.allocations == allocations  # once per shape
+        device = runner.infer_device({"patches": torch.from_numpy(x).cuda()})["patch_features"].cpu().numpy()
+        assert runner.device_memory_bytes > 0
+    assert all(np.array_equal(host[0], h) for h in host[1:]) and np.allclose(host[0], device, atol=1e-6)
+    root = build_repository(tmp_path, "trt", tmp_path / "repo")
+    assert (root / "spai_patch_encoder" / "1" / "model.plan").is_file()
