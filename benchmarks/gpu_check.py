@@ -334,17 +334,20 @@ def aggregator_case(check: Check, model: Any, entry: dict[str, Any]) -> None:
                            "images_per_s": round(images / s, 1)}
 
 
-def onnx_export(check: Check, model: Any, fre_fp16: bool, entry: dict[str, Any]) -> Any:
-    """spai export's ONNX step (fp32, fp16[, FRE fp16]) for ``model``; returns the artifacts."""
-    from export.fp16 import patch_encoder_fp16
+def onnx_export(check: Check, model: Any, fre_fp16: bool, entry: dict[str, Any], base: Any = None) -> Any:
+    """spai export's ONNX step for ``model`` (fp32 graphs, then the mixed-precision encoder; with ``fre_fp16`` its
+    FRE Linear layers in FP16 too); ``base``: artifacts whose fp32 graphs to reuse. Returns the artifacts."""
+    import copy
+
+    from export.fp16 import fp16_from_onnx
     from export.onnx import onnx_from_torch
     from export.pipeline import OnnxArtifacts
 
-    import copy
-
     out = check.out / ("onnx-fre-fp16" if fre_fp16 else "onnx")
-    graphs = onnx_from_torch(copy.deepcopy(model).cpu(), out)  # traced on the CPU, as `spai export` does
-    fp16 = patch_encoder_fp16(None, graphs.patch_encoder, "convert", fre_fp16=fre_fp16)
+    out.mkdir(exist_ok=True)
+    # traced on the CPU, as `spai export` does; the fp32 graphs are shared by both FP16 variants
+    graphs = base.graphs if base is not None else onnx_from_torch(copy.deepcopy(model).cpu(), out)
+    fp16 = fp16_from_onnx(graphs.patch_encoder, out / "patch_encoder.fp16.onnx", fre_fp16=fre_fp16)
     entry["directory"] = str(out)
     return OnnxArtifacts(model, f"{check.sizes.model} (random weights)", graphs, fp16, fre_fp16)
 
@@ -429,6 +432,8 @@ def fused_attention(layer_json: str, out: Path) -> dict[str, Any]:
     """Layers of the encoder engine whose name or tactic names an attention kernel (detailed profiling)."""
     (out / "patch_encoder.layers.json").write_text(layer_json)
     info = json.loads(layer_json)
+    # Only "Layers" is read, by text: TensorRT 11 renamed the inspector's "Bindings" to I/O tensors and split the
+    # "Format/DataType" field, but both versions list the layers (names, tactics) under "Layers".
     layers = info.get("Layers", []) if isinstance(info, dict) else []
     names = [json.dumps(layer) if not isinstance(layer, str) else layer for layer in layers]
     hits = [n[:200] for n in names if any(k in n.lower() for k in ATTENTION_KERNELS)]
@@ -526,7 +531,7 @@ def run(check: Check) -> None:
     for fre in (False, True):
         label = "tensorrt-fre-fp16" if fre else "tensorrt-fp16"
         with phase(check, f"onnx{'-fre-fp16' if fre else ''}", 30) as entry:
-            arts[fre] = onnx_export(check, model, fre, entry)
+            arts[fre] = onnx_export(check, model, fre, entry, arts.get(False))
         with phase(check, label, 150) as entry:
             if fre not in arts:
                 raise Skip("its ONNX export did not complete")
@@ -540,7 +545,7 @@ def run(check: Check) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-o", "--output", required=True, help="folder for gpu_check.json / .md / .png")
     parser.add_argument("--dry-run", action="store_true", help="the same code path on the CPU: spai-tiny, tiny sizes")
     parser.add_argument("--budget-s", type=float, default=480, help="time budget; later phases skip when it is spent")

@@ -29,7 +29,7 @@ from spai.errors import SPAIError
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "SPAI_INTRA_OP_THREADS")
 CPU_REQUEST_VARIABLE = "SPAI_CPU_REQUEST_MILLI"
 _REPO_FLAGS = ("--model-repository=", "--model-store=")
-_CPU_GROUP = re.compile(r"\{\s*count:\s*(\d+)\s+kind:\s*KIND_CPU\s*\}")
+_CPU_GROUP = re.compile(r"count:\s*(\d+)\s+kind:\s*KIND_CPU\b")
 
 
 def repository_of(argv: Sequence[str]) -> Path:
