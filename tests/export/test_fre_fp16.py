@@ -44,8 +44,9 @@ def test_fre_linear_layers_are_fp16_and_the_statistics_fp32(fre_fp16_graph):
                                                                                                   FILTER_SCOPE))]
     half = [n.name for n in fre if n.name in linear and types.get(n.output[0]) == TensorProto.FLOAT16]
     assert sorted(half) == sorted(linear)
-    kept = [n for n in fre if n.op_type in FP32_ONLY]
-    assert kept and all(types.get(n.output[0]) == TensorProto.FLOAT for n in kept)
+    kept = [n for n in fre if n.op_type in FP32_ONLY]  # (a few Div nodes are INT64 shape arithmetic)
+    assert kept and all(types.get(n.output[0]) in (TensorProto.FLOAT, TensorProto.INT64) for n in kept)
+    assert sum(types.get(n.output[0]) == TensorProto.FLOAT for n in kept) > 20
     filt = [n for n in mixed.graph.node if n.name.startswith(FILTER_SCOPE) and n.op_type == "MatMul"]
     assert filt and all(types.get(n.output[0]) == TensorProto.FLOAT for n in filt)
 
