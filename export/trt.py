@@ -343,6 +343,11 @@ class TrtRunner(Runner):
         import torch
 
         assert self.stream is not None, f"{self.name}: use it as a context manager"
+        for name in self.inputs:
+            want = torch_dtype(self.dtypes[name])
+            if inputs[name].dtype != want or inputs[name].device != self.device:
+                raise ExportError(f"{self.name}: input {name!r} must be {want} on {self.device}, not "
+                                  f"{inputs[name].dtype} on {inputs[name].device}.")
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # the inputs were produced on the caller's stream
         outputs = self._bind({k: v.contiguous() for k, v in inputs.items()})
