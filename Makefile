@@ -10,7 +10,13 @@ TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 endif
 EXTRAS := export,train,serve,bench,dev
 
-.PHONY: install demo test test-fast bench clean
+# pyright checks the TensorRT code against TensorRT 10.13's type stubs (tensorrt-stubs, installed with --no-deps
+# into .typings/: its `tensorrt` dependency cannot be installed here, and in site-packages the stub-only package
+# would shadow a real TensorRT). pyright runs on node (the PyPI wrapper fetches pyright's npm package once).
+TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+TYPINGS := .typings
+
+.PHONY: install demo test test-fast typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +30,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/spai demo $(if $(IMAGES),--images $(IMAGES))
 
-test: install
+$(TYPINGS)/tensorrt/__init__.pyi:
+	$(PY) -m pip install -q --no-deps --target $(TYPINGS) '$(TRT_STUBS)'
+
+typecheck: install $(TYPINGS)/tensorrt/__init__.pyi
+	$(PY) -m pyright -p pyrightconfig.json
+
+test: install typecheck
 	$(PY) -m pytest -q
 	$(PY) -m pytest benchmarks/ -q -rs -p no:cacheprovider
 
@@ -36,4 +48,4 @@ bench: install
 	$(PY) benchmarks/report.py benchmarks/results/latest.json -o benchmarks/results/latest
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache $(TYPINGS)

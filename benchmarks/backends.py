@@ -101,14 +101,35 @@ def graph_patches(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(PATCHES_INPUT.np_dtype)
 
 
-def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
-    """TensorRT fp16 engine (``export.trt.engine_from_onnx``, profile up to this batch) run by its TrtRunner."""
-    if importlib.util.find_spec("tensorrt") is None:
-        raise Unavailable("TensorRT (the `tensorrt` package) is not installed on this machine")
-    try:
-        from export.trt import TrtRunner, engine_from_onnx
-    except Exception as e:
-        raise Unavailable(f"export.trt is not importable ({type(e).__name__}: {e})") from e
+class TrtStep:
+    """The TensorRT backend's step: the engine runs on inputs already on the device (its own stream, buffers
+    allocated once for this shape); ``outputs()`` copies the last result out after the timed region.
+    ``device_memory_bytes``: the execution context's own memory (not seen by torch's allocator), which the
+    benchmark adds to its CUDA peak."""
+
+    def __init__(self, runner: Any, feed: dict[str, torch.Tensor]) -> None:
+        self.runner, self.feed = runner, feed
+        self.device_memory_bytes = int(runner.device_memory_bytes)
+        self.last: dict[str, torch.Tensor] = {}
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        self.last = self.runner.infer_device(self.feed)
+        return self.last
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {k: v.cpu().numpy() for k, v in self.last.items()}
+
+    def close(self) -> None:
+        self.runner.__exit__(None, None, None)
+
+
+def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> TrtStep:
+    """TensorRT fp16 engine (``export.trt.engine_from_onnx``, profile up to this batch) run by its TrtRunner on
+    the batch, moved to the device (in the engine's input dtype) before timing."""
+    from export.trt import TrtRunner, engine_from_onnx, tensorrt_importable
+
+    if not tensorrt_importable():
+        raise Unavailable("TensorRT (the `tensorrt` package, not only its type stubs) is not installed here")
     from spai.specs import PATCHES, patch_encoder_spec, trt_profile
 
     batch = x.shape[0]
@@ -116,9 +137,9 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> Step:
     onnx = onnx if onnx.is_file() else onnx_dir / "patch_encoder.onnx"
     spec = patch_encoder_spec(_feature_dim_of(onnx))
     plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", trt_profile(spec, 1, batch, batch))
-    runner = TrtRunner(plan).__enter__()  # one engine per test; freed with the runner at test teardown
-    feed = {PATCHES: graph_patches(x)}
-    return lambda: runner.infer(feed)
+    runner = TrtRunner(plan).__enter__()  # one engine per test; freed by close() at test teardown
+    patches = torch.from_numpy(graph_patches(x)).to(x.device if x.is_cuda else torch.device("cuda"))
+    return TrtStep(runner, {PATCHES: patches})
 
 
 def _feature_dim_of(onnx: Path) -> int:

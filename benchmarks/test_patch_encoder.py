@@ -1,7 +1,8 @@
 """Patch encoder throughput (patches/s) by backend x batch size, with the upstream-style baseline in the same run.
 
 CPU: baseline (upstream eager fp32), torch eager fp32, ONNX Runtime fp32 / fp16 (export.onnx).
-GPU: baseline, torch eager fp32 / fp16 / bf16, torch.compile, CUDA graphs, TensorRT fp16 where installed.
+GPU: baseline, torch eager fp32 / fp16 / bf16, torch.compile, CUDA graphs, TensorRT fp16 where installed (inputs
+already on the device in the timed region, outputs copied after it, the engine's own memory in the CUDA peak).
 """
 
 from __future__ import annotations
@@ -30,6 +31,28 @@ def _cpu_step(backend: str, name: str, x: torch.Tensor, spai_model: Callable, re
     return backends.ort_step(onnx_dir, x, backend.split("-")[1]), None
 
 
+def _measure(benchmark, step: Callable, closer, device: torch.device, *, backend: str, name: str, batch: int,
+             rounds: int, warmup_rounds: int, flops: dict[str, int], **info) -> None:
+    """Time one encoder case (the CPU and GPU tests alike): ``run_benchmark`` with FLOPs and memory, then the
+    backend's own device memory (a TensorRT context's, which torch's allocator does not see) added to the CUDA
+    peak, outputs copied out after the timed region, and the backend closed."""
+    try:
+        median = run_benchmark(benchmark, step, device, rounds=rounds, warmup_rounds=warmup_rounds, items=batch,
+                               kind="encoder", backend=backend, model=name, batch=batch,
+                               flops_per_patch=flops["model"], baseline_flops_per_patch=flops["baseline"], **info)
+        extra = int(getattr(step, "device_memory_bytes", 0))
+        if extra:
+            benchmark.extra_info["engine_device_memory_mb"] = round(extra / 2**20, 1)
+            benchmark.extra_info["cuda_peak_mb"] = round(benchmark.extra_info.get("cuda_peak_mb", 0.0)
+                                                         + extra / 2**20, 1)
+        if hasattr(step, "outputs"):
+            step.outputs()  # device -> host, after the timed region
+    finally:
+        if closer is not None:
+            closer.close()
+    benchmark.extra_info["patches_per_s"] = batch / median
+
+
 @pytest.mark.parametrize("backend", backends.CPU_BACKENDS)
 def test_patch_encoder_cpu(benchmark, backend: str, model_batch: tuple[str, int], bench_mode: BenchMode,
                            spai_model: Callable, encoder_flops: Callable, request: pytest.FixtureRequest) -> None:
@@ -40,15 +63,8 @@ def test_patch_encoder_cpu(benchmark, backend: str, model_batch: tuple[str, int]
         step, closer = _cpu_step(backend, name, x, spai_model, request)
     except backends.Unavailable as e:
         pytest.skip(str(e))
-    flops = encoder_flops(name)
-    try:
-        median = run_benchmark(benchmark, step, torch.device("cpu"), rounds=_rounds(bench_mode, name, batch),
-                               items=batch, kind="encoder", backend=backend, model=name, batch=batch,
-                               flops_per_patch=flops["model"], baseline_flops_per_patch=flops["baseline"])
-    finally:
-        if closer is not None:
-            closer.close()
-    benchmark.extra_info["patches_per_s"] = batch / median
+    _measure(benchmark, step, closer, torch.device("cpu"), backend=backend, name=name, batch=batch,
+             rounds=_rounds(bench_mode, name, batch), warmup_rounds=1, flops=encoder_flops(name))
 
 
 def _gpu_step(backend: str, model: torch.nn.Module, x: torch.Tensor, onnx_dir: Callable, tmp_path):
@@ -61,7 +77,8 @@ def _gpu_step(backend: str, model: torch.nn.Module, x: torch.Tensor, onnx_dir: C
         return backends.compile_step(model, x, dtype), None
     if kind == "cudagraph":
         return backends.cudagraph_step(model, x, dtype), None
-    return backends.trt_step(onnx_dir(), x, tmp_path), None
+    step = backends.trt_step(onnx_dir(), x, tmp_path)
+    return step, step
 
 
 @pytest.mark.gpu
@@ -78,13 +95,6 @@ def test_patch_encoder_gpu(benchmark, backend: str, gpu_batch: int, bench_mode: 
         step, closer = _gpu_step(backend, model, x, onnx_dir, tmp_path)
     except backends.Unavailable as e:
         pytest.skip(str(e))
-    flops = encoder_flops(name)
-    try:
-        median = run_benchmark(benchmark, step, device, rounds=max(5, bench_mode.rounds), warmup_rounds=3,
-                               items=gpu_batch, kind="encoder", backend=backend, model=name, batch=gpu_batch,
-                               dtype=backend.split("-")[-1] if "-" in backend else "fp32",
-                               flops_per_patch=flops["model"], baseline_flops_per_patch=flops["baseline"])
-    finally:
-        if closer is not None:
-            closer.close()
-    benchmark.extra_info["patches_per_s"] = gpu_batch / median
+    _measure(benchmark, step, closer, device, backend=backend, name=name, batch=gpu_batch,
+             rounds=max(5, bench_mode.rounds), warmup_rounds=3, flops=encoder_flops(name),
+             dtype=backend.split("-")[-1] if "-" in backend else "fp32")

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from export.trt import BuildOptions
 
 EXIT_TRT_UNAVAILABLE = 4
 
@@ -20,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-images", metavar="DIR", help="also check these images (samples.csv = labels)")
     parser.add_argument("--check-patches", type=int, default=256, help="random patches for the parity check")
     parser.add_argument("--fp16-route", choices=("convert", "torch"), default="convert")
+    parser.add_argument("--fre-fp16", action="store_true",
+                        help="also run the FRE's Linear layers in FP16 (about half the FLOPs of spai-fusion-b16); "
+                             "cosine similarities, moments, LayerNorm and Softmax stay FP32; parity-gated")
     parser.add_argument("--min-batch", type=int, help="patch-encoder profile: fewest patches per call")
     parser.add_argument("--opt-batch", type=int, help="patch-encoder profile: batch the tactics are tuned for")
     parser.add_argument("--max-batch", type=int, help="patch-encoder profile: most patches per call")
@@ -27,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
     parser.add_argument("--workspace", type=int, metavar="MB", help="TensorRT workspace limit")
     parser.add_argument("--fp32", action="store_true", help="build an FP32 (TF32 off) encoder engine")
+    trt = parser.add_argument_group("TensorRT engines")
+    trt.add_argument("--tf32", action="store_true",
+                     help="let TensorRT use TF32 for the encoder's FP32 layers (default: off, they run in FP32)")
+    trt.add_argument("--version-compatible", action="store_true",
+                     help="build version-compatible engines (later TensorRT runtimes load them; Triton needs "
+                          "--backend-config=tensorrt,version-compatible=true; can be slower)")
+    trt.add_argument("--builder-optimization-level", type=int, choices=range(6), metavar="0-5",
+                     help="TensorRT builder optimisation level (default 3: TensorRT's)")
+    trt.add_argument("--detailed-profiling", action="store_true",
+                     help="ProfilingVerbosity.DETAILED: keep per-layer kernel names for the engine inspector")
     parser.add_argument("--onnx-only", action="store_true", help="stop after ONNX and the ORT parity report")
 
 
@@ -35,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from export import pipeline
     from export.trt import tensorrt_available
 
-    art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route)
+    art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route,
+                                        fre_fp16=args.fre_fp16)
     profiles = pipeline.engine_profiles(art.graphs.feature_dim, min_batch=args.min_batch, opt_batch=args.opt_batch,
                                         max_batch=args.max_batch, max_patches=args.max_patches)
     if args.onnx_only or not tensorrt_available():
@@ -48,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
               f"(exit code {EXIT_TRT_UNAVAILABLE}).", file=sys.stderr)
         return EXIT_TRT_UNAVAILABLE
     engines = pipeline.engines_from_onnx(art, args.output, profiles, timing_cache=args.timing_cache,
-                                         workspace_mb=args.workspace, fp32=args.fp32)
+                                         options=build_options(args), fp32=args.fp32)
     pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images, n_random=args.check_patches,
                               engines=engines)
     return 0
+
+
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The TensorRT builder options the command line asked for."""
+    from export.trt import BuildOptions
+
+    return BuildOptions(workspace_mb=args.workspace, tf32=args.tf32, version_compatible=args.version_compatible,
+                        optimization_level=args.builder_optimization_level,
+                        detailed_profiling=args.detailed_profiling)

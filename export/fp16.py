@@ -2,9 +2,13 @@
 
 Policy (both routes): the CLIP backbone's matmuls, GELU and residual adds run in FP16; FP32 stays where FP16 is
 unsafe: the spectral filter (DFT matmuls), the CLIP normalisation, every LayerNormalization and Softmax, and the
-whole FrequencyRestorationEstimator (cosine-similarity statistics, unbiased std, gates, fusion: < 1 % of the
-FLOPs). Inputs (uint8 patches) and outputs (float32) keep their dtypes, so the serving contract of
-:mod:`spai.specs` is unchanged.
+FrequencyRestorationEstimator (FRE: cosine-similarity statistics, unbiased std, gates, fusion). Inputs (uint8
+patches) and outputs (float32) keep their dtypes, so the serving contract of :mod:`spai.specs` is unchanged.
+
+``fre_fp16=True`` (``spai export --fre-fp16``) also runs the FRE's Linear layers in FP16 (its MatMul/Gemm nodes:
+about half the FLOPs of spai-fusion-b16, 99.7 of 205.1 GFLOP a patch, are the per-layer projectors); their bias
+adds, the cosine similarities, moments, LayerNorm, GELU, Softmax and gates stay FP32. Like every precision route,
+the result passes the FP16 parity gates of :mod:`export.compare` or the export fails.
 
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
@@ -31,21 +35,34 @@ from spai.models.spai_model import to_unit_float
 from spai.specs import patch_encoder_spec
 
 FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
+FILTER_SCOPE = "/mfvit/filter/"  # the spectral filter's DFT matmuls: always FP32
+LINEAR_OPS = ("MatMul", "Gemm")
 # Inside the backbone scope: normalisation and attention probabilities stay FP32 (the SDPA scale arithmetic
 # is on shape-derived scalars and follows its consumers).
 FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Exp")
 ROUTES = ("convert", "torch")
 
 
-def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """Route ``convert``: FP32 ``patch_encoder.onnx`` -> mixed-precision ``patch_encoder.fp16.onnx``."""
+def fre_linear_nodes(graph: Any) -> set[str]:
+    """Names of the FRE's Linear layers in an exported encoder graph: MatMul/Gemm nodes outside the backbone and
+    the spectral filter whose second input is a weight (an initializer)."""
+    weights = {i.name for i in graph.initializer}
+    return {n.name for n in graph.node if n.op_type in LINEAR_OPS and not n.name.startswith((FP16_SCOPE, FILTER_SCOPE))
+            and len(n.input) > 1 and n.input[1] in weights}
+
+
+def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
+                   fre_fp16: bool = False) -> Path:
+    """Route ``convert``: FP32 ``patch_encoder.onnx`` -> mixed-precision ``patch_encoder.fp16.onnx`` (with
+    ``fre_fp16`` the FRE's Linear layers in FP16 too)."""
     import onnx
     from onnxconverter_common import float16
 
     src = Path(onnx_path)
     dst = Path(out_path) if out_path else src.with_name(src.stem + ".fp16.onnx")
     model = _with_io_identities(drop_noop_casts(onnx.load(str(src))))
-    fp32_nodes = [n.name for n in model.graph.node if not n.name.startswith(FP16_SCOPE)]
+    half = fre_linear_nodes(model.graph) if fre_fp16 else set()
+    fp32_nodes = [n.name for n in model.graph.node if not n.name.startswith(FP16_SCOPE) and n.name not in half]
     split_shared_initializers(model, set(fp32_nodes))
     fp16_casts = {n.name for n in model.graph.node if n.op_type == "Cast" and n.name.startswith(FP16_SCOPE)}
     try:
@@ -221,10 +238,19 @@ class _Fp32LayerNorm(nn.Module):
         return self.norm(x.float()).to(x.dtype)
 
 
-class _HalfBackboneEncoder(nn.Module):
-    """Patch encoder with the CLIP backbone in FP16 (LayerNorm in FP32) and everything else in FP32."""
+def _half_linear(linear: nn.Linear) -> None:
+    """Run ``linear`` in FP16 inside an FP32 stream: half weights, input cast in, output cast back."""
+    linear.half()
+    linear.register_forward_pre_hook(lambda _m, args: tuple(a.half() for a in args))
+    linear.register_forward_hook(lambda _m, _args, out: out.float())
 
-    def __init__(self, model: nn.Module) -> None:
+
+class _HalfBackboneEncoder(nn.Module):
+    """Patch encoder with the CLIP backbone in FP16 (LayerNorm in FP32) and everything else in FP32; with
+    ``fre_fp16`` the FRE's ``nn.Linear`` modules in FP16 too (MultiheadAttention's value projection, applied
+    with ``F.linear`` on its packed weight, stays FP32 on this route)."""
+
+    def __init__(self, model: nn.Module, fre_fp16: bool = False) -> None:
         super().__init__()
         self.mfvit = copy.deepcopy(model.mfvit).float().eval()
         vit = self.mfvit.vit.half()
@@ -232,6 +258,10 @@ class _HalfBackboneEncoder(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 parent = vit.get_submodule(name.rsplit(".", 1)[0]) if "." in name else vit
                 setattr(parent, name.rsplit(".", 1)[-1], _Fp32LayerNorm(module))
+        if fre_fp16:
+            for module in self.mfvit.features_processor.modules():
+                if isinstance(module, nn.Linear):
+                    _half_linear(module)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         mf = self.mfvit
@@ -244,22 +274,25 @@ class _HalfBackboneEncoder(nn.Module):
         return mf.features_processor.forward_stacked(tokens, semantic)
 
 
-def fp16_from_torch(model: nn.Module, out_path: str | os.PathLike, opset: int | None = None) -> Path:
+def fp16_from_torch(model: nn.Module, out_path: str | os.PathLike, opset: int | None = None,
+                    fre_fp16: bool = False) -> Path:
     """Route ``torch``: export the half-precision-backbone encoder directly (FP32 IO)."""
     dst = Path(out_path)
     dim = int(model.feature_dim)
-    module = _HalfBackboneEncoder(model)
+    module = _HalfBackboneEncoder(model, fre_fp16)
     return export_graph(module, example_inputs(dim)["patch_encoder"], patch_encoder_spec(dim), dst, opset)
 
 
-def patch_encoder_fp16(model: nn.Module | None, onnx_path: str | os.PathLike, route: str = "convert") -> Path:
-    """``patch_encoder.fp16.onnx`` next to ``onnx_path`` by ``route`` (``convert`` needs only the ONNX file)."""
+def patch_encoder_fp16(model: nn.Module | None, onnx_path: str | os.PathLike, route: str = "convert",
+                       fre_fp16: bool = False) -> Path:
+    """``patch_encoder.fp16.onnx`` next to ``onnx_path`` by ``route`` (``convert`` needs only the ONNX file);
+    ``fre_fp16``: the FRE's Linear layers in FP16 as well."""
     if route not in ROUTES:
         raise ExportError(f"Unknown FP16 route {route!r}; choose one of {', '.join(ROUTES)}.")
     src = Path(onnx_path)
     dst = src.with_name(src.stem + ".fp16.onnx")
     if route == "convert":
-        return fp16_from_onnx(src, dst)
+        return fp16_from_onnx(src, dst, fre_fp16)
     if model is None:
         raise ExportError("FP16 route 'torch' needs the PyTorch model.")
-    return fp16_from_torch(model, dst)
+    return fp16_from_torch(model, dst, fre_fp16=fre_fp16)

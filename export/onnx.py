@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.files import atomic_path  # noqa: F401  (re-exported: export.onnx.atomic_path)
 from spai.errors import CheckpointError, ExportError
 from spai.specs import OPSET, PATCHES_INPUT, ModelSpec, aggregator_spec, patch_encoder_spec
 
@@ -97,19 +98,6 @@ def ensure_writable_dir(out_dir: str | os.PathLike) -> Path:
         raise ExportError(f"Output directory {out} is not writable ({e.strerror or e}); choose another with -o.") \
             from e
     return out
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary name next to ``path``; rename onto ``path`` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

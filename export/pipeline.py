@@ -31,22 +31,24 @@ class OnnxArtifacts:
     source: str
     graphs: OnnxExport
     patch_encoder_fp16: Path
+    fre_fp16: bool = False  # the FRE's Linear layers are FP16 in patch_encoder_fp16
 
 
 def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *, fp16_route: str = "convert",
-                         opset: int | None = None) -> OnnxArtifacts:
-    """Load a checkpoint / named config and write ``patch_encoder.onnx``, ``patch_encoder.fp16.onnx`` and
-    ``aggregator.onnx`` to ``out_dir``."""
+                         opset: int | None = None, fre_fp16: bool = False) -> OnnxArtifacts:
+    """Load a checkpoint / named config and write ``patch_encoder.onnx``, ``patch_encoder.fp16.onnx`` (with
+    ``fre_fp16`` its FRE Linear layers in FP16 too) and ``aggregator.onnx`` to ``out_dir``."""
     out = ensure_writable_dir(out_dir)  # fail fast, before the (slow) model load
     log(f"loading {source} ...")
     model, description = model_from_source(source)
     log(f"model: {description}; feature dim {model.feature_dim}")
     graphs = onnx_from_torch(model, out, opset=opset, progress=log)
-    log(f"building mixed-precision patch encoder (route {fp16_route}) ...")
-    fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route)
+    fre = ", FRE Linear layers FP16" if fre_fp16 else ""
+    log(f"building mixed-precision patch encoder (route {fp16_route}{fre}) ...")
+    fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16)
     for path in (graphs.patch_encoder, fp16, graphs.aggregator):
         log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return OnnxArtifacts(model, description, graphs, fp16)
+    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16)
 
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
@@ -72,8 +74,9 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
         from export.trt import TrtRunner
 
         precision = "fp32" if engines.get("fp32") else "fp16"
-        runners[f"trt-{precision}"] = (TrtRunner(engines["patch_encoder"]), TrtRunner(engines["aggregator"]),
-                                       precision)
+        vc = bool(engines.get("version_compatible"))
+        runners[f"trt-{precision}"] = (TrtRunner(engines["patch_encoder"], version_compatible=vc),
+                                       TrtRunner(engines["aggregator"], version_compatible=vc), precision)
     with contextlib.ExitStack() as stack:
         entered = {name: ((stack.enter_context(enc), stack.enter_context(agg)), precision)
                    for name, (enc, agg, precision) in runners.items()}
@@ -88,19 +91,50 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
 
 
 def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: Profiles, *,
-                      timing_cache: str | os.PathLike | None = None, workspace_mb: int | None = None,
+                      timing_cache: str | os.PathLike | None = None, options: Any = None,
                       fp32: bool = False) -> dict[str, Any]:
-    """``patch_encoder.plan`` (from the fp16 ONNX, or the fp32 one with ``fp32``) and ``aggregator.plan``."""
-    from export.trt import engine_from_onnx
+    """``patch_encoder.plan`` (from the fp16 ONNX, or the fp32 one with ``fp32``), ``aggregator.plan`` and the
+    ``engine.json`` manifest that records what built them (:mod:`export.manifest`). ``options``:
+    :class:`export.trt.BuildOptions` (workspace, TF32, version compatibility, ...)."""
+    import dataclasses
 
+    from export.trt import BuildOptions, engine_from_onnx
+
+    options = options or BuildOptions()
     out = Path(out_dir)
     enc_onnx = art.graphs.patch_encoder if fp32 else art.patch_encoder_fp16
     log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {profiles['patch_encoder']}) ...")
     enc = engine_from_onnx(enc_onnx, out / "patch_encoder.plan", profiles["patch_encoder"],
-                           timing_cache=timing_cache, workspace_mb=workspace_mb, fp32=fp32)
+                           timing_cache=timing_cache, options=options)
     log("building TensorRT aggregator (FP32) ...")
     agg = engine_from_onnx(art.graphs.aggregator, out / "aggregator.plan", profiles["aggregator"],
-                           timing_cache=timing_cache, workspace_mb=workspace_mb, fp32=True)
-    for path in (enc, agg):
+                           timing_cache=timing_cache, options=dataclasses.replace(options, tf32=False))
+    sources = {"patch_encoder": enc_onnx, "aggregator": art.graphs.aggregator}
+    manifest = manifest_for_engines(art, out, profiles, sources, "fp32" if fp32 else "fp16", options)
+    for path in (enc, agg, manifest):
         log(f"wrote {path}")
-    return {"patch_encoder": enc, "aggregator": agg, "fp32": fp32}
+    return {"patch_encoder": enc, "aggregator": agg, "fp32": fp32, "manifest": manifest,
+            "version_compatible": options.version_compatible}
+
+
+def manifest_for_engines(art: OnnxArtifacts, out_dir: Path, profiles: Profiles, sources: dict[str, Path],
+                         encoder_precision: str, options: Any) -> Path:
+    """Write ``engine.json`` for plans just built here: this TensorRT, this GPU, the profiles, the ONNX hashes."""
+    import datetime
+
+    import torch
+
+    from export.files import sha256_file
+    from export.manifest import manifest_from_profiles, write_manifest
+    from export.trt import tensorrt_version
+
+    major, minor = torch.cuda.get_device_capability()
+    manifest = manifest_from_profiles(
+        profiles, art.graphs.feature_dim, {"patch_encoder": encoder_precision, "aggregator": "fp32"},
+        tensorrt_version=tensorrt_version(), gpu=torch.cuda.get_device_name(),
+        compute_capability=f"{major}.{minor}", cuda_version=str(torch.version.cuda),
+        version_compatible=options.version_compatible,
+        onnx_sha256={p.name: sha256_file(p) for p in sources.values()}, source=art.source,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        extra={"tf32": options.tf32, "fre_fp16": art.fre_fp16})
+    return write_manifest(out_dir, manifest)

@@ -10,18 +10,28 @@ only kind the tritonserver bundled in nvidia-pytriton can load). Tensor names, d
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.manifest import (
+    MANIFEST_NAME,
+    EngineManifest,
+    check_tensorrt_version,
+    read_manifest,
+    runtime_tensorrt_version,
+)
 from serving.bls import EntrySettings
-from spai.errors import ServingError
+from spai.errors import ExportError, ServingError
 from spai.inference import InputLimits
 from spai.specs import (
     ATTENTION,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PATCHES,
+    PATCH_FEATURES,
+    PATCHES,
     ModelSpec,
     TensorSpec,
     aggregator_spec,
@@ -58,6 +68,8 @@ class RepositoryOptions:
     queue_delay_us: int = 2000
     settings: EntrySettings = field(default_factory=lambda: EntrySettings(
         limits=InputLimits(64 * 1024 * 1024, 50_000_000, DEFAULT_MAX_PATCHES), aggregator_batch=DEFAULT_MAX_IMAGES))
+    # trt: the engines' own (min, opt, max) profiles by graph, from their engine.json (None: the spec defaults)
+    profiles: dict[str, dict[str, tuple[tuple[int, ...], ...]]] | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -100,7 +112,10 @@ def _instances(variant: str, count: int) -> str:
 
 
 def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """The engine's (min, opt, max) input shapes (spai.specs.trt_profile): max_batch_size = max[0]."""
+    """The engine's (min, opt, max) input shapes: the manifest's where built from engines, else
+    spai.specs.trt_profile of the options. max_batch_size = max[0]; the warm-up runs the opt shapes."""
+    if opts.profiles is not None:
+        return opts.profiles[spec.name]
     return trt_profile(spec, max_batch=opts.max_batch, max_patches=opts.settings.limits.max_patches,
                        max_images=opts.max_images)
 
@@ -197,29 +212,107 @@ def onnx_feature_dim(path: Path) -> tuple[int, bool]:
 
 
 def build_repository(artifacts: str | Path, variant: str, out: str | Path, feature_dim: int | None = None,
-                     attention: bool | None = None, **overrides) -> Path:
+                     attention: bool | None = None, tensorrt_version: str | None = None, **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
     D and the attention output are read from ``aggregator.onnx`` when present; ``overrides`` go to
-    :class:`RepositoryOptions`. Returns ``out``.
+    :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json`` (:func:`trt_options`): configs follow
+    the profiles the plans were built with, and plans another TensorRT built are refused. Returns ``out``.
     """
     art = Path(artifacts)
     src_pattern, dst_name = GRAPH_FILES.get(variant, ("", ""))
     RepositoryOptions(variant=variant, feature_dim=1)  # validates the variant
     sources = {m: art / src_pattern.format(stem=stem) for m, stem in ((ENCODER, "patch_encoder"),
                                                                         (AGGREGATOR, "aggregator"))}
+    manifest = None
+    if variant == "trt":
+        manifest = engine_manifest(art, tensorrt_version)
+        sources = {ENCODER: art / manifest.engines["patch_encoder"].file,
+                   AGGREGATOR: art / manifest.engines["aggregator"].file}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:
         raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai export CKPT -o {art}` first, "
                            "or pick another --variant.")
-    if (feature_dim is None or attention is None) and (art / "aggregator.onnx").is_file():
-        dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
-        feature_dim = feature_dim or dim
-        attention = has_attn if attention is None else attention
-    if feature_dim is None:
-        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
-    opts = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=bool(attention), **overrides)
+    feature_dim, attention = _graph_facts(art, manifest, feature_dim, attention)
+    base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=attention, **overrides)
+    opts = trt_options(base, manifest) if manifest is not None else base
     root = write_configs(out, opts)
     for model, src in sources.items():
         shutil.copyfile(src, root / model / "1" / dst_name)
+    if manifest is not None:
+        write_engine_records(root, art, manifest)
     return root
+
+
+def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | None,
+                 attention: bool | None) -> tuple[int, bool]:
+    """(D, has the attention output): given, else from ``aggregator.onnx``; a manifest's D must agree with both."""
+    onnx_dim = None
+    if (feature_dim is None or attention is None or manifest is not None) and (art / "aggregator.onnx").is_file():
+        onnx_dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
+        attention = has_attn if attention is None else attention
+    if manifest is not None:
+        if onnx_dim is not None and onnx_dim != manifest.feature_dim:
+            raise ServingError(f"{art}: aggregator.onnx has feature dimension {onnx_dim} but engine.json says "
+                               f"{manifest.feature_dim}; the plans were built from another export.")
+        if feature_dim is not None and feature_dim != manifest.feature_dim:
+            raise ServingError(f"--feature-dim {feature_dim} disagrees with the engines' feature_dim "
+                               f"{manifest.feature_dim} (engine.json in {art}).")
+        onnx_dim = manifest.feature_dim
+    feature_dim = feature_dim or onnx_dim
+    if feature_dim is None:
+        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
+    return feature_dim, bool(attention)
+
+
+# ---- the trt variant: configs from the engines' manifest (export/manifest.py) -------------------------------
+
+SERVER_ARGS_FILE = "tritonserver.args"  # extra tritonserver arguments this repository needs, one per line
+VERSION_COMPATIBLE_ARG = "--backend-config=tensorrt,version-compatible=true"
+
+
+def engine_manifest(art: Path, tensorrt_version: str | None = None) -> EngineManifest:
+    """The export directory's ``engine.json``, checked (shapes, plans on disk) and, against ``tensorrt_version``
+    or else the TensorRT this machine / container has (when it can be read), checked for loadability."""
+    try:
+        manifest = read_manifest(art)
+        if tensorrt_version:
+            check_tensorrt_version(manifest, tensorrt_version, "the serving TensorRT (--tensorrt-version)")
+        elif (found := runtime_tensorrt_version()) is not None:
+            check_tensorrt_version(manifest, found[0], f"this machine's TensorRT ({found[1]}; pass "
+                                                       "--tensorrt-version of the serving container to check against "
+                                                       "that instead)")
+    except ExportError as e:
+        raise ServingError(str(e)) from e
+    return manifest
+
+
+def trt_options(opts: RepositoryOptions, manifest: EngineManifest) -> RepositoryOptions:
+    """``opts`` following the engines: each model's max_batch_size is its profile's largest batch, warm-up uses the
+    opt shapes, the ``spai`` model sends encoder chunks of the encoder's opt batch and aggregator groups of its
+    largest image count, and refuses images over its largest patch count. Settings asked for beyond the profiles
+    are refused (naming both values)."""
+    enc, agg = manifest.engines["patch_encoder"], manifest.engines["aggregator"]
+    enc_max, enc_opt = enc.profile[PATCHES][2][0], enc.profile[PATCHES][1][0]
+    images, patches = agg.profile[PATCH_FEATURES][2][:2]
+    s = opts.settings
+    asked = s.limits.max_patches  # the default follows the profile; an explicit larger value is refused
+    if asked is not None and asked != DEFAULT_MAX_PATCHES and asked > patches:
+        raise ServingError(f"max_patches {asked} exceeds the aggregator engine's largest patch count "
+                           f"{patches} (its profile in engine.json); rebuild it with --max-patches.")
+    settings = dataclasses.replace(s, encoder_chunk=enc_opt, aggregator_batch=images,
+                                   limits=dataclasses.replace(s.limits, max_patches=patches))
+    profiles = {"patch_encoder": enc.profile, "aggregator": agg.profile}
+    return dataclasses.replace(opts, max_batch=enc_max, max_images=images, settings=settings, profiles=profiles)
+
+
+def write_engine_records(root: Path, art: Path, manifest: EngineManifest) -> None:
+    """Copy ``engine.json`` to the repository root (Triton reads only model folders) and, for version-compatible
+    plans, ``tritonserver.args`` with the backend option that loads them
+    (serving/deploy/tritonserver.py passes it to tritonserver)."""
+    shutil.copyfile(art / MANIFEST_NAME, root / MANIFEST_NAME)
+    args_file = root / SERVER_ARGS_FILE
+    if manifest.version_compatible:
+        args_file.write_text(VERSION_COMPATIBLE_ARG + "\n")
+    else:
+        args_file.unlink(missing_ok=True)

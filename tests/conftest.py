@@ -22,10 +22,17 @@ def _has(module: str) -> bool:
         return False
 
 
+def _tensorrt() -> bool:
+    """A real TensorRT (not the stub-only package tensorrt-stubs leaves in site-packages)."""
+    from export.trt import tensorrt_importable
+
+    return tensorrt_importable()
+
+
 def _skip_reasons() -> dict[str, str | None]:
     return {
         "gpu": None if torch.cuda.is_available() else "no CUDA GPU on this machine",
-        "trt": None if _has("tensorrt") and torch.cuda.is_available() else
+        "trt": None if _tensorrt() and torch.cuda.is_available() else
         "TensorRT (the `tensorrt` package with a GPU) is not installed here",
         "triton": None if _has("pytriton") and _has("tritonclient") else
         "nvidia-pytriton / tritonclient not installed (pip install '.[serve]')",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,147 @@ def test_kserve_inferenceservice():
     # KServe's ModelSpec embeds a core/v1 Container: validate those fields with the Kubernetes schema.
     container = {k: v for k, v in model.items() if k not in KSERVE_ONLY} | {"name": "kserve-container"}
     validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "spai"}, "spec": {"containers": [container]}})
+
+
+# ---- issue 12: /dev/shm in KServe, the HPA on queue time per `spai` request, threads per CPU instance -----------
+
+REPO = Path(__file__).resolve().parents[2] / "serving" / "triton_models"
+
+
+def _predictor_pod(isvc: dict) -> dict:
+    """KServe's predictor embeds a core/v1 PodSpec (volumes, ...) and its model a Container."""
+    pred = isvc["spec"]["predictor"]
+    container = {k: v for k, v in pred["model"].items() if k not in KSERVE_ONLY} | {"name": "kserve-container"}
+    pod_fields = {k: v for k, v in pred.items() if k not in {"model", "minReplicas", "maxReplicas"}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "spai"},
+            "spec": {**pod_fields, "containers": [container]}}
+
+
+def _shm(pod_spec: dict, container: dict) -> dict:
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    return next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+
+
+def test_memory_backed_dev_shm_in_both_routes():
+    (dep,) = load(DEPLOY / "k8s" / "deployment.yaml")
+    pod = dep["spec"]["template"]["spec"]
+    (isvc,) = load(DEPLOY / "kserve" / "inferenceservice.yaml")
+    kserve = _predictor_pod(isvc)
+    validate(kserve)
+    for spec, container in ((pod, pod["containers"][0]), (kserve["spec"], kserve["spec"]["containers"][0])):
+        assert _shm(spec, container)["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+
+
+def _queue_delays_us() -> dict[str, int]:
+    delays = {}
+    for cfg in REPO.glob("*/config.pbtxt"):
+        found = re.search(r"max_queue_delay_microseconds:\s*(\d+)", cfg.read_text())
+        delays[cfg.parent.name] = int(found.group(1)) if found else 0
+    return delays
+
+
+def test_hpa_scales_on_queue_time_per_spai_request_above_the_batching_delays():
+    (hpa,) = load(DEPLOY / "k8s" / "hpa.yaml")
+    (metric,) = hpa["spec"]["metrics"]
+    target = int(metric["pods"]["target"]["averageValue"])
+    assert target > 2 * max(_queue_delays_us().values())  # light load sits at <= the delay; never at maxReplicas
+    (adapter,) = load(DEPLOY / "k8s" / "prometheus-adapter.yaml")
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert 'model="spai"' in rule["seriesQuery"] and "nv_inference_queue_duration_us" in rule["seriesQuery"]
+    query = rule["metricsQuery"]
+    assert query.count('model="spai"') == 2 and "nv_inference_request_success" in query  # per request, spai only
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_threads_per_instance_follow_the_cpu_request():
+    from serving.deploy.tritonserver import CPU_REQUEST_VARIABLE, cpu_instances, server_command
+
+    (dep,) = load(DEPLOY / "k8s" / "deployment.yaml")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    (isvc,) = load(DEPLOY / "kserve" / "inferenceservice.yaml")
+    model = isvc["spec"]["predictor"]["model"]
+    for container, name in ((c, c["name"]), (model, "kserve-container")):
+        ref = _env(container)[CPU_REQUEST_VARIABLE]["valueFrom"]["resourceFieldRef"]
+        assert ref == {"containerName": name, "resource": "requests.cpu", "divisor": "1m"}
+        assert container["command"][-1].endswith("serving/deploy/tritonserver.py")
+    request_milli = int(float(c["resources"]["requests"]["cpu"]) * 1000)
+    assert cpu_instances(REPO) == 2  # the `spai` Python model; the TensorRT models are KIND_GPU
+    command, env = server_command(["tritonserver", f"--model-store={REPO}", *c["args"][1:]],
+                                  {CPU_REQUEST_VARIABLE: str(request_milli), "MKL_NUM_THREADS": "3"})
+    assert command[:2] == ["tritonserver", f"--model-store={REPO}"]
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(request_milli // 1000 // 2)
+    assert env["MKL_NUM_THREADS"] == "3"  # set explicitly: kept
+
+
+def test_launcher_adds_repository_arguments_and_refuses_plans_of_another_tensorrt(tmp_path):
+    from serving.deploy.tritonserver import server_command
+
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo)
+    manifest = json.loads((Path(__file__).parent / "data" / "engine.json").read_text())
+    (repo / "engine.json").write_text(json.dumps(manifest))
+    (repo / "tritonserver.args").write_text("--backend-config=tensorrt,version-compatible=true\n")
+    command, env = server_command([f"--model-repository={repo}"], {"TRT_VERSION": "10.13.0.35"})
+    assert command[-1] == "--backend-config=tensorrt,version-compatible=true" and "OMP_NUM_THREADS" not in env
+    with pytest.raises(SystemExit, match="built by TensorRT 10.13.0.35 but this container.*10.14.1.48"):
+        server_command([f"--model-repository={repo}"], {"TRT_VERSION": "10.14.1.48"})
+    with pytest.raises(SystemExit, match="--model-repository"):
+        server_command(["--http-port=8000"], {})
+
+
+def test_dockerfile_builds_engines_and_serves_with_one_release(tmp_path):
+    text = (DEPLOY / "Dockerfile").read_text()
+    release = re.search(r"^ARG RELEASE=(\S+)", text, re.M).group(1)
+    stages = re.findall(r"^FROM (\S+) AS (\S+)", text, re.M)
+    assert stages == [("nvcr.io/nvidia/tensorrt:${RELEASE}-py3", "engine-builder"),
+                      ("nvcr.io/nvidia/tritonserver:${RELEASE}-py3", "serve")], stages
+    assert re.fullmatch(r"\d\d\.\d\d", release)
+    serve = text.split(" AS serve", 1)[1]
+    assert "--no-deps" in serve and "[serve]" not in serve and "torch" not in serve.replace("no PyPI torch", "")
+    ignore = (DEPLOY.parents[1] / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "*.plan", "*.onnx"} <= set(ignore)
+
+
+BLOCKER = '''
+import importlib.abc, sys
+ALLOWED = set(sys.stdlib_module_names) | {"spai", "serving", "export", "spai_cli"} | set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in ALLOWED and not top.startswith("_"):
+            raise ImportError(f"{name} is not in the Triton image (pyproject extra `triton`)")
+        return None
+sys.meta_path.insert(0, Block())
+import serving.bls, spai.inference, spai.runners, spai.specs  # what serving/triton_models/spai/1/model.py imports
+from serving.deploy.tritonserver import server_command
+import spai_cli
+sys.exit(spai_cli.main(sys.argv[2:]))
+'''
+
+
+def test_the_triton_extra_is_all_the_serving_image_needs(tmp_path):
+    """The spai model's imports, `spai repository --variant trt` and the launcher run with only the stdlib, the
+    project and the `triton` extra importable (no torch, onnx, tritonclient, ...)."""
+    import subprocess
+    import sys
+
+    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml with tomllib")
+    extra = tomllib.loads((DEPLOY.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", req)[0].lower() for req in extra["triton"]}
+    assert names == {"numpy", "pillow"}
+    modules = {"numpy": "numpy", "pillow": "PIL"}
+    art = tmp_path / "export"
+    art.mkdir()
+    shutil.copyfile(Path(__file__).parent / "data" / "engine.json", art / "engine.json")
+    for plan in ("patch_encoder.plan", "aggregator.plan"):
+        (art / plan).write_bytes(b"placeholder")
+    cmd = [sys.executable, "-c", BLOCKER, ",".join(modules[n] for n in names), "repository", "--artifacts", str(art),
+           "--variant", "trt", "-o", str(tmp_path / "repo"), "--tensorrt-version", "10.13.0.35"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=DEPLOY.parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "repo" / "spai_patch_encoder" / "1" / "model.plan").is_file()
