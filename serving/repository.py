@@ -10,13 +10,14 @@ only kind the tritonserver bundled in nvidia-pytriton can load). Tensor names, d
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.bls import EntrySettings
+from serving.bls import EntrySettings, calibration_parameters
 from spai.errors import ServingError
-from spai.inference import InputLimits
+from spai.inference import InputLimits, calibration_from_export
 from spai.specs import (
     ATTENTION,
     DEFAULT_MAX_BATCH,
@@ -37,10 +38,12 @@ CHECKED_IN = Path(__file__).resolve().parent / "triton_models"
 ENTRY_MODEL_FILE = CHECKED_IN / ENTRY / "1" / "model.py"  # the one source of the `spai` model
 # Aggregator output (B x L, attention mean over heads) used for heatmaps; older exports may lack it.
 ATTENTION_OUTPUT = aggregator_spec(1).output(ATTENTION)
-ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)))
+ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)),
+                TensorSpec("operating_point", "object", (1,)))
 ENTRY_OUTPUTS = (TensorSpec("probability", "float32", (1,)), TensorSpec("logit", "float32", (1,)),
+                 TensorSpec("decision", "bool", (1,)), TensorSpec("operating_point_name", "object", (1,)),
                  TensorSpec("num_patches", "int32", (1,)), TensorSpec("patch_attention", "float32", (-1,)))
-OPTIONAL_INPUTS = {"return_patch_scores"}
+OPTIONAL_INPUTS = {"return_patch_scores", "operating_point"}
 
 
 @dataclass(frozen=True)
@@ -149,14 +152,15 @@ def aggregator_config(opts: RepositoryOptions) -> str:
 
 
 def entry_config(opts: RepositoryOptions) -> str:
-    """``spai``: encoded image bytes -> probability, logit, num_patches [, patch_attention] (Python BLS)."""
+    """``spai``: encoded image bytes [+ operating_point] -> probability, logit, decision, operating_point_name,
+    num_patches [, patch_attention] (Python BLS); a calibrated model's calibration rides in its parameters."""
     s = opts.settings
     params = {"encoder_model": ENCODER, "aggregator_model": AGGREGATOR, "aggregator_attention": str(opts.attention),
               "encoder_chunk": str(min(s.encoder_chunk, opts.max_batch)),
               "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.limits.max_bytes),
               "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
               "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
-              "minimum_patches": str(s.patch.minimum_patches)}
+              "minimum_patches": str(s.patch.minimum_patches), **calibration_parameters(s.calibration)}
     parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS),
              f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}",
@@ -200,7 +204,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                      attention: bool | None = None, **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
-    D and the attention output are read from ``aggregator.onnx`` when present; ``overrides`` go to
+    D and the attention output are read from ``aggregator.onnx`` when present, the model's calibration from the
+    export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`); ``overrides`` go to
     :class:`RepositoryOptions`. Returns ``out``.
     """
     art = Path(artifacts)
@@ -219,6 +224,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     if feature_dim is None:
         raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
     opts = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=bool(attention), **overrides)
+    opts = dataclasses.replace(opts, settings=dataclasses.replace(opts.settings,
+                                                                  calibration=calibration_from_export(art)))
     root = write_configs(out, opts)
     for model, src in sources.items():
         shutil.copyfile(src, root / model / "1" / dst_name)
