@@ -146,14 +146,15 @@ def proportion_interval(flags: np.ndarray) -> list[float] | None:
 
 
 def threshold_at_fpr(labels: np.ndarray, probs: np.ndarray, target_fpr: float) -> float:
-    """The threshold of largest TPR whose FPR on the set is <= ``target_fpr`` (flag ``p >= threshold``; of equal
-    TPRs, the lowest FPR); above every score when no image can be flagged within the target."""
+    """The threshold of largest TPR whose FPR on the set is <= ``target_fpr`` (flag ``p >= threshold``): the
+    lowest threshold within the target, i.e. the (1 - target) quantile of the real images' scores (Neyman-Pearson),
+    so that new real images are flagged at about the target rate; above every score when no image can be flagged
+    within the target."""
     from sklearn.metrics import roc_curve
 
     probs = np.asarray(probs, np.float64)
-    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
-    within = np.flatnonzero(fpr <= target_fpr + 1e-12)
-    k = int(within[np.argmax(tpr[within])])  # the first (highest) threshold reaching that TPR: the lowest FPR
+    fpr, _, thresholds = roc_curve(labels, probs, drop_intermediate=False)
+    k = int(np.flatnonzero(fpr <= target_fpr + 1e-12)[-1])  # the lowest threshold within the target
     return float(thresholds[k]) if k > 0 else float(np.nextafter(probs.max(), np.inf))
 
 

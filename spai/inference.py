@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,8 @@ class Calibration:
             raise CalibrationError(f"calibration temperature {self.temperature} / bias {self.bias} must be finite "
                                    "(temperature > 0); re-run `spai calibrate`.")
         names = [p.name for p in self.operating_points]
+        if not all(re.fullmatch(r"[A-Za-z0-9_.%+-]+", n) for n in names):
+            raise CalibrationError(f"operating point names {names} may hold only letters, digits and _.%+-.")
         if self.default not in names or len(set(names)) != len(names):
             raise CalibrationError(f"calibration default operating point {self.default!r} is not one of {names} "
                                    "(or a name repeats); re-run `spai calibrate`.")
