@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
+from spai_cli.test import add_scoring_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help=f"temperature (one scalar) or platt (temperature and bias; default {DEFAULT_METHOD})")
     p.add_argument("-o", "--output", required=True, help="the calibrated checkpoint to write (may be --model itself)")
-    p.add_argument("--root", help="directory the image paths are relative to (default: the CSV's folder)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per scoring call (default 8)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    p.add_argument("--strict", action="store_true", help="missing or unreadable images are errors")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scoring_arguments(p)
     p.set_defaults(func=run)
 
 

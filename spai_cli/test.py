@@ -17,13 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True,
                    help="directory for <csv>_scores.csv, <csv>_metrics.json, ROC and reliability PNGs")
     p.add_argument("--split", default="test", help="rows to use: test (default), val, train or all")
+    add_scoring_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """How a labelled CSV is scored (``spai test`` and ``spai calibrate``)."""
     p.add_argument("--root", help="directory the image paths are relative to (default: each CSV's folder)")
     p.add_argument("--batch-size", type=int, default=8, help="images per scoring call (default 8)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--strict", action="store_true", help="missing or unreadable images are errors")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.set_defaults(func=run)
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
