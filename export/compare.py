@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from spai.errors import AccuracyError
-from spai.inference import prepare_image, score_patch_groups, score_prepared, sigmoid
+from spai.inference import UNCALIBRATED, Calibration, prepare_image, score_patch_groups, score_prepared
 from spai.specs import PATCHES_INPUT
 
 Backend = tuple[Any, Any]  # (patch-encoder runner, aggregator runner), entered context managers
@@ -31,7 +31,7 @@ class Gates:
 
     fp32_max_dprob: float = 1e-5
     fp16_max_dprob: float = 1e-2
-    fp16_max_flips: int = 0  # decision flips at 0.5 on the sample images
+    fp16_max_flips: int = 0  # decision flips (at the model's default operating point) on the sample images
     fp32_max_flips: int = 0
 
 
@@ -69,16 +69,20 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
 
 
-def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None) -> dict:
-    """max/mean |Δ logit|, max |Δ probability|, decision flips at 0.5 and the AUC delta."""
+def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None,
+                 calibration: Calibration = UNCALIBRATED) -> dict:
+    """max/mean |Δ logit|, max |Δ probability|, decision flips and the AUC delta; probabilities and decisions
+    are the model's (``calibration``: uncalibrated = sigmoid, decided at 0.5)."""
     ref, test = np.asarray(ref_logits, np.float64).ravel(), np.asarray(test_logits, np.float64).ravel()
-    p_ref, p_test = sigmoid(ref).astype(np.float64), sigmoid(test).astype(np.float64)
-    labels = (p_ref >= 0.5).astype(int) if labels is None else np.asarray(labels).astype(int)
+    p_ref, p_test = (calibration.probability(x).astype(np.float64) for x in (ref, test))
+    point = calibration.operating_point()
+    labels = point.decide(p_ref).astype(int) if labels is None else np.asarray(labels).astype(int)
     auc_ref, auc_test = _auc(labels, p_ref), _auc(labels, p_test)
     return {"n": int(ref.size), "max_abs_dlogit": float(np.abs(ref - test).max(initial=0.0)),
             "mean_abs_dlogit": float(np.abs(ref - test).mean()) if ref.size else 0.0,
             "max_abs_dprob": float(np.abs(p_ref - p_test).max(initial=0.0)),
-            "decision_flips": int(((p_ref >= 0.5) != (p_test >= 0.5)).sum()),
+            "decision_flips": int((point.decide(p_ref) != point.decide(p_test)).sum()),
+            "operating_point": point.name,
             "auc_ref": auc_ref, "auc_test": auc_test,
             "auc_delta": None if auc_ref is None or auc_test is None else auc_test - auc_ref,
             "finite": bool(np.isfinite(test).all())}
@@ -135,7 +139,8 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
     if stats["max_abs_dprob"] > limit:
         fails.append(f"{name}: max |Δp| {stats['max_abs_dprob']:.3g} > {limit:g}")
     if flips_gated and stats["decision_flips"] > max_flips:
-        fails.append(f"{name}: {stats['decision_flips']} decision flip(s) at 0.5 (allowed {max_flips})")
+        fails.append(f"{name}: {stats['decision_flips']} decision flip(s) at operating point "
+                     f"{stats['operating_point']} (allowed {max_flips})")
     return fails
 
 
@@ -147,6 +152,10 @@ def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
 
     gates, say = gates or Gates(), progress or (lambda _m: None)
     report = ParityReport(gates=asdict(gates))
+    calibration = getattr(model, "calibration", UNCALIBRATED)  # probabilities as users get them (spai.inference)
+    if calibration.calibrated:
+        report.notes.append(f"probabilities calibrated ({calibration.method}, T {calibration.temperature:.4g}, "
+                            f"bias {calibration.bias:.4g}); decisions at operating point {calibration.default}")
     reference = (TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
     images = [prepare_image(p, str(p), spec=model.patch_spec) for p in image_paths]
     ref_images = None
@@ -161,11 +170,11 @@ def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
         entry: dict[str, Any] = {"precision": precision}
         feats, logits = score_patch_groups(patches, counts, *backend)
         entry["patch_features"] = asdict(compare_outputs(ref_feats, feats))
-        entry["random_patches"] = logit_parity(ref_random, logits)
+        entry["random_patches"] = logit_parity(ref_random, logits, calibration=calibration)
         report.failures += _gate(f"{name}/random", precision, entry["random_patches"], gates, False)
         if ref_images is not None:
             entry["images"] = logit_parity(ref_images, np.array([s.logit for s in score_prepared(images, *backend)]),
-                                           labels)
+                                           labels, calibration)
             report.failures += _gate(f"{name}/images", precision, entry["images"], gates, True)
         report.backends[name] = entry
     if ref_images is not None:

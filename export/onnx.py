@@ -24,6 +24,7 @@ from torch import nn
 
 from export.files import atomic_path  # noqa: F401  (re-exported: export.onnx.atomic_path)
 from spai.errors import CheckpointError, ExportError
+from spai.inference import UNCALIBRATED, write_export_calibration
 from spai.specs import OPSET, PATCHES_INPUT, ModelSpec, aggregator_spec, patch_encoder_spec
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
@@ -154,7 +155,9 @@ def example_inputs(feature_dim: int, batch: int = 2, patches: int = 3) -> dict[s
 def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int | None = None,
                     progress: Progress | None = None) -> OnnxExport:
     """Write ``patch_encoder.onnx`` and ``aggregator.onnx`` for ``model`` (a :class:`spai.SPAIModel`) to
-    ``out_dir``. The model's train/eval mode is restored afterwards."""
+    ``out_dir``, and a calibrated model's ``calibration.json`` beside them (the graphs output raw logits; the
+    calibration is applied by :mod:`spai.inference` and carried into the Triton ``spai`` model's parameters).
+    The model's train/eval mode is restored afterwards."""
     say = progress or (lambda _msg: None)
     out = ensure_writable_dir(out_dir)
     dim = int(model.feature_dim)
@@ -169,4 +172,8 @@ def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int 
                            out / "aggregator.onnx", opset)
     finally:
         model.train(was_training)
+    calibration = write_export_calibration(getattr(model, "calibration", UNCALIBRATED), out)
+    if calibration:
+        say(f"wrote the model's calibration ({model.calibration.method}, default operating point "
+            f"{model.calibration.default}) to {calibration}")
     return OnnxExport(enc, agg, dim)

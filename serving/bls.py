@@ -1,6 +1,8 @@
 """The ``spai`` Triton model's logic besides pb_utils (pure, testable on CPU): its settings from config
-parameters, the guard on BLS outputs that are still in GPU memory, the Triton error code each failure answers
-with, and the response arrays. The model itself is ``serving/triton_models/spai/1/model.py``.
+parameters (limits, and the model's calibration: the same :class:`spai.inference.Calibration` that
+``model.score`` applies), the requested operating point, the guard on BLS outputs that are still in GPU memory,
+the Triton error code each failure answers with, and the response arrays. The model itself is
+``serving/triton_models/spai/1/model.py``.
 
 Ragged outputs: ``patch_attention`` is zero-padded to the longest image of a request (``num_patches[i]``
 gives each image's real length); its patches are in :func:`spai.patching.patch_grid` order.
@@ -14,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import ImageError, ServingError
-from spai.inference import ImageScore, InputLimits
+from spai.errors import CalibrationError, ImageError, ServingError
+from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, OperatingPoint
 from spai.patching import PatchSpec
 from spai.runners import Limits
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
@@ -35,6 +37,7 @@ class EntrySettings:
     encoder_model: str = "spai_patch_encoder"
     aggregator_model: str = "spai_aggregator"
     attention: bool = False  # the aggregator has the `attention` output
+    calibration: Calibration = UNCALIBRATED  # probabilities and decisions (calibration_parameters)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> EntrySettings:
@@ -55,7 +58,7 @@ class EntrySettings:
                    ints.get("aggregator_batch", base.aggregator_batch),
                    params.get("encoder_model", base.encoder_model),
                    params.get("aggregator_model", base.aggregator_model),
-                   params.get("aggregator_attention", "False").lower() == "true")
+                   params.get("aggregator_attention", "False").lower() == "true", calibration_from_parameters(params))
 
     def encoder_dtypes(self) -> dict[str, np.dtype]:
         return {PATCHES: PATCHES_INPUT.np_dtype}
@@ -65,6 +68,55 @@ class EntrySettings:
 
     def aggregator_limits(self) -> Limits:
         return {PATCH_FEATURES: (self.aggregator_batch, self.limits.max_patches, None)}
+
+
+def calibration_parameters(calibration: Calibration) -> dict[str, str]:
+    """The config.pbtxt parameters that carry a calibration (none for an uncalibrated model); floats are written
+    with ``repr`` so they read back bit for bit."""
+    if not calibration.calibrated:
+        return {}
+    return {"calibration_method": calibration.method, "temperature": repr(calibration.temperature),
+            "bias": repr(calibration.bias), "default_operating_point": calibration.default,
+            "operating_points": ";".join(f"{p.name}={p.threshold!r}" for p in calibration.operating_points)}
+
+
+def calibration_from_parameters(params: dict[str, str]) -> Calibration:
+    """Inverse of :func:`calibration_parameters`; :class:`ServingError` naming the parameter if malformed."""
+    if "calibration_method" not in params:
+        return UNCALIBRATED
+    try:
+        points = tuple(OperatingPoint(name, float(value)) for name, _, value in
+                       (item.partition("=") for item in params["operating_points"].split(";")))
+        return Calibration(params["calibration_method"], float(params["temperature"]), float(params["bias"]),
+                           points, params["default_operating_point"])
+    except (KeyError, ValueError, CalibrationError) as e:
+        raise ServingError(f"config.pbtxt calibration parameters are malformed ({type(e).__name__}: {e}); "
+                           "rebuild the repository with `spai repository`.") from e
+
+
+def requested_point(values: np.ndarray | None) -> str | None:
+    """The operating point a request names in its optional ``operating_point`` input (None: the default)."""
+    if values is None:
+        return None
+    names = {v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()}
+    if len(names) > 1:
+        raise CalibrationError(f"a request names several operating points {sorted(names)}; send one per request.")
+    return next(iter(names), "") or None
+
+
+def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | None]
+                          ) -> tuple[list[Any], list[str | None]]:
+    """(prepared requests, the operating point each names): a request whose ``operating_point`` input is
+    malformed fails alone (its entry becomes the error); unknown names fail in
+    :func:`spai.inference.score_prepared_requests`."""
+    points: list[str | None] = []
+    for i, values in enumerate(inputs):
+        try:
+            points.append(requested_point(values))
+        except CalibrationError as e:
+            points.append(None)
+            prepared[i] = prepared[i] if isinstance(prepared[i], BaseException) else e
+    return prepared, points
 
 
 def output_array(tensor: Any, model: str) -> np.ndarray:
@@ -79,16 +131,19 @@ def output_array(tensor: Any, model: str) -> np.ndarray:
 
 
 def error_code(error: BaseException) -> str:
-    """The Triton error code an error answers with: a bad image is the client's (INVALID_ARG, HTTP 400); any other
-    failure is the server's (INTERNAL, HTTP 500: retryable)."""
-    return "INVALID_ARG" if isinstance(error, ImageError) else "INTERNAL"
+    """The Triton error code an error answers with: a bad image or an unknown operating point is the client's
+    (INVALID_ARG, HTTP 400); any other failure is the server's (INTERNAL, HTTP 500: retryable)."""
+    return "INVALID_ARG" if isinstance(error, (ImageError, CalibrationError)) else "INTERNAL"
 
 
 def pack_scores(scores: Sequence[ImageScore], with_attention: bool) -> dict[str, np.ndarray]:
-    """Per-request output arrays: probability/logit (B x 1 FP32), num_patches (B x 1 INT32) and, on request,
-    patch_attention (B x max L FP32, zero-padded; slice row i to num_patches[i])."""
+    """Per-request output arrays: probability/logit (B x 1 FP32), decision (B x 1 BOOL) and the name of the
+    operating point it was made at (B x 1 BYTES), num_patches (B x 1 INT32) and, on request, patch_attention
+    (B x max L FP32, zero-padded; slice row i to num_patches[i])."""
     out = {"probability": np.array([[s.probability] for s in scores], np.float32),
            "logit": np.array([[s.logit] for s in scores], np.float32),
+           "decision": np.array([[bool(s.decision)] for s in scores], np.bool_),
+           "operating_point_name": np.array([[s.operating_point.encode()] for s in scores], np.object_),
            "num_patches": np.array([[s.num_patches] for s in scores], np.int32)}
     if with_attention:
         rows = [np.zeros(0, np.float32) if s.attention is None else s.attention for s in scores]

@@ -55,19 +55,26 @@ class SpaiClient:
             self._local.client = module.InferenceServerClient(self.url, **kwargs)
         return self._local.client
 
-    def infer(self, data: bytes, with_attention: bool = False) -> dict[str, np.ndarray]:
-        """One image -> output arrays (probability, logit, num_patches[, patch_attention]), retrying on
+    def infer(self, data: bytes, with_attention: bool = False, operating_point: str | None = None
+              ) -> dict[str, np.ndarray]:
+        """One image -> output arrays (probability, logit, decision, operating_point_name, num_patches[,
+        patch_attention]), the decision at ``operating_point`` (None: the model's default), retrying on
         connection and retryable server errors; a request the server rejects raises ServingError with its
         message."""
         module = self._module()
         image = module.InferInput("image", [1, 1], "BYTES")
         image.set_data_from_numpy(np.array([[data]], dtype=object))
         inputs = [image]
-        names = ["probability", "logit", "num_patches"] + (["patch_attention"] if with_attention else [])
+        names = ["probability", "logit", "decision", "operating_point_name", "num_patches"] + \
+            (["patch_attention"] if with_attention else [])
         if with_attention:
             flag = module.InferInput("return_patch_scores", [1, 1], "BOOL")
             flag.set_data_from_numpy(np.array([[True]]))
             inputs.append(flag)
+        if operating_point:
+            point = module.InferInput("operating_point", [1, 1], "BYTES")
+            point.set_data_from_numpy(np.array([[operating_point.encode()]], dtype=object))
+            inputs.append(point)
         outputs = [module.InferRequestedOutput(n) for n in names]
         for attempt in range(self.retries + 1):
             try:
@@ -81,25 +88,31 @@ class SpaiClient:
                 raise ServingError(msg or repr(e)) from e
         raise AssertionError("unreachable")
 
-    def score_file(self, path: str | Path, with_attention: bool = False) -> ImageScore:
+    def score_file(self, path: str | Path, with_attention: bool = False, operating_point: str | None = None
+                   ) -> ImageScore:
         """Score one file; failures become the score's ``error`` (never raised)."""
         start = time.perf_counter()
         try:
-            out = self.infer(Path(path).read_bytes(), with_attention)
+            out = self.infer(Path(path).read_bytes(), with_attention, operating_point)
         except (ServingError, OSError) as e:
             return ImageScore(str(path), latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip())
         n = int(out["num_patches"][0, 0])
+        point = out["operating_point_name"][0, 0]
         return ImageScore(str(path), float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
                           (time.perf_counter() - start) * 1e3,
-                          attention=out["patch_attention"][0, :n] if with_attention else None)
+                          attention=out["patch_attention"][0, :n] if with_attention else None,
+                          decision=bool(out["decision"][0, 0]),
+                          operating_point=point.decode() if isinstance(point, bytes) else str(point))
 
     def score_paths(self, paths: Sequence[str | Path], concurrency: int = 1, with_attention: bool = False,
-                    progress: bool = True, on_row: Callable[[ImageScore], None] | None = None) -> list[ImageScore]:
-        """Score files with ``concurrency`` requests in flight; results in input order."""
+                    progress: bool = True, on_row: Callable[[ImageScore], None] | None = None,
+                    operating_point: str | None = None) -> list[ImageScore]:
+        """Score files with ``concurrency`` requests in flight (decisions at ``operating_point``, None: the
+        model's default); results in input order."""
         from tqdm import tqdm
 
         def task(p: str | Path) -> ImageScore:
-            row = self.score_file(p, with_attention)
+            row = self.score_file(p, with_attention, operating_point)
             if on_row:
                 on_row(row)
             return row

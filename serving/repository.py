@@ -22,9 +22,9 @@ from export.manifest import (
     read_manifest,
     runtime_tensorrt_version,
 )
-from serving.bls import EntrySettings
+from serving.bls import EntrySettings, calibration_parameters
 from spai.errors import ExportError, ServingError
-from spai.inference import InputLimits
+from spai.inference import InputLimits, calibration_from_export
 from spai.specs import (
     ATTENTION,
     DEFAULT_MAX_BATCH,
@@ -47,10 +47,12 @@ CHECKED_IN = Path(__file__).resolve().parent / "triton_models"
 ENTRY_MODEL_FILE = CHECKED_IN / ENTRY / "1" / "model.py"  # the one source of the `spai` model
 # Aggregator output (B x L, attention mean over heads) used for heatmaps; older exports may lack it.
 ATTENTION_OUTPUT = aggregator_spec(1).output(ATTENTION)
-ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)))
+ENTRY_INPUTS = (TensorSpec("image", "object", (1,)), TensorSpec("return_patch_scores", "bool", (1,)),
+                TensorSpec("operating_point", "object", (1,)))
 ENTRY_OUTPUTS = (TensorSpec("probability", "float32", (1,)), TensorSpec("logit", "float32", (1,)),
+                 TensorSpec("decision", "bool", (1,)), TensorSpec("operating_point_name", "object", (1,)),
                  TensorSpec("num_patches", "int32", (1,)), TensorSpec("patch_attention", "float32", (-1,)))
-OPTIONAL_INPUTS = {"return_patch_scores"}
+OPTIONAL_INPUTS = {"return_patch_scores", "operating_point"}
 
 
 @dataclass(frozen=True)
@@ -164,14 +166,15 @@ def aggregator_config(opts: RepositoryOptions) -> str:
 
 
 def entry_config(opts: RepositoryOptions) -> str:
-    """``spai``: encoded image bytes -> probability, logit, num_patches [, patch_attention] (Python BLS)."""
+    """``spai``: encoded image bytes [+ operating_point] -> probability, logit, decision, operating_point_name,
+    num_patches [, patch_attention] (Python BLS); a calibrated model's calibration rides in its parameters."""
     s = opts.settings
     params = {"encoder_model": ENCODER, "aggregator_model": AGGREGATOR, "aggregator_attention": str(opts.attention),
               "encoder_chunk": str(min(s.encoder_chunk, opts.max_batch)),
               "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.limits.max_bytes),
               "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
               "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
-              "minimum_patches": str(s.patch.minimum_patches)}
+              "minimum_patches": str(s.patch.minimum_patches), **calibration_parameters(s.calibration)}
     parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS),
              f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}",
@@ -215,7 +218,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                      attention: bool | None = None, tensorrt_version: str | None = None, **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
-    D and the attention output are read from ``aggregator.onnx`` when present; ``overrides`` go to
+    D and the attention output are read from ``aggregator.onnx`` when present, the model's calibration from the
+    export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`); ``overrides`` go to
     :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json`` (:func:`trt_options`): configs follow
     the profiles the plans were built with, and plans another TensorRT built are refused. Returns ``out``.
     """
@@ -235,6 +239,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                            "or pick another --variant.")
     feature_dim, attention = _graph_facts(art, manifest, feature_dim, attention)
     base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=attention, **overrides)
+    base = dataclasses.replace(base, settings=dataclasses.replace(base.settings,
+                                                                  calibration=calibration_from_export(art)))
     opts = trt_options(base, manifest) if manifest is not None else base
     root = write_configs(out, opts)
     for model, src in sources.items():

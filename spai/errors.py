@@ -42,6 +42,11 @@ class AccuracyError(SPAIError):
     exit_code = 3
 
 
+class CalibrationError(SPAIError):
+    """Labelled scores cannot calibrate a model (one class, too few real images for a target false-positive
+    rate, NaN scores), or a request names an operating point the model does not have."""
+
+
 class ServingError(SPAIError):
     """The inference server cannot be started or reached, or a request failed."""
 

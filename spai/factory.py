@@ -13,6 +13,7 @@ import torch
 from spai.checkpoint import NATIVE_FORMAT, check_finite, load_state_dict_strict, read_checkpoint_file, save_checkpoint
 from spai.config import Config, get_config, list_config_names
 from spai.errors import CheckpointError, ConfigError
+from spai.inference import Calibration
 from spai.models.spai_model import SPAIModel
 
 __all__ = ["create_model", "list_models", "load_checkpoint", "save_checkpoint", "build_backbone"]
@@ -76,7 +77,8 @@ def create_model(name_or_cfg: str | os.PathLike | Mapping[str, Any] | None = Non
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     name_or_cfg: str | os.PathLike | Mapping[str, Any] | None = None,
                     overrides: Iterable[tuple[str, Any]] = ()) -> tuple[SPAIModel, dict[str, Any]]:
-    """Model and the rest of the checkpoint (epoch, optimizer, lr_scheduler, scaler, metrics, source_format).
+    """Model and the rest of the checkpoint (epoch, optimizer, lr_scheduler, scaler, metrics, source_format,
+    calibration: also applied as ``model.calibration``).
 
     Any supported format (see :func:`create_model`); ``name_or_cfg`` names the model of a backbone-only file."""
     data = read_checkpoint_file(path)
@@ -91,6 +93,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         _fill_backbone(model, data["model"], str(path), data["backbone_only"])
     else:
         load_state_dict_strict(model, data["model"], str(path))
+    model.calibration = Calibration.from_entry(data.get("calibration"))  # probabilities + decisions (spai calibrate)
     state = {k: v for k, v in data.items() if k not in ("model", "config", "format", "backbone_only")}
     return model.to(device).eval(), state
 

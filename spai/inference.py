@@ -1,17 +1,19 @@
 """The one inference path: images of any size -> scores, through the deployed split (encoder, aggregator).
 
 paths / bytes / arrays -> decode with limits -> patch grid (once per image) -> patches cut chunk by chunk ->
-``encoder`` runner -> zero-padded groups of patch features -> ``aggregator`` runner -> probabilities -> one
-:class:`ImageScore` per image. Every caller uses it: ``SPAIModel.score_images`` (torch runners), ``spai predict``,
-the Triton ``spai`` model (BLS runners), the export comparator and the benchmarks (ONNX Runtime / TensorRT
-runners). Chunks and groups follow the runners' declared limits (:class:`spai.runners.Runner`).
-Pure numpy: no torch, no Triton.
+``encoder`` runner -> zero-padded groups of patch features -> ``aggregator`` runner -> logits -> the model's
+:class:`Calibration` (probabilities, and decisions at an operating point) -> one :class:`ImageScore` per image.
+Every caller uses it: ``SPAIModel.score_images`` (torch runners), ``spai predict``, the Triton ``spai`` model
+(BLS runners), the export comparator and the benchmarks (ONNX Runtime / TensorRT runners). Chunks and groups
+follow the runners' declared limits (:class:`spai.runners.Runner`). Pure numpy: no torch, no Triton.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import ImageError, SPAIError
+from spai.errors import CalibrationError, ImageError, SPAIError
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
-CSV_FIELDS = ("image", "probability", "logit", "num_patches", "latency_ms", "error")
+CSV_FIELDS = ("image", "probability", "logit", "decision", "operating_point", "num_patches", "latency_ms", "error")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class InputLimits:
 
 @dataclass
 class ImageScore:
-    """One image's result, wherever it was scored: ``probability`` (1 = AI-generated), ``logit``, the patch count,
-    the attention over its patches (mean over heads, in :func:`spai.patching.patch_grid` order), the time it took
+    """One image's result, wherever it was scored: ``probability`` (1 = AI-generated; calibrated when the model
+    is), the raw ``logit``, ``decision`` (flagged as AI-generated at ``operating_point``), the patch count, the
+    attention over its patches (mean over heads, in :func:`spai.patching.patch_grid` order), the time it took
     and, when it failed, ``error`` (the other fields then stay empty)."""
 
     image: str
@@ -49,12 +52,17 @@ class ImageScore:
     latency_ms: float = 0.0
     error: str = ""
     attention: np.ndarray | None = field(default=None, repr=False)
+    decision: bool | None = None
+    operating_point: str = ""
 
     def row(self) -> dict[str, Any]:
-        """The CSV row (:data:`CSV_FIELDS`) of ``spai predict`` and ``spai score``."""
+        """The CSV row (:data:`CSV_FIELDS`) of ``spai predict`` and ``spai score``; ``decision`` is 1 (flagged as
+        AI-generated) or 0."""
         def num(x: float | None, fmt: str) -> str:
             return "" if x is None else format(x, fmt)
         return {"image": self.image, "probability": num(self.probability, ".6f"), "logit": num(self.logit, ".6f"),
+                "decision": "" if self.decision is None else int(self.decision),
+                "operating_point": self.operating_point if not self.error else "",
                 "num_patches": self.num_patches if not self.error else "", "latency_ms": f"{self.latency_ms:.2f}",
                 "error": self.error}
 
@@ -71,12 +79,134 @@ def write_scores_csv(scores: Sequence[ImageScore], path: str | Path) -> Path:
     return path
 
 
+def flagged_summary(scores: Sequence[ImageScore]) -> str:
+    """The closing line of ``spai predict`` / ``spai score``: how many scored images were flagged, and where."""
+    decided = [s for s in scores if not s.error and s.decision is not None]
+    points = ", ".join(sorted({s.operating_point for s in decided})) or "none"
+    return (f"flagged {sum(bool(s.decision) for s in decided)} of {len(decided)} scored images as AI-generated "
+            f"(operating point {points})")
+
+
 def sigmoid(x: float | np.ndarray) -> np.ndarray:
     """logit -> probability: the numerically stable logistic function, computed in float64 and rounded once to
     float32 (the one sigmoid of every scorer)."""
     x = np.asarray(x, np.float64)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named decision rule: flag an image as AI-generated when its probability is >= ``threshold``."""
+
+    name: str
+    threshold: float
+
+    def decide(self, probabilities: float | np.ndarray) -> np.ndarray:
+        """True where the (calibrated) probability reaches the threshold."""
+        return np.asarray(probabilities, np.float64) >= self.threshold
+
+
+UNCALIBRATED_POINT = OperatingPoint("p0.5", 0.5)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the model's raw logits ``z`` become what users act on, the ONE place of it: the probability
+    ``sigmoid(z / temperature + bias)`` (temperature or Platt scaling, fitted by ``spai calibrate``) and decisions
+    at named operating points (thresholds on that probability). The default instance is an uncalibrated model:
+    ``sigmoid(z)``, decided at 0.5. Built from a checkpoint's plain-data ``calibration`` entry with
+    :meth:`from_entry`; the fitting is :mod:`spai.calibration`."""
+
+    method: str = "none"
+    temperature: float = 1.0
+    bias: float = 0.0
+    operating_points: tuple[OperatingPoint, ...] = (UNCALIBRATED_POINT,)
+    default: str = UNCALIBRATED_POINT.name
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.temperature) and self.temperature > 0 and np.isfinite(self.bias)):
+            raise CalibrationError(f"calibration temperature {self.temperature} / bias {self.bias} must be finite "
+                                   "(temperature > 0); re-run `spai calibrate`.")
+        names = [p.name for p in self.operating_points]
+        if not all(re.fullmatch(r"[A-Za-z0-9_.%+-]+", n) for n in names):
+            raise CalibrationError(f"operating point names {names} may hold only letters, digits and _.%+-.")
+        if self.default not in names or len(set(names)) != len(names):
+            raise CalibrationError(f"calibration default operating point {self.default!r} is not one of {names} "
+                                   "(or a name repeats); re-run `spai calibrate`.")
+
+    @property
+    def calibrated(self) -> bool:
+        return self.method != "none"
+
+    def probability(self, logits: float | np.ndarray) -> np.ndarray:
+        """Logits -> probabilities (float32, through the one :func:`sigmoid`); exactly ``sigmoid(z)`` when
+        uncalibrated."""
+        z = np.asarray(logits, np.float64)
+        return sigmoid(z if not self.calibrated else z / self.temperature + self.bias)
+
+    def operating_point(self, name: str | None = None) -> OperatingPoint:
+        """The operating point called ``name`` (None or "": the default); :class:`CalibrationError` if unknown."""
+        wanted = name or self.default
+        for point in self.operating_points:
+            if point.name == wanted:
+                return point
+        raise CalibrationError(f"unknown operating point {wanted!r}; this model has "
+                               f"{', '.join(p.name for p in self.operating_points)} (default {self.default}).")
+
+    def decide(self, scores: Sequence[ImageScore], name: str | None = None) -> list[ImageScore]:
+        """Set ``decision`` and ``operating_point`` of the successful ``scores`` at operating point ``name``."""
+        point = self.operating_point(name)
+        for s in scores:
+            if not s.error and s.probability is not None:
+                s.decision, s.operating_point = bool(point.decide(s.probability)), point.name
+        return list(scores)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any] | None) -> Calibration:
+        """From a checkpoint's ``calibration`` entry (plain data; None: uncalibrated). Operating points that were
+        refused when fitting (no threshold) are not usable."""
+        if not entry:
+            return cls()
+        try:
+            points = tuple(OperatingPoint(str(p["name"]), float(p["threshold"]))
+                           for p in entry.get("operating_points", ()) if p.get("threshold") is not None)
+            return cls(str(entry["method"]), float(entry["temperature"]), float(entry.get("bias") or 0.0), points,
+                       str(entry["default"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CalibrationError(f"the checkpoint's calibration entry is malformed ({type(e).__name__}: {e}); "
+                                   "re-run `spai calibrate`.") from e
+
+    def to_entry(self) -> dict[str, Any]:
+        """The plain-data form :meth:`from_entry` reads (what decisions need; the fit's statistics are not kept)."""
+        return {"method": self.method, "temperature": self.temperature, "bias": self.bias, "default": self.default,
+                "operating_points": [{"name": p.name, "threshold": p.threshold} for p in self.operating_points]}
+
+
+UNCALIBRATED = Calibration()
+EXPORT_CALIBRATION_FILE = "calibration.json"  # beside the exported graphs; the graphs' logits stay raw
+
+
+def write_export_calibration(calibration: Calibration, directory: str | Path) -> Path | None:
+    """Write a calibrated model's :class:`Calibration` beside its exported graphs (where ``spai repository``
+    reads it); an uncalibrated model removes a stale file instead. Returns the file written, if any."""
+    path = Path(directory) / EXPORT_CALIBRATION_FILE
+    if not calibration.calibrated:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(json.dumps(calibration.to_entry(), indent=2) + "\n")
+    return path
+
+
+def calibration_from_export(directory: str | Path) -> Calibration:
+    """The calibration an export directory carries (uncalibrated when it has no calibration file)."""
+    path = Path(directory) / EXPORT_CALIBRATION_FILE
+    if not path.is_file():
+        return UNCALIBRATED
+    try:
+        return Calibration.from_entry(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path} is not valid JSON ({e}); re-export the checkpoint.") from e
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,15 +290,18 @@ def aggregate(aggregator: Any, features: np.ndarray, counts: Sequence[int]
     return np.concatenate(logits), attention
 
 
-def score_prepared(images: Sequence[PreparedImage], encoder: Any, aggregator: Any) -> list[ImageScore]:
-    """Encode the patches of all ``images`` together, then aggregate: one score per image."""
+def score_prepared(images: Sequence[PreparedImage], encoder: Any, aggregator: Any,
+                   calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
+    """Encode the patches of all ``images`` together, then aggregate: one score per image, its probability and
+    decision from ``calibration`` (at ``operating_point``, default: the calibration's default)."""
     if not images:
         return []
     counts = [img.grid.num_patches for img in images]
     logits, attention = aggregate(aggregator, encode(encoder, images), counts)
-    probabilities = sigmoid(logits)
-    return [ImageScore(img.name, float(p), float(z), n, attention=a)
-            for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)]
+    probabilities = calibration.probability(logits)
+    return calibration.decide([ImageScore(img.name, float(p), float(z), n, attention=a)
+                               for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)],
+                              operating_point)
 
 
 def effective_limits(limits: InputLimits, aggregator: Any) -> InputLimits:
@@ -195,29 +328,49 @@ def prepare_requests(requests: Sequence[Sequence[ImageSource]], limits: InputLim
     return prepared
 
 
-def score_prepared_requests(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any, aggregator: Any
+def score_prepared_requests(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any, aggregator: Any,
+                            calibration: Calibration = UNCALIBRATED,
+                            operating_points: Sequence[str | None] | None = None
                             ) -> list[list[ImageScore] | SPAIError]:
     """Score the good requests of :func:`prepare_requests` together (their patches share encoder chunks); the
-    bad ones keep their error. Runner failures are not caught: they concern every good request."""
+    bad ones keep their error. Each request is decided at its own entry of ``operating_points`` (None: the
+    default); one naming an unknown operating point fails alone. Runner failures are not caught: they concern
+    every good request."""
+    points = list(operating_points or [None] * len(prepared))
+    prepared = [p if isinstance(p, SPAIError) else _checked_point(p, calibration, op)
+                for p, op in zip(prepared, points)]
     good = [img for p in prepared if not isinstance(p, SPAIError) for img in p]
-    scores = iter(score_prepared(good, encoder, aggregator))
-    return [p if isinstance(p, SPAIError) else [next(scores) for _ in p] for p in prepared]
+    scores = iter(score_prepared(good, encoder, aggregator, calibration))
+    return [p if isinstance(p, SPAIError) else calibration.decide([next(scores) for _ in p], op)
+            for p, op in zip(prepared, points)]
+
+
+def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name: str | None
+                   ) -> list[PreparedImage] | SPAIError:
+    try:
+        calibration.operating_point(name)
+    except CalibrationError as e:
+        return e
+    return prepared
 
 
 def score_requests(requests: Sequence[Sequence[ImageSource]], encoder: Any, aggregator: Any, *,
-                   limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec()
+                   limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec(),
+                   calibration: Calibration = UNCALIBRATED, operating_points: Sequence[str | None] | None = None
                    ) -> list[list[ImageScore] | SPAIError]:
     """Score several requests together: per request its scores, or the error of its first bad image."""
     prepared = prepare_requests(requests, effective_limits(limits, aggregator), spec)
-    return score_prepared_requests(prepared, encoder, aggregator)
+    return score_prepared_requests(prepared, encoder, aggregator, calibration, operating_points)
 
 
 def score_images(images: Sequence[ImageSource], encoder: Any, aggregator: Any, *,
-                 limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec()) -> list[ImageScore]:
+                 limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec(),
+                 calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
     """Score images of any size together; every input is validated first and the first bad one raises."""
+    calibration.operating_point(operating_point)  # an unknown name fails before any work
     limits = effective_limits(limits, aggregator)
     prepared = [prepare_image(img, source_name(img, i), limits, spec) for i, img in enumerate(images)]
-    return score_prepared(prepared, encoder, aggregator)
+    return score_prepared(prepared, encoder, aggregator, calibration, operating_point)
 
 
 def source_name(source: ImageSource, index: int) -> str:

@@ -13,7 +13,8 @@ import importlib
 
 from spai.errors import report_errors
 
-COMMAND_MODULES = ["demo", "predict", "data", "train", "test", "convert", "export", "repository", "serve", "score"]
+COMMAND_MODULES = ["demo", "predict", "data", "train", "calibrate", "test", "convert", "export", "repository", "serve",
+                   "score"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=2, help="retries per image on connection or server errors")
     p.add_argument("--heatmaps", help="write per-patch attention heatmap PNGs into this directory")
     p.add_argument("--model", default="spai", help="Triton model name")
+    p.add_argument("--operating-point", metavar="NAME",
+                   help="decide at this operating point of the served model (default: its default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help=f"CSV: {', '.join(CSV_FIELDS)}")
     p.set_defaults(func=run)
@@ -39,12 +41,12 @@ def write_heatmaps(rows: Sequence[ImageScore], directory: str | Path) -> int:
 def run(args: argparse.Namespace) -> int:
     from serving.client import SpaiClient
     from spai.images import expand_inputs
-    from spai.inference import write_scores_csv
+    from spai.inference import flagged_summary, write_scores_csv
 
     paths = expand_inputs(args.inputs)
     client = SpaiClient(args.url, args.protocol, args.model, retries=args.retries)
     rows = client.score_paths(paths, args.concurrency, with_attention=bool(args.heatmaps),
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, operating_point=args.operating_point)
     write_scores_csv(rows, args.output)
     failed = [r for r in rows if r.error]
     print(f"scored {len(rows) - len(failed)}/{len(rows)} images -> {args.output}")
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  error {r.image}: {r.error}")
     if args.heatmaps:
         print(f"wrote {write_heatmaps(rows, args.heatmaps)} heatmaps to {args.heatmaps}")
+    print(flagged_summary(rows))
     if len(failed) == len(rows):
         raise SPAIError(f"no image could be scored (first error: {failed[0].error}); is the server at {args.url} "
                         "up (`spai serve`) and the protocol right?")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on SPAI-format CSV datasets (torchrun for several GPUs)")
@@ -18,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default DATA.NUM_WORKERS)")
     p.add_argument("--epochs", type=int, help="shortcut for --opt TRAIN.EPOCHS N")
     p.add_argument("--batch-size", type=int, help="shortcut for --opt DATA.BATCH_SIZE N (per process)")
+    p.add_argument("--calibration", choices=[*METHODS, "none"], default=DEFAULT_METHOD,
+                   help="calibrate best.pth on the validation split at the end, as `spai calibrate` does "
+                        f"(default {DEFAULT_METHOD}; none: leave it uncalibrated)")
+    p.add_argument("--fpr", type=float, nargs="+", default=list(DEFAULT_FPRS), metavar="RATE",
+                   help="target false-positive rates of best.pth's operating points (default: "
+                        f"{' '.join(f'{f:g}' for f in DEFAULT_FPRS)})")
     p.add_argument("--strict", action="store_true", help="missing or unreadable images are errors, not skipped")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the local GPU under torchrun, else CPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -37,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = get_config(args.cfg, overrides)
     opts = TrainOptions(cfg=cfg, data_csv=args.data, output=args.output, val_csv=args.val, root=args.root,
                         resume=args.resume, workers=args.workers, strict=args.strict, device=args.device,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress,
+                        calibration=None if args.calibration == "none" else args.calibration,
+                        calibration_fprs=tuple(args.fpr))
     try:
         history = train(opts)
     finally:

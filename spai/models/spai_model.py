@@ -18,7 +18,7 @@ from torch import nn
 
 from spai.config import Config
 from spai.images import ImageSource
-from spai.inference import ImageScore, InputLimits, score_images
+from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, score_images
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask
@@ -92,6 +92,7 @@ class SPAIModel(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(embed, dim, bias=False), nn.Dropout(drop))
         self.norm = nn.LayerNorm(dim)
         self.cls_head = ClassificationHead(dim, cfg.MODEL.CLS_HEAD.MLP_RATIO, drop)
+        self.calibration: Calibration = UNCALIBRATED  # a checkpoint's calibration entry (spai.factory) sets it
 
     # --- training-mode control: the backbone is frozen and always in eval mode ---------------------------
     def train(self, mode: bool = True) -> SPAIModel:
@@ -135,14 +136,17 @@ class SPAIModel(nn.Module):
 
     @torch.no_grad()
     def score_images(self, images: Sequence[ImageSource], chunk_size: int | None = None,
-                     **limits: Any) -> list[ImageScore]:
+                     operating_point: str | None = None, **limits: Any) -> list[ImageScore]:
         """Score images of any size (:func:`spai.inference.score_images` with torch runners): patches of all images
-        go through the encoder ``chunk_size`` at a time, then padded aggregator calls. ``limits``: ``max_pixels`` /
-        ``max_bytes`` for decoding. Every image is validated first; a bad one raises :class:`spai.ImageError`."""
+        go through the encoder ``chunk_size`` at a time, then padded aggregator calls; probabilities and decisions
+        (at ``operating_point``, default the calibration's) come from :attr:`calibration`. ``limits``:
+        ``max_pixels`` / ``max_bytes`` for decoding. Every image is validated first; a bad one raises
+        :class:`spai.ImageError`."""
         return score_images(images, TorchRunner(self, "patch_encoder", chunk_size), TorchRunner(self, "aggregator"),
-                            limits=InputLimits(**limits), spec=self.patch_spec)
+                            limits=InputLimits(**limits), spec=self.patch_spec, calibration=self.calibration,
+                            operating_point=operating_point)
 
     def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **limits: Any) -> np.ndarray:
-        """Probabilities (1 = AI-generated) for images of any size."""
+        """Probabilities (1 = AI-generated; calibrated when the checkpoint is) for images of any size."""
         return np.array([s.probability for s in self.score_images(images, chunk_size, **limits)],
                         dtype=np.float32)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from spai.data.csv_dataset import CSVImageDataset, collate_list
-from spai.inference import sigmoid
+from spai.inference import UNCALIBRATED, Calibration
 from spai.train import distributed as dist_utils
 
 
@@ -48,13 +48,14 @@ def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: s
             "errors": sorted(e for part in parts for e in part[3])}
 
 
-def evaluate_scores(cfg: Any, scores: dict[str, Any]) -> dict[str, Any]:
-    """AUC / AP / accuracy@0.5 / loss (TRAIN.LOSS on the logits) of :func:`score_loader`'s output."""
+def evaluate_scores(cfg: Any, scores: dict[str, Any], calibration: Calibration = UNCALIBRATED) -> dict[str, Any]:
+    """AUC / AP / accuracy at probability 0.5 (the ``calibration``'s probability) / loss (TRAIN.LOSS on the raw
+    logits) of :func:`score_loader`'s output."""
     from spai.train.losses import classification_loss
     from spai.train.metrics import binary_metrics
 
     logits, labels = scores["logits"], scores["labels"]
-    probs = sigmoid(logits).astype(np.float64) if len(logits) else logits
+    probs = calibration.probability(logits).astype(np.float64) if len(logits) else logits
     metrics = binary_metrics(labels, probs)
     loss = classification_loss(cfg, torch.from_numpy(logits), torch.from_numpy(labels)) if len(logits) else None
     metrics["loss"] = float(loss) if loss is not None else None

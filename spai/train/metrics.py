@@ -1,4 +1,5 @@
-"""Validation/test metrics (AUC, AP, accuracy@0.5, loss) and their writers: CSV, JSON, TensorBoard, ROC PNG."""
+"""Validation/test metrics (AUC, AP, accuracy@0.5, loss) and their writers: CSV, JSON, TensorBoard, and the PNGs
+of ``spai test``: the ROC curve with the operating points marked, and the reliability diagram."""
 
 from __future__ import annotations
 
@@ -73,22 +74,55 @@ class MetricsLog:
             self.writer.close()
 
 
-def save_roc_curve(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLike, title: str) -> Path | None:
-    """ROC curve PNG (matplotlib, Agg); None when it is undefined (one class)."""
-    if len(np.unique(np.asarray(labels).astype(int))) < 2:
-        return None
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_roc_curve(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLike, title: str,
+                   points: list[dict[str, Any]] = ()) -> Path | None:
+    """ROC curve PNG (matplotlib, Agg) with each operating point (``name``, measured ``fpr`` / ``tpr``) marked;
+    None when it is undefined (one class)."""
+    if len(np.unique(np.asarray(labels).astype(int))) < 2:
+        return None
     from sklearn.metrics import roc_auc_score, roc_curve
 
+    plt = _pyplot()
     fpr, tpr, _ = roc_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, probs):.4f}")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    for point in points:
+        if point.get("fpr") is not None and point.get("tpr") is not None:
+            ax.plot(point["fpr"], point["tpr"], "o", label=f"{point['name']}: FPR {point['fpr']:.3f}, "
+                                                        f"TPR {point['tpr']:.3f}")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_reliability_diagram(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+    """Reliability diagram PNG: fraction of AI-generated images per probability bin (15 uniform bins, sized by
+    their image count) against the diagonal, with the ECE in the legend."""
+    from spai.calibration import ECE_BINS, expected_calibration_error, reliability_bins
+
+    plt = _pyplot()
+    prob_true, prob_pred, counts = reliability_bins(labels, probs, ECE_BINS)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfectly calibrated")
+    ax.plot(prob_pred, prob_true, "-", color="tab:blue", linewidth=1)
+    ax.scatter(prob_pred, prob_true, s=20 + 180 * counts / counts.max(), color="tab:blue", zorder=3,
+               label=f"{ECE_BINS} bins (size = images); ECE {expected_calibration_error(labels, probs):.3f}")
+    ax.set(xlabel="predicted probability (AI-generated)", ylabel="fraction AI-generated", title=title,
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

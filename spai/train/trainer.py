@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from spai.checkpoint import atomic_write, load_state_dict_strict, save_checkpoint
+from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, calibration_summary
+from spai.checkpoint import atomic_write, load_state_dict_strict, read_checkpoint_file, save_checkpoint
 from spai.config import Config
 from spai.data.csv_dataset import CSVImageDataset, EpochTaggedSampler, collate_train, read_split_csv
 from spai.data.transforms import TrainTransform
-from spai.errors import ConfigError, DataError, SPAIError
+from spai.errors import CalibrationError, ConfigError, DataError, SPAIError
 from spai.train import distributed as dist_utils
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.losses import total_loss
@@ -49,6 +50,8 @@ class TrainOptions:
     device: str | None = None
     progress: bool = True
     tensorboard: bool = True
+    calibration: str | None = DEFAULT_METHOD  # calibrate best.pth on the validation split (None: leave it raw)
+    calibration_fprs: tuple[float, ...] = DEFAULT_FPRS
 
 
 class ForwardWithAux(nn.Module):
@@ -318,16 +321,23 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> dict[str, Any]:
             "images_per_s": world_images / max(seconds, 1e-9)}
 
 
+def score_validation(trainer: Trainer, desc: str = "validate") -> dict[str, Any]:
+    """:func:`score_loader` over the validation set at original resolution (over all ranks)."""
+    cfg = trainer.cfg
+    batch = int(cfg.DATA.VAL_BATCH_SIZE or cfg.DATA.BATCH_SIZE)
+    workers = int(cfg.DATA.NUM_WORKERS if trainer.opts.workers is None else trainer.opts.workers)
+    loader = make_eval_loader(trainer.val_dataset, batch, min(workers, 2))
+    scores = score_loader(trainer.model, loader, trainer.opts.progress and dist_utils.rank() == 0, desc)
+    _report_errors(trainer, [e for e in scores["errors"]])
+    return scores
+
+
 def validate(trainer: Trainer) -> dict[str, Any]:
     """Validation metrics at original resolution (val_loss, val_auc, val_ap, val_acc)."""
     if trainer.val_dataset is None:
         return {}
     cfg = trainer.cfg
-    batch = int(cfg.DATA.VAL_BATCH_SIZE or cfg.DATA.BATCH_SIZE)
-    workers = int(cfg.DATA.NUM_WORKERS if trainer.opts.workers is None else trainer.opts.workers)
-    loader = make_eval_loader(trainer.val_dataset, batch, min(workers, 2))
-    scores = score_loader(trainer.model, loader, trainer.opts.progress and dist_utils.rank() == 0, "validate")
-    _report_errors(trainer, [e for e in scores["errors"]])
+    scores = score_validation(trainer)
     metrics = evaluate_scores(cfg, scores)
     if metrics["auc"] is None:
         log.warning("validation set has a single class: AUC is undefined (reported as empty/null)")
@@ -370,6 +380,34 @@ def save_epoch(trainer: Trainer, epoch: int, row: dict[str, Any]) -> Path:
     dist_utils.barrier()
     trainer.last_checkpoint = path
     return path
+
+
+def calibrate_best(trainer: Trainer) -> dict[str, Any] | None:
+    """Calibrate ``best.pth`` on the validation split, as ``spai calibrate --split val`` would (its weights are
+    loaded into the model first): the ``calibration`` entry is added in place, atomically. A validation set
+    that cannot calibrate (one class, too few real images for every target FPR) leaves best.pth uncalibrated,
+    with a warning."""
+    from spai.train.testing import calibration_entry
+
+    best = trainer.output / "best.pth"
+    if not trainer.opts.calibration or trainer.val_dataset is None or not best.is_file():
+        return None
+    data = read_checkpoint_file(best)
+    load_state_dict_strict(trainer.model, data["model"], str(best))
+    scores = score_validation(trainer, "calibrate")
+    val_csv = trainer.opts.val_csv or trainer.opts.data_csv
+    try:
+        entry = calibration_entry(scores, val_csv, "val", trainer.opts.calibration, trainer.opts.calibration_fprs)
+    except CalibrationError as e:
+        log.warning("best.pth left uncalibrated: %s", e)
+        return None
+    if dist_utils.rank() == 0:
+        entry["checkpoint"] = str(best)
+        atomic_write(best, lambda tmp: torch.save({**data, "calibration": entry}, tmp))
+        log.info("calibrated best.pth (epoch %s) on the validation split:\n%s", data.get("epoch"),
+                 calibration_summary(entry))
+    dist_utils.barrier()
+    return entry
 
 
 def setup_logging(output: Path) -> None:
@@ -436,4 +474,6 @@ def train(opts: TrainOptions) -> list[dict[str, Any]]:
              trainer.cfg.MODEL.NAME, trainer.device, len(trainer.train_loader.dataset),
              len(trainer.val_dataset) if trainer.val_dataset is not None else 0, trainer.steps_per_epoch,
              trainer.amp_dtype or "off (fp32)")
-    return run_epochs(trainer)
+    history = run_epochs(trainer)
+    calibrate_best(trainer)
+    return history

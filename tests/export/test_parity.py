@@ -73,3 +73,15 @@ def test_compare_outputs_and_logit_parity_basics():
     assert not compare_outputs(np.zeros(3), np.full(3, 1.0), atol=1e-2)
     stats = logit_parity(np.array([-1.0, 0.1, 2.0]), np.array([-1.0, -0.1, 2.0]), labels=np.array([0, 1, 1]))
     assert stats["decision_flips"] == 1 and stats["auc_delta"] is not None
+
+
+def test_logit_parity_judges_the_probabilities_and_decisions_users_get():
+    from spai.inference import Calibration, OperatingPoint, sigmoid
+
+    ref, test = np.array([-1.0, 0.1, 2.0]), np.array([-1.0, 0.3, 2.0])
+    assert logit_parity(ref, test)["decision_flips"] == 0  # uncalibrated: both above 0.5
+    cal = Calibration("platt", 0.5, -0.4, (OperatingPoint("fpr0.05", float(sigmoid(0.2 / 0.5 - 0.4))),), "fpr0.05")
+    stats = logit_parity(ref, test, calibration=cal)
+    assert stats["decision_flips"] == 1 and stats["operating_point"] == "fpr0.05"
+    want = np.abs(cal.probability(ref).astype(np.float64) - cal.probability(test)).max()
+    assert stats["max_abs_dprob"] == pytest.approx(want)

@@ -6,9 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.bls import EntrySettings, error_code, output_array, pack_scores
-from spai.errors import ImageError, ServingError
-from spai.inference import ImageScore
+from serving.bls import (
+    EntrySettings,
+    calibration_parameters,
+    error_code,
+    output_array,
+    pack_scores,
+    with_requested_points,
+)
+from spai.errors import CalibrationError, ImageError, ServingError
+from spai.inference import Calibration, ImageScore, OperatingPoint
 from spai.specs import PATCH_FEATURES, PATCHES
 
 
@@ -44,6 +51,7 @@ def test_gpu_outputs_give_a_serving_error_naming_the_model():
 
 def test_a_bad_image_is_invalid_arg_and_anything_else_internal():
     assert error_code(ImageError("image: empty file")) == "INVALID_ARG"
+    assert error_code(CalibrationError("unknown operating point 'x'")) == "INVALID_ARG"
     assert error_code(ServingError("spai_patch_encoder failed")) == "INTERNAL"
     assert error_code(RuntimeError("boom")) == "INTERNAL"
 
@@ -63,3 +71,32 @@ def test_pack_scores_pads_attention():
     out = pack_scores(rs, with_attention=True)
     assert out["patch_attention"].shape == (2, 3) and out["patch_attention"][0, 2] == 0
     assert out["num_patches"].dtype == np.int32 and "patch_attention" not in pack_scores(rs, False)
+
+
+def test_pack_scores_returns_the_decision_and_its_operating_point():
+    rs = [ImageScore("a", 0.9, 2.0, 5, decision=True, operating_point="fpr0.01"),
+          ImageScore("b", 0.1, -2.0, 5, decision=False, operating_point="fpr0.01")]
+    out = pack_scores(rs, False)
+    assert out["decision"].dtype == np.bool_ and out["decision"].ravel().tolist() == [True, False]
+    assert out["operating_point_name"].ravel().tolist() == [b"fpr0.01", b"fpr0.01"]
+
+
+def test_the_calibration_rides_in_the_parameters_bit_for_bit():
+    cal = Calibration("platt", 0.1 + 0.2, -1 / 3, (OperatingPoint("fpr0.01", 0.9123456789012345),
+                                                   OperatingPoint("balanced", 0.5)), "fpr0.01")
+    params = {k: str(v) for k, v in calibration_parameters(cal).items()}
+    assert EntrySettings.from_parameters(params).calibration == cal
+    assert calibration_parameters(Calibration()) == {} and EntrySettings.from_parameters({}).calibration == Calibration()
+    with pytest.raises(ServingError, match="calibration parameters are malformed"):
+        EntrySettings.from_parameters({**params, "temperature": "-1"})
+    with pytest.raises(ServingError, match="calibration parameters are malformed"):
+        EntrySettings.from_parameters({**params, "default_operating_point": "fpr0.05"})
+
+
+def test_a_request_names_one_operating_point_or_fails_alone():
+    prepared, points = with_requested_points(["req0", "req1", "req2", ImageError("bad")],
+                                             [None, np.array([[b"balanced"]], object),
+                                              np.array([[b"a"], [b"b"]], object), np.array([[b"x"]], object)])
+    assert points == [None, "balanced", None, "x"]
+    assert prepared[:2] == ["req0", "req1"] and isinstance(prepared[2], CalibrationError)
+    assert isinstance(prepared[3], ImageError)  # a bad image keeps its own error

@@ -65,7 +65,7 @@ def test_generated_configs_match_specs(tmp_path, variant, attention):
     assert (entry.backend, entry.max_batch_size > 0) == ("python", True)
     assert_io(entry.input, ENTRY_INPUTS)
     assert_io(entry.output, ENTRY_OUTPUTS)
-    assert [i.optional for i in entry.input] == [False, True]
+    assert [i.optional for i in entry.input] == [False, True, True]  # image, return_patch_scores, operating_point
     assert entry.parameters["aggregator_attention"].string_value == str(attention)
     assert (root / ENTRY / "1" / "model.py").is_file()
 
@@ -109,3 +109,21 @@ def test_build_repository_from_export(tiny_onnx_dir, tmp_path):
     cfg = parse(root / AGGREGATOR / "config.pbtxt")
     assert cfg.input[0].dims[-1] == 96 and [o.name for o in cfg.output] == ["logits", "attention"]
     assert (root / ENCODER / "1" / "model.onnx").is_file()
+
+
+def test_a_calibrated_export_gives_the_entry_model_its_calibration(tiny_onnx_dir, tmp_path):
+    import shutil
+
+    from serving.bls import EntrySettings
+    from serving.repository import build_repository
+    from spai.inference import Calibration, OperatingPoint, write_export_calibration
+
+    art = shutil.copytree(tiny_onnx_dir, tmp_path / "export")
+    cal = Calibration("temperature", 0.123, 0.0, (OperatingPoint("fpr0.05", 0.61), OperatingPoint("balanced", 0.4)),
+                      "fpr0.05")
+    write_export_calibration(cal, art)
+    entry = parse(build_repository(art, "python-ort", tmp_path / "repo") / ENTRY / "config.pbtxt")
+    params = {k: v.string_value for k, v in entry.parameters.items()}
+    assert EntrySettings.from_parameters(params).calibration == cal
+    plain = parse(build_repository(tiny_onnx_dir, "python-ort", tmp_path / "plain") / ENTRY / "config.pbtxt")
+    assert "calibration_method" not in plain.parameters  # uncalibrated: probability = sigmoid(logit), as before

@@ -10,16 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spai.errors import ExportError, ImageError
+from spai.errors import CalibrationError, ExportError, ImageError
 from spai.inference import (
     CSV_FIELDS,
+    Calibration,
     ImageScore,
     InputLimits,
+    OperatingPoint,
+    calibration_from_export,
+    flagged_summary,
     patch_chunks,
     prepare_image,
     score_images,
     score_requests,
     sigmoid,
+    write_export_calibration,
     write_scores_csv,
 )
 from spai.runners import OrtRunner, Runner, TorchRunner
@@ -90,12 +95,54 @@ def test_patches_are_cut_in_the_encoders_dtype():
 
 
 def test_one_csv_schema_for_every_scorer(tmp_path):
-    rows = [ImageScore("a.png", 0.25, -1.0986, 5, 12.5), ImageScore("b.png", latency_ms=1.0, error="bad image")]
+    rows = [ImageScore("a.png", 0.25, -1.0986, 5, 12.5, decision=False, operating_point="fpr0.01"),
+            ImageScore("b.png", latency_ms=1.0, error="bad image")]
     path = write_scores_csv(rows, tmp_path / "s.csv")
     got = list(csv.DictReader(open(path)))
     assert list(got[0]) == list(CSV_FIELDS)
     assert got[0]["probability"] == "0.250000" and got[0]["num_patches"] == "5"
-    assert got[1]["probability"] == "" and got[1]["error"] == "bad image"
+    assert got[0]["decision"] == "0" and got[0]["operating_point"] == "fpr0.01"
+    assert got[1]["probability"] == "" and got[1]["error"] == "bad image" and got[1]["decision"] == ""
+
+
+CALIBRATED = Calibration("platt", 0.25, 0.5, (OperatingPoint("fpr0.05", 0.7), OperatingPoint("balanced", 0.3)),
+                         "fpr0.05")
+
+
+def test_calibration_makes_the_probability_and_the_decision_in_one_place(tiny_model):
+    images = [_png(300, 250), _png(500, 470), _png(260, 240)]
+    enc, agg = TorchRunner(tiny_model, "patch_encoder"), TorchRunner(tiny_model, "aggregator")
+    raw = score_images(images, enc, agg)
+    assert [r.operating_point for r in raw] == ["p0.5"] * 3
+    assert [r.decision for r in raw] == [r.probability >= 0.5 for r in raw]
+    cal = score_images(images, enc, agg, calibration=CALIBRATED)
+    assert [r.logit for r in cal] == [r.logit for r in raw]  # the logit stays raw
+    want = sigmoid(np.array([r.logit for r in raw], np.float64) / 0.25 + 0.5)
+    assert [r.probability for r in cal] == want.tolist()
+    assert [r.decision for r in cal] == (want >= 0.7).tolist() and cal[0].operating_point == "fpr0.05"
+    balanced = score_images(images, enc, agg, calibration=CALIBRATED, operating_point="balanced")
+    assert [r.decision for r in balanced] == (want >= 0.3).tolist()
+    assert flagged_summary(balanced) == f"flagged {int((want >= 0.3).sum())} of 3 scored images as AI-generated " \
+                                        "(operating point balanced)"
+    with pytest.raises(CalibrationError, match="unknown operating point 'fpr0.01'"):
+        score_images(images, enc, agg, calibration=CALIBRATED, operating_point="fpr0.01")
+
+
+def test_each_request_is_decided_at_its_own_operating_point(tiny_model):
+    enc, agg = TorchRunner(tiny_model, "patch_encoder"), TorchRunner(tiny_model, "aggregator")
+    image = _png(300, 250)
+    out = score_requests([[image], [image], [image], [b"junk"]], enc, agg, calibration=CALIBRATED,
+                         operating_points=[None, "balanced", "nope", "balanced"])
+    assert out[0][0].operating_point == "fpr0.05" and out[1][0].operating_point == "balanced"
+    assert out[0][0].probability == pytest.approx(out[1][0].probability, abs=1e-6)
+    assert isinstance(out[2], CalibrationError) and isinstance(out[3], ImageError)
+
+
+def test_an_export_carries_the_calibration_as_data(tmp_path):
+    assert write_export_calibration(CALIBRATED, tmp_path) == tmp_path / "calibration.json"
+    assert calibration_from_export(tmp_path) == CALIBRATED  # floats round-trip exactly
+    assert write_export_calibration(Calibration(), tmp_path) is None  # uncalibrated: a stale file goes
+    assert not (tmp_path / "calibration.json").exists() and calibration_from_export(tmp_path) == Calibration()
 
 
 def test_sigmoid_is_stable_and_float32():

@@ -5,15 +5,16 @@ A thin pb_utils adapter around :mod:`spai.inference`, the path every scorer shar
 chunked BLS calls to ``spai_patch_encoder``, padded BLS calls to ``spai_aggregator``. The BLS requests ask for
 CPU outputs (``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own
 request with INVALID_ARG; an encoder or aggregator failure answers the batch's good requests with INTERNAL
-(retryable). Needs ``spai-deploy`` importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve``
-sets it).
+(retryable). Probabilities and decisions come from the calibration in the config parameters (the one
+:class:`spai.inference.Calibration`, as in-process); a request may name an ``operating_point``. Needs
+``spai-deploy`` importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve`` sets it).
 """
 
 import json
 
 import triton_python_backend_utils as pb_utils
 
-from serving.bls import EntrySettings, error_code, output_array, pack_scores
+from serving.bls import EntrySettings, error_code, output_array, pack_scores, with_requested_points
 from spai.errors import ServingError, SPAIError
 from spai.inference import prepare_requests, score_prepared_requests
 from spai.runners import Runner
@@ -49,14 +50,18 @@ class TritonPythonModel:
                                     s.aggregator_limits())
 
     def execute(self, requests):
-        images, flags = [], []
+        images, flags, points = [], [], []
         for request in requests:
             images.append([bytes(b) for b in pb_utils.get_input_tensor_by_name(request, "image").as_numpy().ravel()])
             flag = pb_utils.get_input_tensor_by_name(request, "return_patch_scores")
             flags.append(bool(flag is not None and flag.as_numpy().any()))
-        prepared = prepare_requests(images, self.settings.limits, self.settings.patch)
+            point = pb_utils.get_input_tensor_by_name(request, "operating_point")
+            points.append(None if point is None else point.as_numpy())
+        prepared, points = with_requested_points(prepare_requests(images, self.settings.limits, self.settings.patch),
+                                                 points)
         try:
-            results = score_prepared_requests(prepared, self.encoder, self.aggregator)
+            results = score_prepared_requests(prepared, self.encoder, self.aggregator, self.settings.calibration,
+                                              points)
         except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
             failure = e if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
             results = [p if isinstance(p, SPAIError) else failure for p in prepared]
