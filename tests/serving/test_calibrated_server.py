@@ -1,7 +1,9 @@
 """A calibrated checkpoint through the whole chain: checkpoint -> spai.create_model -> ONNX export (raw logits +
 calibration.json) -> python-ort repository (calibration in the `spai` model's parameters) -> the bundled
-tritonserver. Served probabilities equal the in-process ones (<= 1e-5), decisions are identical, a request may
-pick its operating point, and `spai score` writes the decisions and counts the flagged images."""
+tritonserver. Served probabilities equal the in-process ones of the same ONNX graphs (<= 1e-5), decisions are
+identical, the logits equal PyTorch's, a request may pick its operating point, and `spai score` writes the decisions
+and counts the flagged images. (The fitted temperature is small for random weights, so calibrated probabilities
+magnify the ~1e-6 logit gap between PyTorch and ONNX Runtime: the 1e-5 check is against the runner that serves.)"""
 
 from __future__ import annotations
 
@@ -34,7 +36,20 @@ def calibrated(tiny_model, check_images, tmp_path_factory):
     model = spai.create_model(checkpoint=tmp / "calibrated.pth")
     export = onnx_from_torch(model, tmp / "export")
     assert (export.directory / "calibration.json").is_file()
-    return model, build_repository(export.directory, "python-ort", tmp / "repo" / "models")
+    return model, build_repository(export.directory, "python-ort", tmp / "repo" / "models"), export.directory
+
+
+@pytest.fixture(scope="module")
+def inprocess_ort(calibrated, check_images):
+    """Image name -> ImageScore of the exported graphs scored in-process (spai.inference with ONNX Runtime)."""
+    from spai.inference import calibration_from_export, score_images
+    from spai.runners import OrtRunner
+
+    model, _, export = calibrated
+    with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
+        scores = score_images(check_images, enc, agg, spec=model.patch_spec,
+                              calibration=calibration_from_export(export))
+    return {str(p): s for p, s in zip(check_images, scores)}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +61,8 @@ def server(calibrated):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_probabilities_and_decisions_equal_in_process(server, calibrated, check_images, protocol):
+def test_served_probabilities_and_decisions_equal_in_process(server, calibrated, inprocess_ort, check_images,
+                                                              protocol):
     from serving.client import SpaiClient
     from spai.inference import sigmoid
 
@@ -55,8 +71,11 @@ def test_served_probabilities_and_decisions_equal_in_process(server, calibrated,
     url = server.http_url if protocol == "http" else server.grpc_url
     rows = SpaiClient(url, protocol).score_paths(check_images, concurrency=4, progress=False)
     assert all(not r.error for r in rows), [r.error for r in rows if r.error]
+    same_graphs = [inprocess_ort[r.image] for r in rows]
+    np.testing.assert_allclose([r.probability for r in rows], [w.probability for w in same_graphs], atol=1e-5,
+                               rtol=0)
+    assert [r.decision for r in rows] == [w.decision for w in same_graphs]
     want = [ref[r.image] for r in rows]
-    np.testing.assert_allclose([r.probability for r in rows], [w.probability for w in want], atol=1e-5, rtol=0)
     np.testing.assert_allclose([r.logit for r in rows], [w.logit for w in want], atol=1e-5, rtol=0)
     assert [r.decision for r in rows] == [w.decision for w in want]
     assert {r.operating_point for r in rows} == {model.calibration.default}
