@@ -3,7 +3,8 @@
 
 A thin adapter around :class:`spai.runners.OrtRunner`: the requests of a dynamic batch whose shapes agree run as
 one ONNX Runtime call (:meth:`spai.runners.Runner.infer_many`), within the config's ``max_batch_size``.
-Input/output names come from config.pbtxt (generated from :mod:`spai.specs`).
+Input/output names come from config.pbtxt (generated from :mod:`spai.specs`). Each instance runs ONNX Runtime
+and OpenMP/BLAS with the config's ``threads`` (0: the cores shared among the instances, :mod:`serving.threads`).
 """
 
 import json
@@ -11,6 +12,7 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
+from serving.threads import instance_count, instance_threads, limit_threads
 from spai.runners import OrtRunner, preferred_providers
 
 
@@ -22,7 +24,8 @@ class TritonPythonModel:
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
         limit = int(config.get("max_batch_size", 0)) or None
-        threads = int(params.get("intra_op_threads", "0")) or None
+        requested = int(params.get("threads", params.get("intra_op_threads", "0")))
+        threads = limit_threads(instance_threads(requested, instance_count(config)))
         self.runner = OrtRunner(path, preferred_providers(), threads,
                                 limits={name: (limit,) for name in self.inputs}).__enter__()
 
