@@ -21,7 +21,7 @@ from spai.runners import Limits
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
 INTEGER_PARAMETERS = ("max_bytes", "max_pixels", "max_patches", "encoder_chunk", "aggregator_batch", "patch_size",
-                      "patch_stride", "minimum_patches", "in_flight", "threads")
+                      "patch_stride", "minimum_patches", "in_flight", "threads", "trim_heap_mb")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class EntrySettings:
     attention: bool = False  # the aggregator has the `attention` output
     in_flight: int = 1  # K: encoder requests one execute keeps pending (BLS async_exec); 1 = one at a time
     threads: int = 1  # OMP/BLAS threads of each instance (decode and cutting are single-threaded)
+    trim_heap_mb: int = 0  # malloc_trim after every this many MiB of decoded pixels (0: never)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> EntrySettings:
@@ -58,7 +59,8 @@ class EntrySettings:
                        params.get("encoder_model", base.encoder_model),
                        params.get("aggregator_model", base.aggregator_model),
                        params.get("aggregator_attention", "False").lower() == "true",
-                       ints.get("in_flight", base.in_flight), ints.get("threads", base.threads))
+                       ints.get("in_flight", base.in_flight), ints.get("threads", base.threads),
+                       ints.get("trim_heap_mb", base.trim_heap_mb))
         for key in ("encoder_chunk", "aggregator_batch", "in_flight"):
             if getattr(settings, key) < 1:
                 raise ServingError(f"config.pbtxt parameter {key}={getattr(settings, key)} must be at least 1.")

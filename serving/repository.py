@@ -50,8 +50,12 @@ class Tuning:
     ``in_flight`` (K): encoder requests one execute of ``spai`` keeps pending (BLS ``async_exec``), so that
     cutting the next chunk overlaps the encoder; 1 = one at a time. ``*_threads``: ONNX Runtime intra-op and
     OpenMP/BLAS threads of each Python-backend instance (0: the cores it may use, shared among the model's
-    instances; :mod:`serving.threads`). ``encoder_preferred_batch``: the encoder's dynamic batcher's
-    ``preferred_batch_size`` (empty: none). Defaults per variant: :data:`TUNING` (docs/serving.md says why).
+    instances; :mod:`serving.instance`). ``encoder_preferred_batch``: the encoder's dynamic batcher's
+    ``preferred_batch_size`` (empty: none). ``encoder_ort_batch`` (python-ort): patches per ONNX Runtime call,
+    whatever the batcher merges (0: max_batch_size); it bounds the encoder's memory. ``entry_trim_heap_mb``:
+    each `spai` instance calls malloc_trim after every this many MiB of decoded pixels (0: never;
+    :class:`serving.instance.HeapTrimmer`). Defaults per variant:
+    :data:`TUNING` (docs/serving.md says why).
     """
 
     entry_instances: int
@@ -65,13 +69,16 @@ class Tuning:
     entry_threads: int = 1
     encoder_threads: int = 0
     aggregator_threads: int = 1
+    encoder_ort_batch: int = 32
+    entry_trim_heap_mb: int = 64
 
     def __post_init__(self) -> None:
         for name in ("entry_instances", "encoder_instances", "aggregator_instances", "in_flight", "entry_threads"):
             if getattr(self, name) < 1:
                 raise ServingError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
         for name in ("entry_queue_delay_us", "encoder_queue_delay_us", "aggregator_queue_delay_us",
-                     "encoder_threads", "aggregator_threads"):
+                     "encoder_threads", "aggregator_threads", "encoder_ort_batch",
+                     "entry_trim_heap_mb"):
             if getattr(self, name) < 0:
                 raise ServingError(f"{name.replace('_', '-')} must not be negative, not {getattr(self, name)}.")
         if any(b < 1 for b in self.encoder_preferred_batch):
@@ -188,7 +195,8 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
     if opts.variant == "trt":
         parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
     if opts.variant == "python-ort":
-        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads)}))
+        calls = {"max_ort_batch": str(min(t.encoder_ort_batch, max_batch))} if encoder and t.encoder_ort_batch else {}
+        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads), **calls}))
     if opts.variant == "onnx" and threads:
         parts.append(_parameters({"intra_op_thread_count": str(threads)}))
     return "\n".join(parts) + "\n"
@@ -220,7 +228,7 @@ def entry_config(opts: RepositoryOptions) -> str:
               "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
               "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
               "minimum_patches": str(s.patch.minimum_patches), "in_flight": str(opts.tuning.in_flight),
-              "threads": str(opts.tuning.entry_threads)}
+              "threads": str(opts.tuning.entry_threads), "trim_heap_mb": str(opts.tuning.entry_trim_heap_mb)}
     parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
              f"instance_group [ {{ count: {opts.tuning.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]

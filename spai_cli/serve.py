@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def describe_options(options: dict) -> list[str]:
     """The lines ``spai serve`` prints about the options: process-wide first, then one line per model."""
     from serving.server import MiB
-    from serving.threads import instance_threads
+    from serving.instance import instance_threads
 
     arena = options["malloc_arena_max"] or "glibc default"
     lines = [f"  options  Python backend shm pool {options['shm_default_bytes'] / MiB:g} MiB per instance, grows by "

@@ -90,7 +90,7 @@ def test_patches_travel_as_uint8_150528_bytes_each(tmp_path):
 
 
 def test_thread_counts_per_instance(monkeypatch):
-    from serving.threads import THREAD_VARIABLES, instance_count, instance_threads, limit_threads
+    from serving.instance import THREAD_VARIABLES, instance_count, instance_threads, limit_threads
     from spai.runners import available_cores
 
     assert instance_count({"instance_group": [{"count": 2}, {"count": 1}]}) == 3 and instance_count({}) == 1
@@ -184,3 +184,27 @@ def test_a_killed_server_leaves_no_shared_memory_behind(ort_repo):
     assert all(r.exists() for r in regions)  # SIGKILL: nobody unlinked them
     server.stop()
     assert not any(r.exists() for r in regions)
+
+
+def test_python_ort_graphs_run_in_calls_of_at_most_max_ort_batch_rows(tmp_path):
+    from serving.models.batching import infer_in_slices
+    from spai.runners import Runner
+
+    class Doubling(Runner):
+        def __init__(self, limit):
+            super().__init__({"x": (limit,)})
+            self.calls = []
+
+        def _infer(self, feed):
+            self.calls.append(len(feed["x"]))
+            return {"y": feed["x"] * 2}
+
+    runner = Doubling(4)
+    feeds = [{"x": np.arange(10.0)[:, None]}, {"x": np.arange(3.0)[:, None]}, {"x": np.arange(1.0)[:, None]}]
+    out = infer_in_slices(runner, feeds, 4)
+    assert [o["y"][:, 0].tolist() for o in out] == [[2.0 * i for i in range(n)] for n in (10, 3, 1)]
+    assert max(runner.calls) <= 4 and sum(runner.calls) == 14
+    root = write_configs(tmp_path, RepositoryOptions(variant="python-ort", feature_dim=96,
+                                                     tuning=tuning_with("python-ort", encoder_ort_batch=24)))
+    assert params(parse(root / ENCODER / "config.pbtxt"))["max_ort_batch"] == "24"
+    assert "max_ort_batch" not in params(parse(root / AGGREGATOR / "config.pbtxt"))

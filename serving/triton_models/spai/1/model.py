@@ -15,7 +15,7 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from serving.bls import EntrySettings, error_code, output_array, pack_scores
-from serving.threads import limit_threads
+from serving.instance import HeapTrimmer, limit_threads
 from spai.errors import ServingError, SPAIError
 from spai.inference import prepare_requests, score_prepared_requests_async
 from spai.runners import Runner
@@ -54,6 +54,7 @@ class TritonPythonModel:
             {k: v["string_value"] for k, v in config.get("parameters", {}).items()})
         s = self.settings
         limit_threads(s.threads)
+        self.trimmer = HeapTrimmer(s.trim_heap_mb * 2**20)
         self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits(), s.encoder_dtypes())
         self.aggregator = BlsRunner(s.aggregator_model, [LOGITS, ATTENTION] if s.attention else [LOGITS],
                                     s.aggregator_limits())
@@ -71,7 +72,11 @@ class TritonPythonModel:
         except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
             failure = e if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
             results = [p if isinstance(p, SPAIError) else failure for p in prepared]
-        return [self._response(r, f) for r, f in zip(results, flags)]
+        responses = [self._response(r, f) for r, f in zip(results, flags)]
+        pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
+        del prepared, results, images
+        self.trimmer.handled(pixels)  # after the batch's images are freed
+        return responses
 
     def _response(self, result, with_attention):
         if isinstance(result, BaseException):
