@@ -208,3 +208,17 @@ def test_python_ort_graphs_run_in_calls_of_at_most_max_ort_batch_rows(tmp_path):
                                                      tuning=tuning_with("python-ort", encoder_ort_batch=24)))
     assert params(parse(root / ENCODER / "config.pbtxt"))["max_ort_batch"] == "24"
     assert "max_ort_batch" not in params(parse(root / AGGREGATOR / "config.pbtxt"))
+
+
+def test_the_heap_is_trimmed_after_every_threshold_of_decoded_pixels():
+    from serving.instance import HeapTrimmer
+
+    calls = []
+    trimmer = HeapTrimmer(10)
+    trimmer._trim = calls.append  # count the calls instead of trimming (glibc's malloc_trim is called for real
+    assert [trimmer.handled(n) for n in (4, 4, 4, 20, 1)] == [False, False, True, True, False]  # below)
+    assert calls == [0, 0] and trimmer.trims == 2
+    assert not HeapTrimmer(0).handled(10**9)
+    real = HeapTrimmer(1)
+    if real._trim is not None:  # glibc
+        assert real.handled(1) and real.trims == 1
