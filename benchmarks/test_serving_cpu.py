@@ -1,10 +1,13 @@
 """CPU-side cost of the serving path per patch: decode + patch grid + cut (:func:`spai.inference.score_requests`,
 what the Triton ``spai`` model runs) with the encoder and aggregator replaced by no-op runners, on one core, for
 photo-like JPEGs of 1, 3 and 12 MP. ``patches_per_s`` is per core: what one Python-backend instance can feed.
+``path``: ``sync`` (:func:`spai.inference.score_requests`) or ``async`` (what the Triton model's ``execute`` runs:
+:func:`spai.inference.score_prepared_requests_async` with 2 encoder calls in flight, on one event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 
@@ -59,17 +62,29 @@ def one_core():
     os.sched_setaffinity(0, before)
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("megapixels", sorted(SIZES), ids=[f"{mp}MP" for mp in sorted(SIZES)])
-def test_serving_cpu_cost_per_patch(benchmark, megapixels: int, one_core: None) -> None:
-    from spai.inference import InputLimits, score_requests
+def test_serving_cpu_cost_per_patch(benchmark, megapixels: int, path: str, one_core: None) -> None:
+    from spai.inference import InputLimits, prepare_requests, score_prepared_requests_async, score_requests
 
     blob = photo_like_jpeg(*SIZES[megapixels])
     encoder, aggregator = NoOpRunner("patch_encoder"), NoOpRunner("aggregator")
     limits = InputLimits(max_bytes=64 * 2**20, max_pixels=50_000_000, max_patches=1024)
     result: list = []
+    loop = asyncio.new_event_loop()
+
+    def step() -> None:
+        if path == "sync":
+            result.append(score_requests([[blob]], encoder, aggregator, limits=limits))
+        else:
+            prepared = prepare_requests([[blob]], limits)
+            result.append(loop.run_until_complete(score_prepared_requests_async(prepared, encoder, aggregator, 2)))
+
     benchmark.group = "serving-cpu-cost"
-    benchmark.pedantic(lambda: result.append(score_requests([[blob]], encoder, aggregator, limits=limits)),
-                       rounds=5, warmup_rounds=1, iterations=1)
+    try:
+        benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)
+    finally:
+        loop.close()
     patches = result[-1][0][0].num_patches
-    benchmark.extra_info.update(kind="serving_cpu", megapixels=megapixels, patches=patches, cores=1,
+    benchmark.extra_info.update(kind="serving_cpu", megapixels=megapixels, patches=patches, cores=1, path=path,
                                 jpeg_bytes=len(blob), patches_per_s=patches / benchmark.stats.stats.median)

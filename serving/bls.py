@@ -23,7 +23,7 @@ from spai.runners import Limits
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
 INTEGER_PARAMETERS = ("max_bytes", "max_pixels", "max_patches", "encoder_chunk", "aggregator_batch", "patch_size",
-                      "patch_stride", "minimum_patches")
+                      "patch_stride", "minimum_patches", "in_flight", "threads", "trim_heap_mb")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class EntrySettings:
     aggregator_model: str = "spai_aggregator"
     attention: bool = False  # the aggregator has the `attention` output
     calibration: Calibration = UNCALIBRATED  # probabilities and decisions (calibration_parameters)
+    in_flight: int = 1  # K: encoder requests one execute keeps pending (BLS async_exec); 1 = one at a time
+    threads: int = 1  # OMP/BLAS threads of each instance (decode and cutting are single-threaded)
+    trim_heap_mb: int = 0  # malloc_trim after every this many MiB of decoded pixels (0: never)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> EntrySettings:
@@ -54,11 +57,18 @@ class EntrySettings:
                              ints.get("max_pixels", base.limits.max_pixels),
                              ints.get("max_patches", base.limits.max_patches))
         patch = PatchSpec(ints.get("patch_size", 224), ints.get("patch_stride", 224), ints.get("minimum_patches", 4))
-        return cls(limits, patch, ints.get("encoder_chunk", base.encoder_chunk),
-                   ints.get("aggregator_batch", base.aggregator_batch),
-                   params.get("encoder_model", base.encoder_model),
-                   params.get("aggregator_model", base.aggregator_model),
-                   params.get("aggregator_attention", "False").lower() == "true", calibration_from_parameters(params))
+        settings = cls(limits, patch, ints.get("encoder_chunk", base.encoder_chunk),
+                       ints.get("aggregator_batch", base.aggregator_batch),
+                       params.get("encoder_model", base.encoder_model),
+                       params.get("aggregator_model", base.aggregator_model),
+                       params.get("aggregator_attention", "False").lower() == "true",
+                       calibration_from_parameters(params),
+                       ints.get("in_flight", base.in_flight), ints.get("threads", base.threads),
+                       ints.get("trim_heap_mb", base.trim_heap_mb))
+        for key in ("encoder_chunk", "aggregator_batch", "in_flight"):
+            if getattr(settings, key) < 1:
+                raise ServingError(f"config.pbtxt parameter {key}={getattr(settings, key)} must be at least 1.")
+        return settings
 
     def encoder_dtypes(self) -> dict[str, np.dtype]:
         return {PATCHES: PATCHES_INPUT.np_dtype}

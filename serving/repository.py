@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export.manifest import (
@@ -56,8 +56,61 @@ OPTIONAL_INPUTS = {"return_patch_scores", "operating_point"}
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """How a repository keeps its models busy: instances, dynamic batching, BLS calls in flight, threads.
+
+    ``in_flight`` (K): encoder requests one execute of ``spai`` keeps pending (BLS ``async_exec``), so that
+    cutting the next chunk overlaps the encoder; 1 = one at a time. ``*_threads``: ONNX Runtime intra-op and
+    OpenMP/BLAS threads of each Python-backend instance (0: the cores it may use, shared among the model's
+    instances; :mod:`serving.instance`). ``encoder_preferred_batch``: the encoder's dynamic batcher's
+    ``preferred_batch_size`` (empty: none). ``encoder_ort_batch`` (python-ort): patches per ONNX Runtime call,
+    whatever the batcher merges (0: max_batch_size); it bounds the encoder's memory. ``entry_trim_heap_mb``:
+    each `spai` instance calls malloc_trim after every this many MiB of decoded pixels (0: never;
+    :class:`serving.instance.HeapTrimmer`). Defaults per variant:
+    :data:`TUNING` (docs/serving.md says why).
+    """
+
+    entry_instances: int
+    encoder_instances: int
+    aggregator_instances: int
+    in_flight: int
+    encoder_preferred_batch: tuple[int, ...] = ()
+    entry_queue_delay_us: int = 2000
+    encoder_queue_delay_us: int = 1000
+    aggregator_queue_delay_us: int = 1000
+    entry_threads: int = 1
+    encoder_threads: int = 0
+    aggregator_threads: int = 1
+    encoder_ort_batch: int = 32
+    entry_trim_heap_mb: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("entry_instances", "encoder_instances", "aggregator_instances", "in_flight", "entry_threads"):
+            if getattr(self, name) < 1:
+                raise ServingError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+        for name in ("entry_queue_delay_us", "encoder_queue_delay_us", "aggregator_queue_delay_us",
+                     "encoder_threads", "aggregator_threads", "encoder_ort_batch",
+                     "entry_trim_heap_mb"):
+            if getattr(self, name) < 0:
+                raise ServingError(f"{name.replace('_', '-')} must not be negative, not {getattr(self, name)}.")
+        if any(b < 1 for b in self.encoder_preferred_batch):
+            raise ServingError(f"preferred batch sizes must be positive: {self.encoder_preferred_batch}.")
+
+
+# python-ort: measured on 2 CPU cores (docs/serving.md, "Throughput"); trt: for one GPU, where decode and cutting
+# (about 2,000 patches/s per core) must feed an encoder that takes several thousand patches/s.
+TUNING = {
+    "python-ort": Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),
+    "onnx": Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),
+    "trt": Tuning(entry_instances=4, encoder_instances=2, aggregator_instances=1, in_flight=4,
+                  encoder_preferred_batch=(128, 256), encoder_queue_delay_us=500),
+}
+
+
+@dataclass(frozen=True)
 class RepositoryOptions:
-    """Everything a generated repository depends on besides the model files."""
+    """Everything a generated repository depends on besides the model files (``tuning``: None = the variant's
+    :data:`TUNING`)."""
 
     variant: str
     feature_dim: int
@@ -65,9 +118,7 @@ class RepositoryOptions:
     max_batch: int = DEFAULT_MAX_BATCH  # encoder engine profile maximum (patches)
     max_images: int = DEFAULT_MAX_IMAGES  # aggregator engine profile maximum (images)
     entry_max_batch: int = 16
-    entry_instances: int = 2
-    cpu_instances: int = 1
-    queue_delay_us: int = 2000
+    tuning: Tuning | None = None
     settings: EntrySettings = field(default_factory=lambda: EntrySettings(
         limits=InputLimits(64 * 1024 * 1024, 50_000_000, DEFAULT_MAX_PATCHES), aggregator_batch=DEFAULT_MAX_IMAGES))
     # trt: the engines' own (min, opt, max) profiles by graph, from their engine.json (None: the spec defaults)
@@ -76,6 +127,13 @@ class RepositoryOptions:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ServingError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}.")
+        if self.tuning is None:
+            object.__setattr__(self, "tuning", TUNING[self.variant])
+
+
+def tuning_with(variant: str, **changes: object) -> Tuning:
+    """The variant's default :class:`Tuning` with ``changes`` (None values are left at the default)."""
+    return replace(TUNING[variant], **{k: v for k, v in changes.items() if v is not None})
 
 
 def production_options() -> RepositoryOptions:
@@ -113,6 +171,11 @@ def _instances(variant: str, count: int) -> str:
     return f"instance_group [ {{ count: {count} kind: {kind} }} ]"
 
 
+def _batching(queue_delay_us: int, preferred: tuple[int, ...] = ()) -> str:
+    sizes = f"preferred_batch_size: {_dims(preferred)} " if preferred else ""
+    return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {queue_delay_us} }}"
+
+
 def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The engine's (min, opt, max) input shapes: the manifest's where built from engines, else
     spai.specs.trt_profile of the options. max_batch_size = max[0]; the warm-up runs the opt shapes."""
@@ -138,13 +201,21 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
     """config.pbtxt of one exported graph (encoder or aggregator) for ``opts.variant``."""
     shapes = profile(spec, opts)
     max_batch = next(iter(shapes.values()))[2][0]
+    t = opts.tuning
+    encoder = name == ENCODER
+    instances, threads = ((t.encoder_instances, t.encoder_threads) if encoder
+                          else (t.aggregator_instances, t.aggregator_threads))
+    delay = t.encoder_queue_delay_us if encoder else t.aggregator_queue_delay_us
+    preferred = tuple(b for b in t.encoder_preferred_batch if b <= max_batch) if encoder else ()
     parts = [_header(name, opts.variant, max_batch), _io("input", spec.inputs), _io("output", outputs),
-             f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us // 2} }}",
-             _instances(opts.variant, opts.cpu_instances)]
+             _batching(delay, preferred), _instances(opts.variant, instances)]
     if opts.variant == "trt":
         parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
     if opts.variant == "python-ort":
-        parts.append(_parameters({"onnx_file": "model.onnx", "intra_op_threads": "0"}))
+        calls = {"max_ort_batch": str(min(t.encoder_ort_batch, max_batch))} if encoder and t.encoder_ort_batch else {}
+        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads), **calls}))
+    if opts.variant == "onnx" and threads:
+        parts.append(_parameters({"intra_op_thread_count": str(threads)}))
     return "\n".join(parts) + "\n"
 
 
@@ -174,11 +245,12 @@ def entry_config(opts: RepositoryOptions) -> str:
               "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.limits.max_bytes),
               "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
               "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
-              "minimum_patches": str(s.patch.minimum_patches), **calibration_parameters(s.calibration)}
+              "minimum_patches": str(s.patch.minimum_patches), "in_flight": str(opts.tuning.in_flight),
+              "threads": str(opts.tuning.entry_threads), "trim_heap_mb": str(opts.tuning.entry_trim_heap_mb),
+              **calibration_parameters(s.calibration)}
     parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
-             _io("output", ENTRY_OUTPUTS),
-             f"dynamic_batching {{ max_queue_delay_microseconds: {opts.queue_delay_us} }}",
-             f"instance_group [ {{ count: {opts.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
+             _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
+             f"instance_group [ {{ count: {opts.tuning.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
     return "\n".join(parts) + "\n"
 
 

@@ -5,11 +5,19 @@ The bundled binary needs (deployment-facts §7): a backend directory of our own 
 *symlinks* to pytriton's backend library, utils and the stub for this Python; the interpreter's ``bin`` first
 on PATH and its LIBDIR on LD_LIBRARY_PATH (so the stub embeds this Python and imports numpy/onnxruntime/spai);
 zero-sized pinned/CUDA memory pools on machines without a GPU driver.
+
+Memory (:class:`ServerOptions`, printed by ``spai serve``): every Python-backend instance has a shared-memory pool
+in /dev/shm that starts at ``shm-default-byte-size`` and grows by ``shm-growth-byte-size`` (it never shrinks);
+each server gets its own region prefix, so that the regions a killed server leaves behind are removed by
+:meth:`TritonServer.stop`. ``MALLOC_ARENA_MAX`` caps glibc's per-thread heaps in the server and its stubs.
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,12 +27,35 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from spai.errors import ServingError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MiB = 2**20
+_SERVER_IDS = itertools.count()
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Process-level options of a tritonserver: the Python backend's shared-memory pools and glibc's heaps."""
+
+    shm_default_bytes: int = 16 * MiB  # each Python-backend instance's pool at start
+    shm_growth_bytes: int = 16 * MiB  # what it grows by when a request needs more
+    malloc_arena_max: int | None = 2  # MALLOC_ARENA_MAX of the server and its stubs (None: glibc's 8 x cores)
+
+    def __post_init__(self) -> None:
+        if self.shm_default_bytes < MiB or self.shm_growth_bytes < 1:
+            raise ServingError("the Python backend needs shm-default-byte-size >= 1 MiB and shm-growth-byte-size "
+                               f"> 0 (got {self.shm_default_bytes} and {self.shm_growth_bytes}).")
+        if self.malloc_arena_max is not None and self.malloc_arena_max < 1:
+            raise ServingError(f"MALLOC_ARENA_MAX must be at least 1 (got {self.malloc_arena_max}).")
+
+    def backend_config(self, shm_prefix: str) -> list[str]:
+        return [f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
+                f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}",
+                f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,13 +135,16 @@ class TritonServer:
 
     def __init__(self, repository: str | os.PathLike, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None, binary: str | None = None,
-                 extra_args: list[str] | None = None, log_verbose: int = 0) -> None:
+                 extra_args: list[str] | None = None, log_verbose: int = 0,
+                 options: ServerOptions | None = None) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
         self.ports = Ports(http_port or free_port(), grpc_port or free_port(), metrics_port or free_port())
         self.binary, self.bundled = (Path(binary), False) if binary else find_binary()
         self.extra_args = list(extra_args or [])
         self.log_verbose = log_verbose
+        self.server_options = options or ServerOptions()
+        self.shm_prefix = f"spai_{os.getpid()}_{next(_SERVER_IDS)}_"
         self.process: subprocess.Popen | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="spai-triton-"))
         self.log_path = self._workdir / "tritonserver.log"
@@ -141,7 +175,7 @@ class TritonServer:
             backends = make_backend_dir(bundled_triton_dir(), self._workdir / "backends")
             cmd += [f"--backend-directory={backends}", "--allow-gpu-metrics=false",
                     "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0"]
-        return cmd + self.extra_args
+        return cmd + self.server_options.backend_config(self.shm_prefix) + self.extra_args
 
     def environment(self) -> dict[str, str]:
         """This interpreter first on PATH, its LIBDIR on LD_LIBRARY_PATH, the project on PYTHONPATH."""
@@ -150,7 +184,14 @@ class TritonServer:
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in [libdir, env.get("LD_LIBRARY_PATH", "")] if x)
         env["PYTHONPATH"] = os.pathsep.join(x for x in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if x)
+        if self.server_options.malloc_arena_max is not None:
+            env["MALLOC_ARENA_MAX"] = str(self.server_options.malloc_arena_max)
         return env
+
+    def options(self) -> dict:
+        """What this server runs with: the process options, and per model its instances, threads and batching
+        (read from the repository's config.pbtxt files)."""
+        return {**asdict(self.server_options), "models": describe_repository(self.repository)}
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         """Launch the process and wait until every model is ready."""
@@ -196,19 +237,56 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; idempotent."""
+        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; then removes the shared-memory
+        regions a killed server left in /dev/shm. Idempotent."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(5)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(5)
+        self.remove_shm_regions()
+
+    def remove_shm_regions(self) -> list[str]:
+        """Delete this server's leftover Python-backend regions (/dev/shm/<prefix>*), once it has exited."""
+        if self.process is not None and self.process.poll() is None:
+            return []
+        removed = []
+        for path in glob.glob(f"/dev/shm/{glob.escape(self.shm_prefix)}*"):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+        return removed
 
     def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def describe_repository(repository: str | os.PathLike) -> dict[str, dict]:
+    """Per model of a repository: backend, instances (count and kind), max_batch_size, batching and the
+    ``threads`` / ``in_flight`` parameters, read from each config.pbtxt."""
+    out = {}
+    for config in sorted(Path(repository).glob("*/config.pbtxt")):
+        text = config.read_text()
+        params = dict(re.findall(r'key:\s*"([^"]+)"\s*value\s*{\s*string_value:\s*"([^"]*)"', text))
+        out[config.parent.name] = {
+            "backend": _find(text, r'backend:\s*"([^"]+)"') or _find(text, r'platform:\s*"([^"]+)"'),
+            "instances": int(_find(text, r"count:\s*(\d+)", "1")),
+            "kind": _find(text, r"kind:\s*(KIND_\w+)", "KIND_AUTO"),
+            "max_batch_size": int(_find(text, r"max_batch_size:\s*(\d+)", "0")),
+            "queue_delay_us": int(_find(text, r"max_queue_delay_microseconds:\s*(\d+)", "0")),
+            "preferred_batch_size": _find(text, r"preferred_batch_size:\s*\[([^\]]*)\]").strip(),
+            **{k: params[k] for k in ("threads", "in_flight", "encoder_chunk") if k in params}}
+    return out
+
+
+def _find(text: str, pattern: str, default: str = "") -> str:
+    m = re.search(pattern, text)
+    return m.group(1) if m else default

@@ -10,11 +10,13 @@ follow the runners' declared limits (:class:`spai.runners.Runner`). Pure numpy: 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import itertools
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,12 +263,47 @@ def _fill(out: np.ndarray, pixels: np.ndarray, corners: list[tuple[int, int]]) -
         np.divide(out, 255, out=out)  # == torch's x.float().div_(255): the scaling the model was trained with
 
 
+def encoder_feeds(encoder: Any, images: Sequence[PreparedImage]) -> Iterator[dict[str, np.ndarray]]:
+    """The encoder's feeds for the patches of all ``images`` (in order): chunks of its declared batch limit, in
+    the dtype it declares, each cut only when it is asked for."""
+    for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0), encoder.input_dtype(PATCHES)):
+        yield {PATCHES: chunk}
+
+
+def _features(outputs: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([out[PATCH_FEATURES] for out in outputs]).astype(np.float32, copy=False)
+
+
 def encode(encoder: Any, images: Sequence[PreparedImage]) -> np.ndarray:
-    """N x D patch features of all ``images`` (in order), in chunks of the encoder's declared batch limit, cut in
-    the dtype it declares."""
-    feats = [encoder.infer({PATCHES: chunk})[PATCH_FEATURES]
-             for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0), encoder.input_dtype(PATCHES))]
-    return np.concatenate(feats).astype(np.float32, copy=False)
+    """N x D patch features of all ``images`` (in order), one :func:`encoder_feeds` chunk per call."""
+    return _features([encoder.infer(feed) for feed in encoder_feeds(encoder, images)])
+
+
+async def encode_async(encoder: Any, images: Sequence[PreparedImage], in_flight: int = 1) -> np.ndarray:
+    """:func:`encode` with up to ``in_flight`` encoder calls pending (``encoder.infer_async``; Triton BLS:
+    ``async_exec``): the next chunk is cut while the earlier ones are encoded. Same chunks, same order, same
+    features."""
+    return _features(await infer_in_flight(encoder, encoder_feeds(encoder, images), in_flight))
+
+
+async def infer_in_flight(runner: Any, feeds: Iterable[dict[str, np.ndarray]], in_flight: int
+                          ) -> list[dict[str, np.ndarray]]:
+    """``runner.infer_async`` on every feed, in order, keeping at most ``in_flight`` (>= 1) calls pending; a feed
+    is taken from ``feeds`` (cut) only when a call slot is free. A failure is raised once the calls already
+    started have ended (none is left running on its inputs)."""
+    pending: deque[asyncio.Future] = deque()
+    results: list[dict[str, np.ndarray]] = []
+    try:
+        for feed in feeds:
+            pending.append(asyncio.ensure_future(runner.infer_async(feed)))
+            await asyncio.sleep(0)  # let the call start (be submitted) before the next feed is cut
+            if len(pending) >= max(1, in_flight):
+                results.append(await pending.popleft())
+        results += await asyncio.gather(*pending)
+    except BaseException:
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    return results
 
 
 def aggregate(aggregator: Any, features: np.ndarray, counts: Sequence[int]
@@ -296,8 +333,15 @@ def score_prepared(images: Sequence[PreparedImage], encoder: Any, aggregator: An
     decision from ``calibration`` (at ``operating_point``, default: the calibration's default)."""
     if not images:
         return []
+    return score_features(images, encode(encoder, images), aggregator, calibration, operating_point)
+
+
+def score_features(images: Sequence[PreparedImage], features: np.ndarray, aggregator: Any,
+                   calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
+    """Aggregate the encoded N x D ``features`` of ``images`` (their patches, in order): one score per image,
+    decided at ``operating_point`` of ``calibration``."""
     counts = [img.grid.num_patches for img in images]
-    logits, attention = aggregate(aggregator, encode(encoder, images), counts)
+    logits, attention = aggregate(aggregator, features, counts)
     probabilities = calibration.probability(logits)
     return calibration.decide([ImageScore(img.name, float(p), float(z), n, attention=a)
                                for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)],
@@ -336,13 +380,31 @@ def score_prepared_requests(prepared: Sequence[list[PreparedImage] | SPAIError],
     bad ones keep their error. Each request is decided at its own entry of ``operating_points`` (None: the
     default); one naming an unknown operating point fails alone. Runner failures are not caught: they concern
     every good request."""
+    prepared, points = _checked_points(prepared, calibration, operating_points)
+    good = _good_images(prepared)
+    return _per_request(prepared, score_prepared(good, encoder, aggregator, calibration), calibration, points)
+
+
+async def score_prepared_requests_async(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any,
+                                        aggregator: Any, in_flight: int = 1, calibration: Calibration = UNCALIBRATED,
+                                        operating_points: Sequence[str | None] | None = None
+                                        ) -> list[list[ImageScore] | SPAIError]:
+    """:func:`score_prepared_requests` with up to ``in_flight`` encoder calls pending (:func:`encode_async`):
+    what the Triton ``spai`` model runs."""
+    prepared, points = _checked_points(prepared, calibration, operating_points)
+    good = _good_images(prepared)
+    scores = (score_features(good, await encode_async(encoder, good, in_flight), aggregator, calibration)
+              if good else [])
+    return _per_request(prepared, scores, calibration, points)
+
+
+def _checked_points(prepared: Sequence[list[PreparedImage] | SPAIError], calibration: Calibration,
+                    operating_points: Sequence[str | None] | None
+                    ) -> tuple[list[list[PreparedImage] | SPAIError], list[str | None]]:
+    """Each request's operating point (None: the default); a request naming an unknown one gets its error."""
     points = list(operating_points or [None] * len(prepared))
-    prepared = [p if isinstance(p, SPAIError) else _checked_point(p, calibration, op)
-                for p, op in zip(prepared, points)]
-    good = [img for p in prepared if not isinstance(p, SPAIError) for img in p]
-    scores = iter(score_prepared(good, encoder, aggregator, calibration))
-    return [p if isinstance(p, SPAIError) else calibration.decide([next(scores) for _ in p], op)
-            for p, op in zip(prepared, points)]
+    return [p if isinstance(p, SPAIError) else _checked_point(p, calibration, op)
+            for p, op in zip(prepared, points)], points
 
 
 def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name: str | None
@@ -352,6 +414,17 @@ def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name
     except CalibrationError as e:
         return e
     return prepared
+
+
+def _good_images(prepared: Sequence[list[PreparedImage] | SPAIError]) -> list[PreparedImage]:
+    return [img for p in prepared if not isinstance(p, SPAIError) for img in p]
+
+
+def _per_request(prepared: Sequence[list[PreparedImage] | SPAIError], scores: list[ImageScore],
+                 calibration: Calibration, points: Sequence[str | None]) -> list[list[ImageScore] | SPAIError]:
+    it = iter(scores)
+    return [p if isinstance(p, SPAIError) else calibration.decide([next(it) for _ in p], op)
+            for p, op in zip(prepared, points)]
 
 
 def score_requests(requests: Sequence[Sequence[ImageSource]], encoder: Any, aggregator: Any, *,

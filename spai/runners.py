@@ -77,6 +77,16 @@ class Runner:
     def _infer(self, feed: Feed) -> Feed:
         raise NotImplementedError
 
+    async def infer_async(self, feed: Feed) -> Feed:
+        """:meth:`infer` as a coroutine, so that a caller can keep several calls in flight
+        (:func:`spai.inference.infer_in_flight`). Runners that can (Triton BLS: ``async_exec``) override
+        :meth:`_infer_async`; the others answer at once."""
+        self.check_feed(feed)
+        return await self._infer_async(feed)
+
+    async def _infer_async(self, feed: Feed) -> Feed:
+        return self._infer(feed)
+
     def infer_many(self, feeds: Sequence[Feed]) -> list[Feed]:
         """Several batch-first feeds -> their outputs; feeds of equal non-batch shapes run together, in batches
         no larger than the limits allow (what a Triton dynamic batch needs)."""

@@ -1,9 +1,24 @@
 """``spai repository --artifacts DIR --variant trt|onnx|python-ort -o REPO``: a Triton model repository from an
-export directory; ``--checked-in`` rewrites the production layout in serving/triton_models/."""
+export directory; ``--checked-in`` rewrites the production layout in serving/triton_models/. Instance counts,
+BLS calls in flight, batching and threads default to the variant's (serving.repository.TUNING)."""
 
 from __future__ import annotations
 
 import argparse
+
+TUNING_FLAGS = {  # flag -> (Tuning field, help)
+    "--entry-instances": ("entry_instances", "instances of the `spai` model (each decodes and cuts on one core)"),
+    "--encoder-instances": ("encoder_instances", "instances of spai_patch_encoder"),
+    "--aggregator-instances": ("aggregator_instances", "instances of spai_aggregator"),
+    "--in-flight": ("in_flight", "K: encoder requests one `spai` execute keeps pending (BLS async_exec)"),
+    "--entry-queue-delay-us": ("entry_queue_delay_us", "dynamic batcher delay of `spai` (microseconds)"),
+    "--encoder-queue-delay-us": ("encoder_queue_delay_us", "dynamic batcher delay of the encoder"),
+    "--aggregator-queue-delay-us": ("aggregator_queue_delay_us", "dynamic batcher delay of the aggregator"),
+    "--entry-threads": ("entry_threads", "OpenMP/BLAS threads of each `spai` instance"),
+    "--encoder-threads": ("encoder_threads", "ONNX Runtime + OpenMP threads of each python-ort encoder instance "
+                                             "(0: the cores shared among its instances)"),
+    "--aggregator-threads": ("aggregator_threads", "the same for the aggregator"),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trt: the serving container's TensorRT; plans built by another TensorRT are refused "
                         "(default: the TensorRT of this machine / container where it can be read)")
     p.add_argument("--checked-in", action="store_true", help="rewrite the configs in serving/triton_models/")
+    tuning = p.add_argument_group("throughput (defaults: the variant's, docs/serving.md)")
+    for flag, (_, text) in TUNING_FLAGS.items():
+        tuning.add_argument(flag, type=int, help=text)
+    tuning.add_argument("--encoder-preferred-batch", type=_sizes, metavar="N[,N...]",
+                        help="the encoder's preferred_batch_size ('' for none)")
     p.set_defaults(func=run)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of batch sizes") from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,17 +56,23 @@ def run(args: argparse.Namespace) -> int:
         SERVER_ARGS_FILE,
         build_repository,
         production_options,
+        tuning_with,
         write_configs,
     )
     from spai.errors import ServingError
 
+    changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in TUNING_FLAGS.items()}
+    changes["encoder_preferred_batch"] = args.encoder_preferred_batch
     if args.checked_in:
+        if any(v is not None for v in changes.values()):
+            raise ServingError("--checked-in writes the production defaults; drop the throughput flags, or build "
+                               "a repository of your own with --artifacts and -o.")
         print(write_configs(CHECKED_IN, production_options()))
         return 0
     if not args.artifacts or not args.output:
         raise ServingError("--artifacts and -o/--output are required (or --checked-in).")
     root = build_repository(args.artifacts, args.variant, args.output, feature_dim=args.feature_dim,
-                            tensorrt_version=args.tensorrt_version)
+                            tensorrt_version=args.tensorrt_version, tuning=tuning_with(args.variant, **changes))
     print(root)
     args_file = root / SERVER_ARGS_FILE
     if args_file.is_file():

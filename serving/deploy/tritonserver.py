@@ -68,7 +68,8 @@ def check_engines(repo: Path, env: Mapping[str, str]) -> str | None:
     if found is None:
         return None
     try:
-        check_tensorrt_version(read_manifest(repo, require_plans=False), found[0], f"this container's TensorRT ({found[1]})")
+        check_tensorrt_version(read_manifest(repo, require_plans=False), found[0],
+                               f"this container's TensorRT ({found[1]})")
     except SPAIError as e:
         return str(e)
     return None

@@ -5,12 +5,17 @@ tritonserver bundled in nvidia-pytriton on 127.0.0.1 free ports; ``--url`` targe
 this machine instead (RSS is then measured only when ``--server-pid`` is given).
 
 Checks (exit 1 when one fails, with the numbers): zero failures among good requests; every bad request gets a
-clear error; the server is ready afterwards; RSS growth of the server processes (tritonserver + its Python
-backend stubs) from after warm-up to the end <= ``--max-rss-growth`` (10 %). ``--kill-test`` then kills the
-server (SIGKILL) in the middle of a second burst and checks that clients get clear errors within their timeout
-(and that the configured retries happened), never a hang.
+clear error; the server is ready afterwards; RSS of the server processes (tritonserver + its Python backend
+stubs, summed) grows at most ``--max-rss-growth`` (10 %) from after warm-up to the end of the load and at most
+``--max-rss-growth-last-half`` (2 %) over its last half (checked when the load lasts at least a minute).
+``--kill-test`` then kills the server (SIGKILL) in the middle of a second burst and checks that clients get clear
+errors within their timeout (and that the configured retries happened), never a hang.
 
-Full run (manual, ~slow on CPU):   python tests/reliability/load_test.py --requests 10000 --concurrency 32 --record
+RSS is sampled once a second for every server process separately (``rss_series.py``: RSS, its anonymous and
+shared-memory parts, each stub's shared-memory pool); ``--rss-series PATH`` (default with ``--record``:
+``results/rss/<name>.json``) keeps the series, which ``make_report.py`` plots into docs/reliability.md.
+
+Soak (manual, ~20 min on 2 cores):  python tests/reliability/load_test.py --requests 20000 --concurrency 32 --record
 CI run (pytest -m triton):         tests/reliability/test_serving_load.py runs --requests 100 --concurrency 8
 """
 
@@ -32,6 +37,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
+
+import rss_series  # noqa: E402  (tests/reliability/rss_series.py)
 
 GOOD_SIZES = [(64, 48), (224, 224), (300, 400), (640, 480), (1024, 768), (1500, 1100)]
 
@@ -55,23 +62,6 @@ def make_payloads(seed: int = 0) -> tuple[list[tuple[str, bytes]], list[tuple[st
                  "PDF named .jpg", "decompression bomb PNG (header 30000x30000)", "truncated WebP"}
     bad = [(c.filename, c.make()) for c in rc.cases() if c.name in bad_names]
     return good, bad
-
-
-def process_tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_burst(client, payloads: list[tuple[str, str, bytes]], concurrency: int) -> tuple[list[Outcome], float]:
@@ -162,7 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="an already running server on this machine (127.0.0.1:PORT)")
     ap.add_argument("--server-pid", type=int, help="with --url: the server's pid, for the RSS check")
     ap.add_argument("--repository", help="python-ort repository to serve (default: build one from spai-tiny)")
-    ap.add_argument("--max-rss-growth", type=float, default=0.10)
+    ap.add_argument("--max-rss-growth", type=float, default=0.10, help="after warm-up to the end of the load")
+    ap.add_argument("--max-rss-growth-last-half", type=float, default=0.02, help="over the last half of the load")
+    ap.add_argument("--rss-series", help="write the RSS series here (default with --record: results/rss/NAME.json)")
+    ap.add_argument("--shm-default-mb", type=float, help="Python backend pool at start (default: ServerOptions)")
+    ap.add_argument("--shm-growth-mb", type=float, help="Python backend pool growth (default: ServerOptions)")
+    ap.add_argument("--malloc-arena-max", type=int, help="MALLOC_ARENA_MAX of the server (0: glibc's default)")
+    ap.add_argument("--tuning", action="append", default=[], metavar="KEY=VALUE",
+                    help="a serving.repository.Tuning field of the repository built (repeatable)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable of the server process (repeatable)")
     ap.add_argument("--kill-test", action="store_true", help="then SIGKILL the server mid-burst (own server only)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout (s)")
     ap.add_argument("--record", action="store_true", help="save results into tests/reliability/results/load.json")
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
             import spai
             from export.onnx import onnx_from_torch
-            from serving.repository import build_repository
+            from serving.repository import build_repository, tuning_with
             from serving.server import TritonServer
 
             work = Path(tempfile.mkdtemp(prefix="spai-load-"))
@@ -195,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             if not repo:
                 torch.manual_seed(0)
                 model = spai.create_model("spai-tiny")
-                repo = build_repository(onnx_from_torch(model, work / "export").directory, "python-ort", work / "repo")
-            server = TritonServer(repo, host="127.0.0.1").start(timeout=300)
+                repo = build_repository(onnx_from_torch(model, work / "export").directory, "python-ort", work / "repo",
+                                        tuning=tuning_with("python-ort", **parse_pairs(args.tuning, int_or_tuple)))
+            os.environ.update(parse_pairs(args.server_env, str))
+            server = TritonServer(repo, host="127.0.0.1", options=server_options(args)).start(timeout=300)
             url = server.http_url if args.protocol == "http" else server.grpc_url
             pid = server.process.pid
 
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
         good, bad = make_payloads(args.seed)
         client = client_factory()
+        sampler = rss_series.RssSampler(pid).start() if pid else None
         # warm-up: every size (each at full concurrency, so the batchers see full batches of it) and the bad
         # inputs, so that the server's arenas and caches reach their steady state before RSS is measured
         n_warm = max(args.warmup, 2 * args.concurrency * len(good))
@@ -212,17 +214,26 @@ def main(argv: list[str] | None = None) -> int:
         warm, _ = run_burst(client, warm_items + [("bad", *b) for b in bad], args.concurrency)
         if any(not o.ok for o in warm if o.kind == "good"):
             raise SPAIError(f"warm-up failed: {[o.error for o in warm if not o.ok][:2]}")
-        rss_after_warmup = process_tree_rss(pid) if pid else 0
+        if sampler:
+            sampler.mark("load")
         outcomes, seconds = run_burst(client, schedule(args.requests, good, bad, args.bad_fraction, args.seed),
                                       args.concurrency)
-        rss_end = process_tree_rss(pid) if pid else 0
+        if sampler:
+            sampler.mark("after")
+            time.sleep(3)
+            samples = sampler.stop()
         ready = (server.is_ready() if server else _ready(url)) if args.protocol == "http" or server else True
         result = summarise(outcomes, seconds)
-        result.update({"concurrency": args.concurrency, "protocol": args.protocol,
-                       "rss_after_warmup_mb": round(rss_after_warmup / 2**20, 1),
-                       "rss_end_mb": round(rss_end / 2**20, 1),
-                       "rss_growth": round(rss_end / rss_after_warmup - 1.0, 4) if rss_after_warmup else None,
-                       "ready_after": ready})
+        result.update({"concurrency": args.concurrency, "protocol": args.protocol, "ready_after": ready,
+                       "server_options": server.options() if server is not None else None})
+        if sampler:
+            result.update(rss_fields(samples))
+            series = args.rss_series or (args.record and rss_series_path(record_name(args)))
+            if series:
+                rss_series.save(samples, series, {"name": record_name(args), "requests": args.requests,
+                                                  "concurrency": args.concurrency})
+                result["rss_series"] = str(Path(series).resolve().relative_to(HERE)) \
+                    if Path(series).resolve().is_relative_to(HERE) else str(series)
         if args.kill_test and server is not None:
             result["kill"] = kill_test(server, client_factory,
                                        schedule(max(4 * args.concurrency, 64), good, [], 0.0, args.seed + 2),
@@ -241,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"{result['bad_accepted']} bad requests were scored instead of refused")
     if not result["ready_after"]:
         failures.append("server not ready after the load")
-    if result["rss_growth"] is not None and result["rss_growth"] > args.max_rss_growth:
-        failures.append(f"server RSS grew {result['rss_growth']:.1%} after warm-up (limit {args.max_rss_growth:.0%})")
+    failures += rss_failures(result, args.max_rss_growth, args.max_rss_growth_last_half)
     kill = result.get("kill")
     if kill and (kill["after_kill_error"] == "unexpected success" or kill["hung"]):
         failures.append(f"kill test: {kill}")
@@ -252,11 +262,71 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         import results_store
 
-        results_store.merge([{"section": "load", "name": args.name or f"{args.requests} requests x "
-                              f"{args.concurrency} concurrent ({args.protocol})", **result}])
+        results_store.merge([{"section": "load", "name": record_name(args), **result}])
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def parse_pairs(pairs: list[str], convert) -> dict:
+    """KEY=VALUE strings -> {KEY: convert(VALUE)}."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {pair!r} is not KEY=VALUE")
+        out[key.strip().replace("-", "_") if convert is not str else key.strip()] = convert(value.strip())
+    return out
+
+
+def int_or_tuple(value: str) -> int | tuple[int, ...]:
+    """'4' -> 4; '64,128' or '' -> a tuple (preferred batch sizes)."""
+    return int(value) if value.isdigit() else tuple(int(v) for v in value.split(",") if v)
+
+
+def server_options(args: argparse.Namespace):
+    """ServerOptions from the --shm-*/--malloc-arena-max flags (the defaults where not given)."""
+    from serving.server import ServerOptions
+
+    base = ServerOptions()
+    arena = args.malloc_arena_max
+    return ServerOptions(int(args.shm_default_mb * 2**20) if args.shm_default_mb else base.shm_default_bytes,
+                         int(args.shm_growth_mb * 2**20) if args.shm_growth_mb else base.shm_growth_bytes,
+                         base.malloc_arena_max if arena is None else (arena or None))
+
+
+def record_name(args: argparse.Namespace) -> str:
+    return args.name or f"{args.requests} requests x {args.concurrency} concurrent ({args.protocol})"
+
+
+def rss_series_path(name: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return HERE / "results" / "rss" / f"{slug}.json"
+
+
+def rss_fields(samples: list[dict]) -> dict:
+    """The load record's RSS fields: total after warm-up / half-way / end, the two growths, per process."""
+    summary = rss_series.growth_summary(samples)
+    if not summary:
+        return {"rss_growth": None}
+    t = summary["total"]
+    return {"rss_start_mb": t["start"], "rss_after_warmup_mb": t["after_warmup"], "rss_half_mb": t["half"],
+            "rss_end_mb": t["end"], "rss_growth": t["growth"], "rss_growth_last_half": t["growth_last_half"],
+            "rss_load_seconds": summary["load_seconds"], "rss_processes": summary["processes"]}
+
+
+def rss_failures(result: dict, max_growth: float, max_last_half: float) -> list[str]:
+    """The RSS goals: growth after warm-up, and over the last half when the load lasted long enough to judge."""
+    out = []
+    growth, last_half = result.get("rss_growth"), result.get("rss_growth_last_half")
+    if growth is not None and growth > max_growth:
+        out.append(f"server RSS grew {growth:.1%} after warm-up (limit {max_growth:.0%})")
+    long_enough = (result.get("rss_load_seconds") or 0) >= 6 * rss_series.WINDOW
+    if long_enough and last_half is not None and last_half > max_last_half:
+        out.append(f"server RSS grew {last_half:.1%} over the last half of the load (limit {max_last_half:.0%})")
+    return out
 
 
 def _ready(url: str) -> bool:

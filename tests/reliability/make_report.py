@@ -13,8 +13,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import results_store  # noqa: E402
+import rss_series  # noqa: E402
 
 OUT = HERE.parent.parent / "docs" / "reliability.md"
+PLOTS = OUT.parent / "reliability"  # PNGs of the RSS series, next to this file
 
 
 def _cell(v) -> str:
@@ -78,6 +80,7 @@ def render(data: dict[str, dict[str, dict]]) -> str:
                          "pass" if v.get("passed") else "FAIL", v["date"]])
         L += _table(["run", "good/bad", "good failures", "bad accepted", "req/s", "p50/p95/p99 ms",
                      "server RSS", "ready after", "server killed mid-burst", "verdict", "date"], rows)
+        L += _rss_sections(load)
         ex = next((v.get("bad_error_examples") for v in load.values() if v.get("bad_error_examples")), None)
         if ex:
             L += ["Bad requests among the load got errors such as:", ""] + [f"- `{e}`" for e in ex] + [""]
@@ -104,6 +107,50 @@ def render(data: dict[str, dict[str, dict]]) -> str:
         L += _table(["check", "max |difference|", "tolerance", "date"],
                     [[k, v.get("max_abs_diff"), v.get("tolerance"), v["date"]] for k, v in det.items()])
     return "\n".join(L).rstrip() + "\n"
+
+
+def _rss_sections(load: dict[str, dict]) -> list[str]:
+    """Per run with a recorded RSS series: the plot (written under docs/reliability/) and RSS per process."""
+    L: list[str] = []
+    for name, v in load.items():
+        series = HERE / v["rss_series"] if v.get("rss_series") else None
+        if series is None or not series.is_file():
+            continue
+        _, samples = rss_series.load(series)
+        png = rss_series.plot(samples, PLOTS / f"{series.stem}.png", name)
+        if not L:
+            L += ["## Memory over time", "", "RSS of each server process sampled once a second (`load_test.py`, "
+                  "`rss_series.py`). Points are medians of 10 samples of the load phase: after warm-up (its "
+                  "first 10 s), half-way and at the end; growth = end / after warm-up - 1, last half = end / "
+                  "half-way - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python backend's shared "
+                  "memory as mapped by that process (tritonserver maps every stub's pool, so the sum of RSS "
+                  "counts it twice), `pool` the stub's region in /dev/shm.", ""]
+        t = (v.get("rss_processes") or {})
+        L += [f"### {name}", "", f"![RSS per process over time: {name}]({png.relative_to(OUT.parent).as_posix()})",
+              "", f"Sum of RSS: {v.get('rss_start_mb')} MiB at start, {v.get('rss_after_warmup_mb')} after warm-up, "
+              f"{v.get('rss_half_mb')} half-way, {v.get('rss_end_mb')} at the end "
+              f"({(v.get('rss_growth') or 0):+.1%} over the load, {(v.get('rss_growth_last_half') or 0):+.1%} over "
+              f"its last half; {v.get('rss_load_seconds')} s of load). Server options: "
+              f"{_server_options(v.get('server_options'))}.", ""]
+        L += _table(["process", "start", "after warm-up", "half-way", "end", "growth", "last half", "anon (end)",
+                     "shmem (end)", "pool (end)"],
+                    [[k, p["start"], p["after_warmup"], p["half"], p["end"], _pct(p["growth"]),
+                      _pct(p["growth_last_half"]), p["anon_end"], p["shmem_end"], p["pool_end"] or "-"]
+                     for k, p in t.items()])
+    return L
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _server_options(o: dict | None) -> str:
+    if not o:
+        return "not recorded"
+    models = ", ".join(f"{k} x{m['instances']}" + (f" (threads {m['threads']})" if "threads" in m else "")
+                       for k, m in o.get("models", {}).items())
+    return (f"shm pool {o['shm_default_bytes'] / 2**20:g} MiB + {o['shm_growth_bytes'] / 2**20:g} MiB steps, "
+            f"MALLOC_ARENA_MAX={o['malloc_arena_max'] or 'default'}; {models}")
 
 
 def main() -> int:

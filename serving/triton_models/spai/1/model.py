@@ -2,10 +2,12 @@
 repositories copy it).
 
 A thin pb_utils adapter around :mod:`spai.inference`, the path every scorer shares: decode with limits, patch grid,
-chunked BLS calls to ``spai_patch_encoder``, padded BLS calls to ``spai_aggregator``. The BLS requests ask for
-CPU outputs (``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own
-request with INVALID_ARG; an encoder or aggregator failure answers the batch's good requests with INTERNAL
-(retryable). Probabilities and decisions come from the calibration in the config parameters (the one
+chunked BLS calls to ``spai_patch_encoder``, padded BLS calls to ``spai_aggregator``. ``execute`` is a coroutine:
+it keeps up to ``in_flight`` encoder requests pending (``async_exec``), so that the next chunk is cut while the
+earlier ones are encoded; the requests of one execute share chunks. The BLS requests ask for CPU outputs
+(``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own request with
+INVALID_ARG; an encoder or aggregator failure answers the batch's good requests with INTERNAL (retryable).
+Probabilities and decisions come from the calibration in the config parameters (the one
 :class:`spai.inference.Calibration`, as in-process); a request may name an ``operating_point``. Needs
 ``spai-deploy`` importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve`` sets it).
 """
@@ -15,8 +17,9 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from serving.bls import EntrySettings, error_code, output_array, pack_scores, with_requested_points
+from serving.instance import HeapTrimmer, limit_threads
 from spai.errors import ServingError, SPAIError
-from spai.inference import prepare_requests, score_prepared_requests
+from spai.inference import prepare_requests, score_prepared_requests_async
 from spai.runners import Runner
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
 
@@ -28,15 +31,22 @@ class BlsRunner(Runner):
         super().__init__(limits, input_dtypes)
         self.model, self.outputs, self.name = model, list(outputs), f"bls:{model}"
 
-    def _infer(self, feed):
-        request = pb_utils.InferenceRequest(
+    def _request(self, feed):
+        return pb_utils.InferenceRequest(
             model_name=self.model, requested_output_names=self.outputs,
             inputs=[pb_utils.Tensor(k, v) for k, v in feed.items()],
             preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
-        response = request.exec()
+
+    def _outputs(self, response):
         if response.has_error():
             raise ServingError(f"{self.model} failed: {response.error().message()}")
         return {n: output_array(pb_utils.get_output_tensor_by_name(response, n), self.model) for n in self.outputs}
+
+    def _infer(self, feed):
+        return self._outputs(self._request(feed).exec())
+
+    async def _infer_async(self, feed):
+        return self._outputs(await self._request(feed).async_exec())
 
 
 class TritonPythonModel:
@@ -45,11 +55,13 @@ class TritonPythonModel:
         self.settings = EntrySettings.from_parameters(
             {k: v["string_value"] for k, v in config.get("parameters", {}).items()})
         s = self.settings
+        limit_threads(s.threads)
+        self.trimmer = HeapTrimmer(s.trim_heap_mb * 2**20)
         self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits(), s.encoder_dtypes())
         self.aggregator = BlsRunner(s.aggregator_model, [LOGITS, ATTENTION] if s.attention else [LOGITS],
                                     s.aggregator_limits())
 
-    def execute(self, requests):
+    async def execute(self, requests):
         images, flags, points = [], [], []
         for request in requests:
             images.append([bytes(b) for b in pb_utils.get_input_tensor_by_name(request, "image").as_numpy().ravel()])
@@ -60,12 +72,16 @@ class TritonPythonModel:
         prepared, points = with_requested_points(prepare_requests(images, self.settings.limits, self.settings.patch),
                                                  points)
         try:
-            results = score_prepared_requests(prepared, self.encoder, self.aggregator, self.settings.calibration,
-                                              points)
+            results = await score_prepared_requests_async(prepared, self.encoder, self.aggregator,
+                                                          self.settings.in_flight, self.settings.calibration, points)
         except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
             failure = e if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
             results = [p if isinstance(p, SPAIError) else failure for p in prepared]
-        return [self._response(r, f) for r, f in zip(results, flags)]
+        responses = [self._response(r, f) for r, f in zip(results, flags)]
+        pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
+        del prepared, results, images
+        self.trimmer.handled(pixels)  # after the batch's images are freed
+        return responses
 
     def _response(self, result, with_attention):
         if isinstance(result, BaseException):

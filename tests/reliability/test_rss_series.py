@@ -1,0 +1,51 @@
+"""The RSS growth judged by the load test: windows of the load phase, totals and per process, the goals."""
+
+from __future__ import annotations
+
+import load_test
+import rss_series
+
+
+def _samples(values_per_phase: dict[str, list[float]]) -> list[dict]:
+    out, t = [], 0.0
+    for phase, values in values_per_phase.items():
+        for v in values:
+            out.append({"t": t, "phase": phase, "procs": {"tritonserver": {"rss": v, "anon": v / 2, "shmem": 1.0},
+                                                          "spai_0_0": {"rss": 100.0, "anon": 90.0, "shmem": 5.0,
+                                                                       "pool": 128.0}}})
+            t += 1.0
+    return out
+
+
+def test_growth_is_judged_on_windows_of_the_load_phase():
+    load = [200.0] * 30 + [220.0] * 30 + [260.0] * 30  # totals (+100 MiB of a steady stub): 300, 320, 360
+    summary = rss_series.growth_summary(_samples({"warm-up": [50.0, 400.0], "load": load, "after": [10.0]}))
+    t = summary["total"]
+    assert (t["start"], t["after_warmup"], t["half"], t["end"]) == (150.0, 300.0, 320.0, 360.0)
+    assert (t["growth"], t["growth_last_half"]) == (0.2, 0.125)
+    p = summary["processes"]["tritonserver"]
+    assert (p["after_warmup"], p["end"], p["anon_end"], p["growth"]) == (200.0, 260.0, 130.0, 0.3)
+    assert summary["processes"]["spai_0_0"]["pool_end"] == 128.0
+    fields = load_test.rss_fields(_samples({"load": load}))
+    assert load_test.rss_failures(fields, 0.10, 0.02) == [
+        "server RSS grew 20.0% after warm-up (limit 10%)",
+        "server RSS grew 12.5% over the last half of the load (limit 2%)"]
+    short = load_test.rss_fields(_samples({"load": [200.0] * 20 + [203.0] * 10}))
+    assert load_test.rss_failures(short, 0.10, 0.02) == []  # 30 s: too short to judge the last half
+
+
+def test_series_round_trip_and_plot(tmp_path):
+    samples = _samples({"warm-up": [100.0] * 5, "load": [120.0] * 40, "after": [90.0] * 3})
+    path = rss_series.save(samples, tmp_path / "s.json", {"name": "x"})
+    meta, back = rss_series.load(path)
+    assert meta == {"name": "x"} and back == samples
+    assert [r[0] for r in rss_series.phase_runs(samples)] == ["warm-up", "load", "after"]
+    png = rss_series.plot(samples, tmp_path / "s.png", "x")
+    assert png.stat().st_size > 5000
+
+
+def test_the_sampler_sees_this_process():
+    import os
+
+    procs = rss_series.sample(os.getpid())
+    assert procs["tritonserver"]["rss"] > 10 and "anon" in procs["tritonserver"]
