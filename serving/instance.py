@@ -3,10 +3,11 @@ instances of a server share the machine's cores instead of each taking all of th
 the memory of a large batch is given back.
 
 A model's config.pbtxt ``threads`` parameter says how many threads each of its instances uses for ONNX Runtime
-(intra-op) and for OpenMP/BLAS; ``0`` means the cores this process may run on, shared among the model's
-instances (``instance_group`` count). :class:`HeapTrimmer` calls glibc's ``malloc_trim`` after executes that
-decoded many pixels: freed chunks of a large batch otherwise stay in the process's heaps and its RSS ratchets up
-to the largest batch mix ever seen.
+(intra-op) and for OpenMP/BLAS; ``0`` means the pod launcher's share of the pod's CPU request
+(``$SPAI_INTRA_OP_THREADS``, set by ``serving/deploy/tritonserver.py``) where set, else the cores this process may
+run on, shared among the model's instances (``instance_group`` count). :class:`HeapTrimmer` calls glibc's
+``malloc_trim`` after executes that decoded many pixels: freed chunks of a large batch otherwise stay in the
+process's heaps and its RSS ratchets up to the largest batch mix ever seen.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from spai.runners import available_cores
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+POD_SHARE_VARIABLE = "SPAI_INTRA_OP_THREADS"  # threads per CPU instance from the pod's CPU request
 
 
 def instance_count(config: dict[str, Any]) -> int:
@@ -27,9 +30,16 @@ def instance_count(config: dict[str, Any]) -> int:
     return max(1, sum(int(g.get("count", 1)) for g in groups))
 
 
-def instance_threads(requested: int, instances: int) -> int:
-    """``requested`` threads, or (0) the available cores divided among ``instances``, at least 1."""
-    return requested if requested > 0 else max(1, available_cores() // max(1, instances))
+def instance_threads(requested: int, instances: int, env: Mapping[str, str] = os.environ) -> int:
+    """``requested`` threads, or (0) the pod's share per instance (:data:`POD_SHARE_VARIABLE`: in a pod the
+    process sees every core of the node, not its CPU request), else the available cores divided among
+    ``instances``; at least 1."""
+    if requested > 0:
+        return requested
+    share = env.get(POD_SHARE_VARIABLE, "").strip()
+    if share.isdigit() and int(share) > 0:
+        return int(share)
+    return max(1, available_cores() // max(1, instances))
 
 
 def limit_threads(threads: int) -> int:

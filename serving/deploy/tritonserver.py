@@ -23,10 +23,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from export.manifest import MANIFEST_NAME, check_tensorrt_version, read_manifest, runtime_tensorrt_version
+from serving.instance import POD_SHARE_VARIABLE
+from serving.instance import THREAD_VARIABLES as INSTANCE_THREAD_VARIABLES
 from serving.repository import SERVER_ARGS_FILE
 from spai.errors import SPAIError
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "SPAI_INTRA_OP_THREADS")
+THREAD_VARIABLES = (*INSTANCE_THREAD_VARIABLES, POD_SHARE_VARIABLE)
 CPU_REQUEST_VARIABLE = "SPAI_CPU_REQUEST_MILLI"
 _REPO_FLAGS = ("--model-repository=", "--model-store=")
 _CPU_GROUP = re.compile(r"count:\s*(\d+)\s+kind:\s*KIND_CPU\b")

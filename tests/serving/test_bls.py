@@ -86,7 +86,8 @@ def test_the_calibration_rides_in_the_parameters_bit_for_bit():
                                                    OperatingPoint("balanced", 0.5)), "fpr0.01")
     params = {k: str(v) for k, v in calibration_parameters(cal).items()}
     assert EntrySettings.from_parameters(params).calibration == cal
-    assert calibration_parameters(Calibration()) == {} and EntrySettings.from_parameters({}).calibration == Calibration()
+    assert calibration_parameters(Calibration()) == {}
+    assert EntrySettings.from_parameters({}).calibration == Calibration()
     with pytest.raises(ServingError, match="calibration parameters are malformed"):
         EntrySettings.from_parameters({**params, "temperature": "-1"})
     with pytest.raises(ServingError, match="calibration parameters are malformed"):

@@ -19,7 +19,6 @@ from serving.repository import (
     ENTRY,
     TUNING,
     RepositoryOptions,
-    Tuning,
     tuning_with,
     write_configs,
 )
@@ -97,6 +96,8 @@ def test_thread_counts_per_instance(monkeypatch):
     assert instance_threads(3, 2) == 3
     assert instance_threads(0, 1) == available_cores()
     assert instance_threads(0, 1000) == 1
+    assert instance_threads(0, 1, {"SPAI_INTRA_OP_THREADS": "3"}) == 3  # the pod launcher's share wins over cores
+    assert instance_threads(2, 1, {"SPAI_INTRA_OP_THREADS": "3"}) == 2  # an explicit config value wins over both
     for name in THREAD_VARIABLES:
         monkeypatch.setenv(name, "99")
     assert limit_threads(1) == 1 and all(os.environ[n] == "1" for n in THREAD_VARIABLES)
