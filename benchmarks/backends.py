@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.baseline import UpstreamBaseline
+from benchmarks.baseline import OriginalAlgorithm, original_baseline
 from benchmarks.common import cpu_threads
 
 Step = Callable[[], Any]
@@ -35,10 +35,11 @@ def _no_grad(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Step:
     return step
 
 
-def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, UpstreamBaseline]:
-    """Upstream-style eager fp32 baseline on the model's weights (call ``close()`` on the second value)."""
-    base = UpstreamBaseline(model)
-    return _no_grad(base, x), base
+def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, OriginalAlgorithm]:
+    """The model's original algorithm (:func:`benchmarks.baseline.original_baseline`: upstream SPAI's three passes,
+    or the fusion fork's four) on the model's weights, one encoder call (call ``close()`` on the second value)."""
+    base = original_baseline(model)
+    return _no_grad(base.encode, x), base
 
 
 def torch_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
