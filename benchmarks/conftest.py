@@ -131,6 +131,9 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory, spai_model: Callable)
             out = tmp_path_factory.mktemp(f"onnx-{name}")
             exported = onnx_from_torch(spai_model(name), out)
             _try_fp16(exported.patch_encoder)
+            from export.quantize import patch_encoder_int8
+
+            patch_encoder_int8(exported.patch_encoder)
             cache[name] = out
         return cache[name]
 

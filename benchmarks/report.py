@@ -77,7 +77,9 @@ def encoder_table(rows: list[Row]) -> tuple[list[str], list[Row]]:
         r["ratio"] = base[key]["median"] / r["median"] if ok else None
         ratio_min = base[key]["min"] / r["min"] if ok else None  # robust to a busy machine
         flops = (r["baseline_flops_per_patch"] if r["backend"] == "baseline" else r["flops_per_patch"]) * pps
-        dtype = "fp32" if r["device"].startswith("cpu") else GPU_DTYPE.get(r["backend"], r["backend"].split("-")[-1])
+        suffix = r["backend"].split("-")[-1]
+        dtype = (suffix if suffix in ("bf16", "int8") else "fp32") if r["device"].startswith("cpu") \
+            else GPU_DTYPE.get(r["backend"], suffix)
         peak = pk.get((r["device"], dtype))
         r["pct_peak"] = 100 * flops / peak if peak else None
         out.append(f"| {r['device']} | {r['model']} | {r['batch']} | {r['backend']} | {pps:.3g} | "
