@@ -43,9 +43,18 @@ test: install typecheck
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# One run per part (each fits in ~25 min on 2 cores; a ratio is only taken within one run), then one report.
+# Run it on an otherwise idle machine: the report refuses the ratios of a run whose matmul probe dropped.
+BENCH_OUT ?= benchmarks/results/latest
+ROUTE_RUN := $(PY) -m pytest benchmarks/test_peak.py benchmarks/test_cpu_routes.py -rs --bench-mode moderate
 bench: install
-	$(PY) -m pytest benchmarks/ -rs --bench-mode moderate --benchmark-json=benchmarks/results/latest.json
-	$(PY) benchmarks/report.py benchmarks/results/latest.json -o benchmarks/results/latest
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m pytest benchmarks/ -rs --bench-mode moderate --ignore=benchmarks/test_cpu_routes.py \
+		--benchmark-json=$(BENCH_OUT)/suite.json
+	$(ROUTE_RUN) -k "peak_cpu or spai-b16" --benchmark-json=$(BENCH_OUT)/routes-spai-b16.json
+	$(ROUTE_RUN) -k "peak_cpu or spai-fusion-b16" --benchmark-json=$(BENCH_OUT)/routes-spai-fusion-b16.json
+	$(ROUTE_RUN) -k "peak_cpu or spai-tiny-trained" --benchmark-json=$(BENCH_OUT)/routes-spai-tiny-trained.json
+	$(PY) benchmarks/report.py $(BENCH_OUT)/*.json -o $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache $(TYPINGS)

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.baseline import UpstreamBaseline
+from benchmarks.baseline import OriginalAlgorithm, original_baseline
 from benchmarks.common import cpu_threads
 
 Step = Callable[[], Any]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CPU_BACKENDS = ("baseline", "torch-fp32", "ort-fp32", "ort-fp16")
+CPU_BACKENDS = ("baseline", "torch-fp32", "torch-bf16", "ort-fp32", "ort-fp16", "ort-int8")
 GPU_BACKENDS = ("baseline", "torch-fp32", "torch-fp16", "torch-bf16", "compile-fp16", "cudagraph-fp16", "trt-fp16")
 
 
@@ -35,16 +35,27 @@ def _no_grad(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Step:
     return step
 
 
-def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, UpstreamBaseline]:
-    """Upstream-style eager fp32 baseline on the model's weights (call ``close()`` on the second value)."""
-    base = UpstreamBaseline(model)
-    return _no_grad(base, x), base
+def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, OriginalAlgorithm]:
+    """The model's original algorithm (:func:`benchmarks.baseline.original_baseline`: upstream SPAI's three passes,
+    or the fusion fork's four) on the model's weights, one encoder call (call ``close()`` on the second value)."""
+    base = original_baseline(model)
+    return _no_grad(base.encode, x), base
 
 
 def torch_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
-    """Eager PyTorch in ``dtype`` (a converted copy of the model for fp16/bf16)."""
+    """Eager PyTorch in ``dtype`` (a converted copy of the model for fp16/bf16 on a GPU; on a CPU bf16 is the
+    torch-bf16 route: :class:`spai.models.precision.Bf16Gemms`, norms and statistics fp32)."""
     if dtype == "fp32":
         return _no_grad(model.encode_patches, x)
+    if dtype == "bf16" and x.device.type == "cpu":
+        from spai.models.precision import Bf16Gemms
+
+        mode = Bf16Gemms(model)
+
+        def step() -> Any:
+            with torch.inference_mode(), mode:
+                return model.encode_patches(x)
+        return step
     cast = copy.deepcopy(model).to(DTYPES[dtype])
     return _no_grad(cast.encode_patches, x.to(DTYPES[dtype]))
 

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest benchmarks/` from anywhere: make `spai`, `export`, `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import MODES, BenchMode, cpu_threads  # noqa: E402
+from benchmarks.common import MODES, ROUTES_ONLY, BenchMode, cpu_threads  # noqa: E402
 
 torch.set_num_threads(cpu_threads())
 
@@ -74,6 +75,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("res_case", cases, ids=[f"{m}-{mp:g}MP" for m, mp in cases])
     if "agg_length" in metafunc.fixturenames:
         metafunc.parametrize("agg_length", mode.aggregator_lengths, ids=[f"L{n}" for n in mode.aggregator_lengths])
+    if "route_case" in metafunc.fixturenames:
+        cases = [(m, c, mp) for m, sizes in mode.routes.items() for c, mp in sizes.cases()]
+        metafunc.parametrize("route_case", cases, ids=[f"{m}-{c}-{mp:g}MP" for m, c, mp in cases])
+    if "chunk_case" in metafunc.fixturenames:
+        cases = [(r, n) for r in ROUTES_ONLY for n in mode.chunks]
+        metafunc.parametrize("chunk_case", cases, ids=[f"spai-b16-{r}-chunk{n}" for r, n in cases])
+    if "parity_model" in metafunc.fixturenames:
+        metafunc.parametrize("parity_model", list(mode.routes), ids=list(mode.routes))
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +131,9 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory, spai_model: Callable)
             out = tmp_path_factory.mktemp(f"onnx-{name}")
             exported = onnx_from_torch(spai_model(name), out)
             _try_fp16(exported.patch_encoder)
+            from export.quantize import patch_encoder_int8
+
+            patch_encoder_int8(exported.patch_encoder)
             cache[name] = out
         return cache[name]
 
@@ -131,8 +143,9 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory, spai_model: Callable)
 @pytest.fixture(scope="session")
 def encoder_flops(spai_model: Callable) -> Callable[[str], dict[str, int]]:
     """``encoder_flops(name)``: FLOPs per patch (FlopCounterMode, batch 1) of ``encode_patches`` and of the
-    baseline (which runs four CLIP passes; its torch.fft filtering is not counted by the counter)."""
-    from benchmarks.baseline import UpstreamBaseline
+    model's original algorithm (three backbone passes, four for fusion configs; its torch.fft filtering is not
+    counted by the counter)."""
+    from benchmarks.baseline import original_baseline
     from benchmarks.common import count_flops
 
     cache: dict[str, dict[str, int]] = {}
@@ -141,11 +154,86 @@ def encoder_flops(spai_model: Callable) -> Callable[[str], dict[str, int]]:
         if name not in cache:
             model = spai_model(name)
             x = torch.rand(1, 3, 224, 224)
-            base = UpstreamBaseline(model)
-            try:
-                cache[name] = {"model": count_flops(model.encode_patches, x), "baseline": count_flops(base, x)}
-            finally:
-                base.close()
+            with original_baseline(model) as base:
+                cache[name] = {"model": count_flops(model.encode_patches, x), "baseline": count_flops(base.encode, x)}
         return cache[name]
 
     return get
+
+
+TRAINED_TINY = "spai-tiny-trained"  # the route benchmark's demo-like trained spai-tiny
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A demo-like trained spai-tiny (``spai demo``'s proxy data and epochs; about 2 minutes on 2 cores):
+    ``{"checkpoint": best.pth, "test_dir": its proxy test split with samples.csv labels}``.
+    ``SPAI_BENCH_TINY_CHECKPOINT`` (and ``SPAI_BENCH_TINY_TEST_DIR``) reuse one, e.g. ``demo_output/train/best.pth``."""
+    from benchmarks.trained import train_demo_like
+
+    given = os.environ.get("SPAI_BENCH_TINY_CHECKPOINT")
+    if given:
+        test_dir = os.environ.get("SPAI_BENCH_TINY_TEST_DIR")
+        return {"checkpoint": Path(given), "test_dir": Path(test_dir) if test_dir else None}
+    return train_demo_like(tmp_path_factory.mktemp("trained-tiny"))
+
+
+@pytest.fixture(scope="session")
+def route_model(spai_model: Callable, tmp_path_factory: pytest.TempPathFactory,
+                request: pytest.FixtureRequest) -> Callable[[str], dict]:
+    """``route_model(model_id)`` -> ``{"model": torch model, "name": config, "checkpoint": path or None,
+    "onnx_dir": folder with patch_encoder[.int8].onnx + aggregator.onnx, "flops": {...}}``, cached."""
+    from benchmarks.baseline import original_baseline
+    from benchmarks.common import count_flops
+
+    cache: dict[str, dict] = {}
+
+    def get(model_id: str) -> dict:
+        if model_id not in cache:
+            import spai
+            from export.onnx import onnx_from_torch
+            from export.quantize import patch_encoder_int8
+
+            checkpoint = request.getfixturevalue("trained_tiny")["checkpoint"] if model_id == TRAINED_TINY else None
+            model = spai.create_model(checkpoint=checkpoint) if checkpoint else spai_model(model_id)
+            out = tmp_path_factory.mktemp(f"routes-{model_id}")
+            graphs = onnx_from_torch(model, out)
+            patch_encoder_int8(graphs.patch_encoder)
+            x = torch.rand(1, 3, 224, 224)
+            with original_baseline(model, 1) as base:
+                flops = {"route": count_flops(model.encode_patches, x), "original": count_flops(base.encode, x)}
+            cache[model_id] = {"model": model, "name": model.cfg.MODEL.NAME, "checkpoint": checkpoint,
+                               "onnx_dir": out, "flops": flops}
+        return cache[model_id]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def route_workers() -> Any:
+    """``route_workers(spec)`` -> the running worker for that spec; starting one stops the previous one, so that
+    one contender's process is alive at a time (memory of the machine, and each process measures only itself)."""
+    from benchmarks.route_worker import RouteWorker
+
+    active: dict[str, Any] = {}
+
+    def get(spec: Any) -> Any:
+        if active.get("spec") != spec:
+            if "worker" in active:
+                active.pop("worker").close()
+            active["worker"], active["spec"] = RouteWorker(spec), spec
+        return active["worker"]
+
+    yield get
+    if "worker" in active:
+        active["worker"].close()
+
+
+@pytest.fixture(scope="session")
+def check_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's generated corpus (spai.data.samples: JPEG/PNG/WebP, 90x60 to 2048x1152) in a folder."""
+    from spai.data.samples import write_sample_images
+
+    out = tmp_path_factory.mktemp("check-images")
+    write_sample_images(out)
+    return out

@@ -1,6 +1,7 @@
 """Patch encoder throughput (patches/s) by backend x batch size, with the upstream-style baseline in the same run.
 
-CPU: baseline (upstream eager fp32), torch eager fp32, ONNX Runtime fp32 / fp16 (export.onnx).
+CPU: baseline (the model's original algorithm), torch eager fp32 / bf16 (GEMMs only), ONNX Runtime fp32 / fp16 /
+int8 (export.onnx, export.quantize).
 GPU: baseline, torch eager fp32 / fp16 / bf16, torch.compile, CUDA graphs, TensorRT fp16 where installed (inputs
 already on the device in the timed region, outputs copied after it, the engine's own memory in the CUDA peak).
 """
@@ -25,8 +26,8 @@ def _cpu_step(backend: str, name: str, x: torch.Tensor, spai_model: Callable, re
     model = spai_model(name)
     if backend == "baseline":
         return backends.baseline_step(model, x)
-    if backend == "torch-fp32":
-        return backends.torch_step(model, x, "fp32"), None
+    if backend.startswith("torch-"):
+        return backends.torch_step(model, x, backend.split("-")[1]), None
     onnx_dir = request.getfixturevalue("onnx_exports")(name)
     return backends.ort_step(onnx_dir, x, backend.split("-")[1]), None
 

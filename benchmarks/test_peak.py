@@ -1,6 +1,8 @@
-"""The device's matmul peak, measured in the same run: a large GEMM (fp32 on CPU; fp32/fp16/bf16 on GPU).
+"""The device's matmul peak, measured in the same run: a large GEMM (CPU: fp32 torch and ORT, bf16 torch, int8
+ORT; GPU: fp32/fp16/bf16).
 
-The report divides each encoder case's achieved FLOP/s (FlopCounterMode FLOPs per patch x patches/s) by this.
+The report divides each encoder or route case's achieved FLOP/s (FlopCounterMode FLOPs per patch x patches/s) by
+the peak of its precision.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def test_matmul_peak_cpu(benchmark, bench_mode: BenchMode) -> None:
     _gemm(benchmark, bench_mode.gemm_size, "fp32", torch.device("cpu"), rounds=max(3, bench_mode.rounds))
 
 
+def test_matmul_peak_cpu_bf16(benchmark, bench_mode: BenchMode) -> None:
+    """bf16 GEMM through oneDNN (AVX-512 BF16 / AMX where the CPU has them): the torch-bf16 route's peak."""
+    benchmark.group = "peak-cpu"
+    _gemm(benchmark, bench_mode.gemm_size, "bf16", torch.device("cpu"), rounds=max(3, bench_mode.rounds))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_matmul_peak_gpu(benchmark, dtype: str, bench_mode: BenchMode) -> None:
@@ -36,13 +44,15 @@ def test_matmul_peak_gpu(benchmark, dtype: str, bench_mode: BenchMode) -> None:
     _gemm(benchmark, 8192, dtype, torch.device("cuda"), rounds=20)
 
 
-def _ort_matmul_session(n: int) -> object:
-    """An ONNX Runtime session holding one n x n fp32 MatMul (MLAS), one intra-op thread per core."""
+def _ort_matmul_session(n: int, op: str = "MatMul") -> object:
+    """An ONNX Runtime session holding one n x n MatMul (fp32, MLAS) or MatMulInteger (uint8 x int8 -> int32:
+    the int8 route's u8s8 GEMM), one intra-op thread per core."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in ("a", "b", "c")]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", io[:2], io[2:])
+    types = (TensorProto.FLOAT,) * 3 if op == "MatMul" else (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32)
+    io = [helper.make_tensor_value_info(name, t, [n, n]) for name, t in zip(("a", "b", "c"), types)]
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "gemm", io[:2], io[2:])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = cpu_threads()
@@ -62,4 +72,20 @@ def test_matmul_peak_cpu_ort(benchmark, bench_mode: BenchMode) -> None:
     median = run_benchmark(benchmark, lambda: session.run(None, feed), torch.device("cpu"),
                            rounds=max(3, bench_mode.rounds), warmup_rounds=2, items=1, kind="peak",
                            backend="gemm-fp32-ort", dtype="fp32", n=n, flops_per_step=flops)
+    benchmark.extra_info["flops_per_s"] = flops / median
+
+
+def test_matmul_peak_cpu_int8(benchmark, bench_mode: BenchMode) -> None:
+    """uint8 x int8 GEMM through ONNX Runtime (MLAS, VNNI where the CPU has it): the ort-int8 route's peak."""
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    benchmark.group = "peak-cpu"
+    n = bench_mode.gemm_size
+    session = _ort_matmul_session(n, "MatMulInteger")
+    rng = np.random.default_rng(4)
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+    flops = 2 * n ** 3
+    median = run_benchmark(benchmark, lambda: session.run(None, feed), torch.device("cpu"),
+                           rounds=max(3, bench_mode.rounds), warmup_rounds=2, items=1, kind="peak",
+                           backend="gemm-int8-ort", dtype="int8", n=n, flops_per_step=flops)
     benchmark.extra_info["flops_per_s"] = flops / median

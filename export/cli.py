@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trt.add_argument("--detailed-profiling", action="store_true",
                      help="ProfilingVerbosity.DETAILED: keep per-layer kernel names for the engine inspector")
     parser.add_argument("--onnx-only", action="store_true", help="stop after ONNX and the ORT parity report")
+    parser.add_argument("--precision", action="append", choices=("int8", "bf16"), default=[],
+                        help="also gate a reduced-precision CPU route (repeatable): int8 writes "
+                             "patch_encoder.int8.onnx (ONNX Runtime), bf16 checks the torch bf16 route")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from export import pipeline
     from export.trt import tensorrt_available
 
+    precisions = tuple(args.precision)
     art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route,
-                                        fre_fp16=args.fre_fp16)
+                                        fre_fp16=args.fre_fp16, precisions=precisions)
     profiles = pipeline.engine_profiles(art.graphs.feature_dim, min_batch=args.min_batch, opt_batch=args.opt_batch,
                                         max_batch=args.max_batch, max_patches=args.max_patches)
     if args.onnx_only or not tensorrt_available():
         pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images,
-                                  n_random=args.check_patches)
+                                  n_random=args.check_patches, precisions=precisions)
         if args.onnx_only:
             return 0
         print("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     engines = pipeline.engines_from_onnx(art, args.output, profiles, timing_cache=args.timing_cache,
                                          options=build_options(args), fp32=args.fp32)
     pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images, n_random=args.check_patches,
-                              engines=engines)
+                              engines=engines, precisions=precisions)
     return 0
 
 

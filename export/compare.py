@@ -1,4 +1,4 @@
-"""The one comparator: PyTorch FP32 vs ORT FP32 vs ORT FP16 vs TensorRT, with the gates in one place.
+"""The one comparator: PyTorch FP32 vs ORT FP32 / FP16 / INT8, torch BF16 and TensorRT, with the gates in one place.
 
 Two task-level checks per backend, both through :mod:`spai.inference` (the code that serves), chunked and
 grouped by each runner's declared limits: (1) real images at native resolution, against the torch runners
@@ -27,12 +27,17 @@ Backend = tuple[Any, Any]  # (patch-encoder runner, aggregator runner), entered 
 
 @dataclass
 class Gates:
-    """Parity gates (overridable). ``fp32`` gates apply to FP32 backends, ``fp16`` ones to FP16 backends."""
+    """Parity gates (overridable), by backend precision: ``<precision>_max_dprob`` and ``<precision>_max_flips``
+    apply to backends of that precision (fp32; the reduced precisions fp16, bf16 and int8 are gated alike)."""
 
     fp32_max_dprob: float = 1e-5
     fp16_max_dprob: float = 1e-2
     fp16_max_flips: int = 0  # decision flips (at the model's default operating point) on the sample images
     fp32_max_flips: int = 0
+    bf16_max_dprob: float = 1e-2
+    bf16_max_flips: int = 0
+    int8_max_dprob: float = 1e-2
+    int8_max_flips: int = 0
 
 
 @dataclass
@@ -131,8 +136,9 @@ def load_images(image_dir: str | os.PathLike) -> tuple[list[Path], np.ndarray | 
 
 
 def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: bool) -> list[str]:
-    limit = gates.fp16_max_dprob if precision == "fp16" else gates.fp32_max_dprob
-    max_flips = gates.fp16_max_flips if precision == "fp16" else gates.fp32_max_flips
+    if not hasattr(gates, f"{precision}_max_dprob"):
+        raise ValueError(f"no parity gates for precision {precision!r}")
+    limit, max_flips = getattr(gates, f"{precision}_max_dprob"), getattr(gates, f"{precision}_max_flips")
     fails = []
     if not stats["finite"]:
         fails.append(f"{name}: non-finite logits")
@@ -147,7 +153,8 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
 def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
                      image_paths: Sequence[Path] = (), labels: np.ndarray | None = None, n_random: int = 256,
                      gates: Gates | None = None, progress: Any = None) -> ParityReport:
-    """Compare each backend (name -> ((encoder, aggregator), "fp32"|"fp16")) with PyTorch FP32."""
+    """Compare each backend (name -> ((encoder, aggregator), precision)) with PyTorch FP32; precision is one of
+    fp32, fp16, bf16, int8 (the name of its :class:`Gates`)."""
     from spai.runners import TorchRunner
 
     gates, say = gates or Gates(), progress or (lambda _m: None)
@@ -189,18 +196,23 @@ def _fmt(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) and not math.isnan(x) else str(x)
 
 
-def summary_markdown(report: ParityReport, header: Iterable[str] = ()) -> str:
-    """A short human summary of ``report``."""
-    lines = ["# Export parity report", "", *header, "",
-             "| backend | set | n | max abs Δlogit | mean abs Δlogit | max abs Δp | flips | AUC Δ |",
+def backends_table(backends: dict[str, dict]) -> list[str]:
+    """The Markdown table of :attr:`ParityReport.backends` (also the benchmark report's parity table)."""
+    lines = ["| backend | set | n | max abs Δlogit | mean abs Δlogit | max abs Δp | flips | AUC Δ |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, entry in report.backends.items():
+    for name, entry in backends.items():
         for key in ("random_patches", "images"):
             if key in entry:
                 s = entry[key]
                 lines.append(f"| {name} ({entry['precision']}) | {key} | {s['n']} | {_fmt(s['max_abs_dlogit'])} | "
                              f"{_fmt(s['mean_abs_dlogit'])} | {_fmt(s['max_abs_dprob'])} | {s['decision_flips']} | "
                              f"{_fmt(s['auc_delta'])} |")
+    return lines
+
+
+def summary_markdown(report: ParityReport, header: Iterable[str] = ()) -> str:
+    """A short human summary of ``report``."""
+    lines = ["# Export parity report", "", *header, "", *backends_table(report.backends)]
     lines += ["", f"Gates: {report.gates}", "", "Result: " + ("PASS" if report.passed else "FAIL")]
     lines += [f"- {f}" for f in report.failures] + [f"- note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
-"""Checkpoint -> ONNX (fp32 + fp16) -> parity report -> TensorRT engines: the steps the CLIs chain."""
+"""Checkpoint -> ONNX (fp32 + fp16, int8 on request) -> parity report -> TensorRT engines: the steps the CLIs
+chain."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 from export.compare import Gates, ParityReport, compare_backends, enforce, load_images, write_report
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
-from spai.runners import OrtRunner
+from export.quantize import patch_encoder_int8, precision_table_onnx
+from spai.runners import OrtRunner, runners_for
 from spai.specs import Shape, aggregator_spec, max_shapes, patch_encoder_spec, trt_profile
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
@@ -25,19 +28,22 @@ def log(msg: str) -> None:
 
 @dataclass
 class OnnxArtifacts:
-    """What :func:`onnx_from_checkpoint` produced."""
+    """What :func:`onnx_from_checkpoint` produced (``patch_encoder_int8`` with ``--precision int8``)."""
 
     model: Any
     source: str
     graphs: OnnxExport
     patch_encoder_fp16: Path
     fre_fp16: bool = False  # the FRE's Linear layers are FP16 in patch_encoder_fp16
+    patch_encoder_int8: Path | None = None
 
 
 def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *, fp16_route: str = "convert",
-                         opset: int | None = None, fre_fp16: bool = False) -> OnnxArtifacts:
+                         opset: int | None = None, fre_fp16: bool = False, precisions: Sequence[str] = ()
+                         ) -> OnnxArtifacts:
     """Load a checkpoint / named config and write ``patch_encoder.onnx``, ``patch_encoder.fp16.onnx`` (with
-    ``fre_fp16`` its FRE Linear layers in FP16 too) and ``aggregator.onnx`` to ``out_dir``."""
+    ``fre_fp16`` its FRE Linear layers in FP16 too) and ``aggregator.onnx`` to ``out_dir`` (and
+    ``patch_encoder.int8.onnx`` if ``precisions`` holds int8)."""
     out = ensure_writable_dir(out_dir)  # fail fast, before the (slow) model load
     log(f"loading {source} ...")
     model, description = model_from_source(source)
@@ -46,9 +52,11 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
     fre = ", FRE Linear layers FP16" if fre_fp16 else ""
     log(f"building mixed-precision patch encoder (route {fp16_route}{fre}) ...")
     fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16)
-    for path in (graphs.patch_encoder, fp16, graphs.aggregator):
-        log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16)
+    int8 = patch_encoder_int8(graphs.patch_encoder, progress=log) if "int8" in precisions else None
+    for path in (graphs.patch_encoder, fp16, int8, graphs.aggregator):
+        if path is not None:
+            log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8)
 
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
@@ -60,16 +68,20 @@ def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch
 
 def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: Profiles, *,
                      image_dir: str | os.PathLike | None = None, n_random: int = 256, gates: Gates | None = None,
-                     engines: dict[str, Any] | None = None, extra: dict | None = None) -> ParityReport:
-    """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given); write the report; raise
-    :class:`spai.AccuracyError` if a gate fails. The ORT runners declare the engines' profile limits, so the
-    check chunks and groups exactly as the engines will be fed."""
+                     engines: dict[str, Any] | None = None, extra: dict | None = None,
+                     precisions: Sequence[str] = ()) -> ParityReport:
+    """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given; the CPU routes torch bf16 / ORT
+    int8 named in ``precisions``); write the report; raise :class:`spai.AccuracyError` if a gate fails. The ORT
+    fp32/fp16 runners declare the engines' profile limits, so the check chunks and groups exactly as the engines
+    will be fed; the CPU routes are checked as they run (their own chunk limits)."""
     paths, labels = load_images(image_dir) if image_dir else ([], None)
     enc_limits, agg_limits = max_shapes(profiles["patch_encoder"]), max_shapes(profiles["aggregator"])
     runners = {"ort-fp32": (OrtRunner(art.graphs.patch_encoder, limits=enc_limits),
                             OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp32"),
                "ort-fp16": (OrtRunner(art.patch_encoder_fp16, limits=enc_limits),
-                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp16")}
+                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp16"),
+               **cpu_route_runners(art, precisions)}
+    extra = {**(extra or {}), **precision_tables(art, precisions)}
     if engines:
         from export.trt import TrtRunner
 
@@ -88,6 +100,33 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
     log(f"wrote {json_path} and {md_path}")
     enforce(report)
     return report
+
+
+def cpu_route_runners(art: OnnxArtifacts, precisions: Sequence[str]) -> dict[str, tuple[Any, Any, str]]:
+    """The reduced-precision CPU routes to gate: ``torch-bf16`` and ``ort-int8`` (as :func:`runners_for` builds
+    them for ``spai predict``)."""
+    routes: dict[str, tuple[Any, Any, str]] = {}
+    if "bf16" in precisions:
+        routes["torch-bf16"] = (*runners_for("torch", "bf16", model=art.model), "bf16")
+    if "int8" in precisions:
+        if art.patch_encoder_int8 is None:
+            raise ValueError("int8 parity needs the int8 graph: onnx_from_checkpoint(..., precisions=['int8'])")
+        routes["ort-int8"] = (*runners_for("ort", "int8", onnx_dir=art.patch_encoder_int8.parent), "int8")
+    return routes
+
+
+def precision_tables(art: OnnxArtifacts, precisions: Sequence[str]) -> dict[str, Any]:
+    """Which layers run in which precision, per reduced-precision CPU route (for ``export_report.json``)."""
+    tables: dict[str, Any] = {}
+    if "int8" in precisions and art.patch_encoder_int8 is not None:
+        tables["ort-int8"] = precision_table_onnx(art.patch_encoder_int8)
+    if "bf16" in precisions:
+        import torch
+
+        from spai.models.precision import precision_table
+
+        tables["torch-bf16"] = precision_table(art.model, torch.rand(1, 3, 224, 224))
+    return {"precision_layers": tables} if tables else {}
 
 
 def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: Profiles, *,

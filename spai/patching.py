@@ -26,6 +26,13 @@ class PatchSpec:
     minimum_patches: int = 4
 
 
+def patch_spec_from_config(cfg: Any) -> PatchSpec:
+    """The patch spec of a model config (``MODEL.VIT.IMG_SIZE``, ``MODEL.PATCH_VIT.PATCH_STRIDE`` /
+    ``MINIMUM_PATCHES``): what :class:`spai.SPAIModel` cuts with, known without building the model."""
+    pv = cfg.MODEL.PATCH_VIT
+    return PatchSpec(cfg.MODEL.VIT.IMG_SIZE, pv.PATCH_STRIDE, pv.MINIMUM_PATCHES)
+
+
 @dataclass(frozen=True)
 class PatchGrid:
     """Geometry of one image: its size, its reflect-101 padding to at least ``size`` a side (top/left share

@@ -19,12 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import ExportError
+from spai.errors import ConfigError, ExportError
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
 Feed = dict[str, np.ndarray]
 Limits = dict[str, tuple[int | None, ...]]  # input name -> largest sizes of its leading axes, batch axis first
-CPU_MAX_CHUNK = 16  # patches per encoder call on a CPU: bounds host memory (results are batch independent)
+
+# CPU routes: (backend, precision). fp16 is a GPU (TensorRT) precision and has no route here.
+BACKENDS = ("torch", "ort")
+PRECISIONS = ("fp32", "bf16", "int8")
+ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8"))
+ENCODER_FILES = {"fp32": "patch_encoder.onnx", "fp16": "patch_encoder.fp16.onnx", "int8": "patch_encoder.int8.onnx"}
+AGGREGATOR_FILE = "aggregator.onnx"
+# Patches per encoder call on a CPU, per route: the smallest chunk within 5% of the best throughput measured on a
+# 2-core AMD EPYC (spai-b16, chunks 1-8; docs/benchmarks.md, "Chunk sizes"), and within the memory goal (1.25x the
+# original's one-patch-per-call peak: torch bf16 at 2 patches would exceed it). Memory follows the chunk. One
+# patch a call also keeps the int8 route batch independent (its activations are quantised per call).
+CPU_CHUNKS = {("torch", "fp32"): 2, ("torch", "bf16"): 1, ("ort", "fp32"): 1, ("ort", "int8"): 1}
+CPU_MAX_CHUNK = CPU_CHUNKS[("torch", "fp32")]  # the torch fp32 path's default (SPAIModel.default_chunk_size)
 
 
 def available_cores() -> int:
@@ -138,16 +150,41 @@ class TorchRunner(Runner):
 
     The encoder declares ``max_batch`` patches (default: the model's chunk size, which bounds memory) and takes
     float32 patches (uint8 ones too: ``encode_patches`` scales them as the graph does); the aggregator is
-    unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported.
+    unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported. ``precision="bf16"``
+    runs the encoder's linear layers and convolutions in bf16 on a CPU (:class:`spai.models.precision.Bf16Gemms`;
+    LayerNorm, softmax, the spectral filter and the statistics stay fp32); the aggregator always runs in fp32.
     """
 
-    def __init__(self, model: Any, graph: str, max_batch: int | None = None) -> None:
+    def __init__(self, model: Any, graph: str, max_batch: int | None = None, precision: str = "fp32") -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"the torch runner runs fp32 or bf16, not {precision!r}; int8 runs through ONNX "
+                              "Runtime (backend 'ort').")
+        if precision == "bf16" and getattr(model.device, "type", "cpu") != "cpu":
+            raise ConfigError("the bf16 route is a CPU route (bf16 GEMMs through oneDNN); on a GPU export a "
+                              "TensorRT fp16 engine (`spai export`).")
         limits = {PATCHES: (max_batch or model.default_chunk_size(), *PATCHES_INPUT.shape)} \
             if graph == "patch_encoder" else {}
         super().__init__(limits, {PATCHES: np.dtype(np.float32)})
-        self.model, self.graph, self.name = model, graph, f"torch:{graph}"
+        self.model, self.graph, self.precision = model, graph, precision
+        self.name = f"torch:{graph}" + (f":{precision}" if precision != "fp32" else "")
+        self._mode: Any = None
+
+    def _precision_mode(self) -> Any:
+        """The bf16 mode (weights cast once, on first use) or a no-op context."""
+        import contextlib
+
+        if self.precision == "fp32" or self.graph != "patch_encoder":
+            return contextlib.nullcontext()
+        if self._mode is None:
+            from spai.models.precision import Bf16Gemms
+
+            self._mode = Bf16Gemms(self.model)
+        return self._mode
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode = None  # frees the bf16 weight copies
 
     def _infer(self, feed: Feed) -> Feed:
         import torch
@@ -155,7 +192,9 @@ class TorchRunner(Runner):
         device = self.model.device
         with torch.no_grad():
             if self.graph == "patch_encoder":
-                out = self.model.encode_patches(torch.from_numpy(np.ascontiguousarray(feed[PATCHES])).to(device))
+                patches = torch.from_numpy(np.ascontiguousarray(feed[PATCHES])).to(device)
+                with self._precision_mode():
+                    out = self.model.encode_patches(patches)
                 return {PATCH_FEATURES: out.float().cpu().numpy()}
             feats = torch.from_numpy(np.ascontiguousarray(feed[PATCH_FEATURES])).to(device)
             mask = torch.from_numpy(np.ascontiguousarray(feed[PATCH_MASK])).to(device)
@@ -168,30 +207,36 @@ class OrtRunner(Runner):
 
     ``threads``: intra-op threads (default: the cores available to this process). ``limits``: declared largest
     shapes, e.g. a TensorRT profile's maximum so that CPU tests chunk like the engine; without them an encoder
-    declares :data:`CPU_MAX_CHUNK` patches (memory) and an aggregator is unlimited.
+    declares :data:`CPU_CHUNKS` patches for its graph's precision (memory and speed, measured) and an aggregator
+    is unlimited. ``bounded_memory`` (default on the CPU provider): memory follows the chunk, not the largest batch
+    ever seen -- see :func:`ort_session_options`.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None, limits: Limits | None = None) -> None:
+                 threads: int | None = None, limits: Limits | None = None,
+                 bounded_memory: bool | None = None) -> None:
         super().__init__(limits)
         self.path = Path(onnx_path)
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
+        self.bounded_memory = self.providers[0] == "CPUExecutionProvider" if bounded_memory is None \
+            else bounded_memory
         self.name = f"ort:{self.path.name}"
         self.session: Any = None
+        self.run_options: Any = None
 
     def __enter__(self) -> OrtRunner:
         import onnxruntime as ort
 
         if not self.path.is_file():
-            raise ExportError(f"{self.path}: ONNX file not found; export the model first (`spai export`).")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or available_cores()
-        opts.log_severity_level = 3
+            raise ExportError(f"{self.path}: ONNX file not found; export the model first (`spai export`"
+                              f"{' --precision int8' if self.path.name == ENCODER_FILES['int8'] else ''}).")
+        opts, self.run_options = ort_session_options(self.threads or available_cores(), self.bounded_memory)
         self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         self.input_dtypes = {i.name: ORT_DTYPES.get(i.type, np.dtype(np.float32)) for i in self.session.get_inputs()}
         if PATCHES in self.input_dtypes and PATCHES not in self.limits:
-            self.limits[PATCHES] = (CPU_MAX_CHUNK, *PATCHES_INPUT.shape)
+            precision = "int8" if self.path.name == ENCODER_FILES["int8"] else "fp32"
+            self.limits[PATCHES] = (CPU_CHUNKS[("ort", precision)], *PATCHES_INPUT.shape)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,7 +246,26 @@ class OrtRunner(Runner):
         if self.session is None:
             raise RuntimeError(f"{self.name}: use it as a context manager (with OrtRunner(...) as r:)")
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(zip(names, self.session.run(names, feed, self.run_options)))
+
+
+def ort_session_options(threads: int, bounded_memory: bool = True) -> tuple[Any, Any]:
+    """(SessionOptions, RunOptions) of every ORT runner: ``threads`` intra-op threads and, with
+    ``bounded_memory``, memory that follows the current call (measured in docs/benchmarks.md, "Bounded memory"):
+    no memory patterns (ORT would keep one pre-planned block per input shape it has seen) and the CPU arena
+    shrunk back after every run (``memory.enable_memory_arena_shrinkage``), so that a peak chunk's buffers are
+    returned instead of being kept for the life of the session."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    run = None
+    if bounded_memory:
+        opts.enable_mem_pattern = False
+        run = ort.RunOptions()
+        run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts, run
 
 
 def preferred_providers() -> list[str]:
@@ -210,3 +274,91 @@ def preferred_providers() -> list[str]:
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+# --- CPU routes: which (backend, precision) to run, chosen per CPU at run time ----------------------------------
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def has_bf16(flags: frozenset[str]) -> bool:
+    """Native bf16 dot products (AVX-512 BF16 or AMX): bf16 GEMMs at about twice the fp32 rate."""
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def has_vnni(flags: frozenset[str]) -> bool:
+    """Native int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8): ONNX Runtime's u8s8 GEMMs without the
+    saturating AVX2 fallback."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
+def cpu_routes(flags: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """The CPU routes worth running on this CPU, fastest first.
+
+    From our measurements (``benchmarks/``): with AMX, bf16 GEMMs through oneDNN reach about 5x the fp32 rate, so
+    torch bf16 leads; with VNNI (AMD EPYC / Intel without AMX), ORT int8 GEMMs reach about 3.6x the fp32 rate
+    and bf16 about 2.2x, so int8 leads; otherwise fp32, ONNX Runtime (MLAS) before torch.
+    """
+    flags = cpu_flags() if flags is None else flags
+    routes = [("torch", "bf16")] if "amx_bf16" in flags else []
+    routes += [("ort", "int8")] if has_vnni(flags) else []
+    routes += [("torch", "bf16")] if has_bf16(flags) and "amx_bf16" not in flags else []
+    return routes + [("ort", "fp32"), ("torch", "fp32")]
+
+
+def resolve_route(backend: str | None, precision: str, flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """(backend, precision) for what a user asked: ``precision`` fp32 | bf16 | int8 | auto (the fastest route of
+    :func:`cpu_routes`, within ``backend`` if given); ``backend`` torch | ort | None (from the precision).
+    :class:`spai.errors.ConfigError` with what to use instead for a route that does not exist or would be slow."""
+    flags = cpu_flags() if flags is None else flags
+    if backend not in (None, "auto", *BACKENDS):
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    backend = None if backend == "auto" else backend
+    if precision == "auto":
+        return next(r for r in cpu_routes(flags) if backend in (None, r[0]))
+    if precision == "fp16":
+        raise ConfigError("fp16 is the GPU (TensorRT) precision; on a CPU use --precision bf16 or int8.")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} or auto.")
+    backend = backend or ("ort" if precision == "int8" else "torch")
+    if (backend, precision) == ("ort", "bf16"):
+        raise ConfigError("ONNX Runtime's CPU provider has no bf16 GEMMs; use --backend torch --precision bf16, "
+                          "or --backend ort --precision int8.")
+    if (backend, precision) == ("torch", "int8"):
+        raise ConfigError("int8 runs through ONNX Runtime: use --backend ort --precision int8 (or torch with bf16).")
+    if precision == "bf16" and not has_bf16(flags):
+        raise ConfigError("this CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower than "
+                          f"fp32; use {' or '.join(f'{b} {p}' for b, p in cpu_routes(flags)[:2])} instead.")
+    return backend, precision
+
+
+def runners_for(backend: str, precision: str, *, model: Any = None, onnx_dir: str | os.PathLike | None = None,
+                chunk: int | None = None, threads: int | None = None) -> tuple[Runner, Runner]:
+    """(encoder, aggregator) runners of one route, by name: what ``spai predict --backend --precision`` and the
+    benchmarks score through :mod:`spai.inference`. torch needs ``model``; ort needs ``onnx_dir`` (a
+    ``spai export`` folder: ``patch_encoder[.int8].onnx`` + ``aggregator.onnx``). ``chunk``: patches per encoder
+    call (default :data:`CPU_CHUNKS` on a CPU, the model's chunk on a GPU). The aggregator runs in fp32."""
+    if (backend, precision) not in ROUTES:
+        resolve_route(backend, precision, frozenset({"avx512_bf16"}))  # raises the explanatory error
+        raise ConfigError(f"no {backend} {precision} route; routes: {', '.join(f'{b} {p}' for b, p in ROUTES)}.")
+    if backend == "torch":
+        if model is None:
+            raise ConfigError("the torch backend needs a model (spai.create_model(...)).")
+        on_cpu = getattr(model.device, "type", "cpu") == "cpu"
+        batch = chunk or (CPU_CHUNKS[(backend, precision)] if on_cpu else None)
+        return TorchRunner(model, "patch_encoder", batch, precision), TorchRunner(model, "aggregator")
+    if onnx_dir is None:
+        raise ConfigError("the ort backend needs the exported graphs: pass the folder `spai export` wrote.")
+    folder = Path(onnx_dir)
+    limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
+    return (OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
+            OrtRunner(folder / AGGREGATOR_FILE, threads=threads))

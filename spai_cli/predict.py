@@ -1,20 +1,38 @@
-"""``spai predict``: score images in-process (no server), print a table, optionally write the scores CSV."""
+"""``spai predict``: score images in-process (no server), print a table, optionally write the scores CSV.
+
+The route is picked by name (``--backend torch|ort``, ``--precision fp32|bf16|int8|auto``,
+:func:`spai.runners.resolve_route`), and every route scores through :mod:`spai.inference` with the runners of
+:func:`spai.runners.runners_for`; ``latency_ms`` in the CSV is each image's scoring time."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from spai.errors import ImageError, SPAIError
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, expand_inputs
-from spai.inference import CSV_FIELDS, Calibration, ImageScore, flagged_summary, write_scores_csv
+from spai.inference import (
+    CSV_FIELDS,
+    UNCALIBRATED,
+    Calibration,
+    ImageScore,
+    InputLimits,
+    calibration_from_export,
+    flagged_summary,
+    score_images,
+    write_scores_csv,
+)
+from spai.patching import PatchSpec, patch_spec_from_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="score images in-process with PyTorch")
+    p = sub.add_parser("predict", help="score images in-process (PyTorch or ONNX Runtime, fp32/bf16/int8)")
     p.add_argument("inputs", nargs="+", help="image files, directories or CSV files (image/path column)")
     p.add_argument("--model", default="spai-fusion-b16", help="named config (random weights) ...")
     p.add_argument("--checkpoint", help="checkpoint file (ours, upstream spai.pth, fork ckpt_epoch_N.pth)")
@@ -23,6 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decide at this operating point of a calibrated checkpoint (default: its default, e.g. "
                         "fpr0.01; an uncalibrated model decides at p0.5)")
     p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
+    p.add_argument("--backend", choices=("torch", "ort", "auto"),
+                   help="torch (PyTorch) or ort (ONNX Runtime); default: torch for fp32/bf16, ort for int8; auto: "
+                        "the fastest route for this CPU")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
+                   help="fp32 (default, exact), bf16 (torch, CPUs with AVX-512 BF16/AMX), int8 (ort); auto: the "
+                        "fastest parity-gated precision for this CPU")
+    p.add_argument("--onnx", metavar="DIR", help="`spai export` folder for --backend ort (default: export the model "
+                                                  "to a temporary folder first)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression-bomb guard; default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
@@ -30,20 +56,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def score_paths(model: Any, paths: Sequence[Path], chunk_size: int | None = None, operating_point: str | None = None,
+def score_paths(runners: tuple[Any, Any], paths: Sequence[Path], spec: PatchSpec | None = None,
+                calibration: Calibration = UNCALIBRATED, operating_point: str | None = None,
                 **limits: int) -> list[ImageScore]:
-    """One score per image, timed; a bad image gets its error and never stops the others."""
-    model.calibration.operating_point(operating_point)  # an unknown operating point fails before any work
+    """One score per image through (encoder, aggregator) runners, decided at ``operating_point`` of
+    ``calibration``, timed; a bad image gets its error and never stops the others."""
+    calibration.operating_point(operating_point)  # an unknown operating point fails before any work
     rows = []
     for path in paths:
         start = time.perf_counter()
         try:
-            (row,) = model.score_images([path], chunk_size=chunk_size, operating_point=operating_point, **limits)
+            (row,) = score_images([path], *runners, limits=InputLimits(**limits), spec=spec or PatchSpec(),
+                                  calibration=calibration, operating_point=operating_point)
         except ImageError as e:
             row = ImageScore(str(path), error=str(e))
         row.latency_ms = (time.perf_counter() - start) * 1e3
         rows.append(row)
     return rows
+
+
+@contextlib.contextmanager
+def route_runners(args: argparse.Namespace) -> Iterator[tuple[tuple[Any, Any], PatchSpec, Calibration]]:
+    """The (encoder, aggregator) runners of the route ``--backend`` / ``--precision`` ask for (entered), the
+    model's patch spec and its calibration (the checkpoint's, or the ``--onnx`` export's calibration.json).
+    ``--backend ort`` without ``--onnx`` exports the model to a temporary folder first."""
+    import spai
+    from spai.config import get_config
+    from spai.runners import resolve_route, runners_for
+
+    backend, precision = resolve_route(args.backend, args.precision)
+    print(f"route: {backend} {precision}", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        needs_model = backend == "torch" or not args.onnx or args.checkpoint
+        model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint) \
+            if needs_model else None
+        spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
+        calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
+        calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
+        onnx_dir = args.onnx
+        if backend == "ort":
+            if not onnx_dir:
+                onnx_dir = exported(model, precision, stack.enter_context(tempfile.TemporaryDirectory()))
+            model = None  # the ORT route needs the graphs only: the torch weights are freed
+        runners = runners_for(backend, precision, model=model, onnx_dir=onnx_dir, chunk=args.chunk_size)
+        yield tuple(stack.enter_context(r) for r in runners), spec, calibration  # type: ignore[misc]
+
+
+def exported(model: Any, precision: str, folder: str) -> str:
+    """Export ``model`` to ONNX in ``folder`` (and its int8 encoder for ``precision`` int8)."""
+    from export.onnx import onnx_from_torch
+    from export.quantize import patch_encoder_int8
+
+    print(f"exporting the model to ONNX in {folder} (run `spai export` once and pass --onnx to skip this) ...",
+          file=sys.stderr)
+    graphs = onnx_from_torch(model, folder)
+    if precision == "int8":
+        patch_encoder_int8(graphs.patch_encoder)
+    return folder
 
 
 def print_table(rows: Sequence[ImageScore]) -> None:
@@ -72,16 +141,14 @@ def printable(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import spai
-
     paths = expand_inputs(args.inputs)
-    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint)
-    rows = score_paths(model, paths, args.chunk_size, args.operating_point, max_pixels=args.max_pixels,
-                       max_bytes=args.max_bytes)
+    with route_runners(args) as (runners, spec, calibration):
+        rows = score_paths(runners, paths, spec, calibration, args.operating_point, max_pixels=args.max_pixels,
+                           max_bytes=args.max_bytes)
     print_table(rows)
     if args.output:
         print(f"wrote {write_scores_csv(rows, args.output)}")
-    print(f"{flagged_summary(rows)}\n{describe_point(model.calibration, args.operating_point)}")
+    print(f"{flagged_summary(rows)}\n{describe_point(calibration, args.operating_point)}")
     if all(r.error for r in rows):
         raise SPAIError("no image could be scored (see the errors above).")
     return 0

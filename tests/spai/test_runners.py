@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spai.errors import ExportError
-from spai.runners import OrtRunner, Runner, TorchRunner, available_cores
+from spai.runners import CPU_CHUNKS, OrtRunner, Runner, TorchRunner, available_cores
 from spai.specs import PATCH_FEATURES, PATCHES
 
 
@@ -34,7 +34,7 @@ def test_limits_are_declared_by_each_runner(tiny_model, tiny_onnx_dir):
     assert TorchRunner(tiny_model, "patch_encoder", 7).max_dim(PATCHES) == 7
     assert TorchRunner(tiny_model, "aggregator").max_dim(PATCH_FEATURES) is None
     with OrtRunner(tiny_onnx_dir / "patch_encoder.onnx") as ort:
-        assert ort.max_dim(PATCHES) == 16 and ort.threads is None and available_cores() >= 1
+        assert ort.max_dim(PATCHES) == CPU_CHUNKS[("ort", "fp32")] and ort.threads is None and available_cores() >= 1
     with OrtRunner(tiny_onnx_dir / "aggregator.onnx", limits={PATCH_FEATURES: (16, 1024, None)}) as ort:
         assert (ort.max_dim(PATCH_FEATURES, 0), ort.max_dim(PATCH_FEATURES, 1)) == (16, 1024)
 

@@ -1,0 +1,57 @@
+"""``spai predict --backend --precision``: every route by name, a clear error for a route that does not exist,
+and the scores CSV keeps each image's scoring time."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from spai_cli import main
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def exported_tiny(tiny_model, tmp_path_factory) -> Path:
+    import spai
+    from export.onnx import onnx_from_torch
+    from export.quantize import patch_encoder_int8
+
+    out = tmp_path_factory.mktemp("predict-onnx")
+    ckpt = out / "tiny.pth"
+    spai.save_checkpoint(tiny_model, ckpt)
+    patch_encoder_int8(onnx_from_torch(tiny_model, out).patch_encoder)
+    return out
+
+
+def test_predict_ort_int8_writes_scores_with_latency(exported_tiny, generated_images, tmp_path, capsys) -> None:
+    images = [str(p) for p in generated_images[:3]]
+    ref, got = tmp_path / "fp32.csv", tmp_path / "int8.csv"
+    assert main(["predict", *images, "--checkpoint", str(exported_tiny / "tiny.pth"), "-o", str(ref)]) == 0
+    assert main(["predict", *images, "--checkpoint", str(exported_tiny / "tiny.pth"), "--backend", "ort",
+                 "--precision", "int8", "--onnx", str(exported_tiny), "-o", str(got)]) == 0
+    assert "route: ort int8" in capsys.readouterr().err
+    a, b = _rows(ref), _rows(got)
+    assert [r["image"] for r in a] == [r["image"] for r in b] == images
+    assert all(float(r["latency_ms"]) > 0 for r in b)
+    assert max(abs(float(x["probability"]) - float(y["probability"])) for x, y in zip(a, b, strict=True)) <= 1e-2
+
+
+def test_predict_ort_without_onnx_exports_the_model_first(generated_images, tmp_path, capsys) -> None:
+    out = tmp_path / "scores.csv"
+    assert main(["predict", str(generated_images[0]), "--model", "spai-tiny", "--backend", "ort", "-o",
+                 str(out)]) == 0
+    assert "exporting the model to ONNX" in capsys.readouterr().err and len(_rows(out)) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--backend", "ort", "--precision", "bf16"], "no bf16 GEMMs"),
+                                               (["--backend", "torch", "--precision", "int8"], "ONNX Runtime")])
+def test_predict_refuses_a_route_that_does_not_exist(args, message, generated_images, capsys) -> None:
+    assert main(["predict", str(generated_images[0]), "--model", "spai-tiny", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
