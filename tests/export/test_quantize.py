@@ -41,13 +41,15 @@ def test_int8_graph_quantises_gemms_and_keeps_the_filter_norms_and_statistics_fp
 
 def test_check_int8_graph_refuses_an_unquantised_graph(tiny_export) -> None:
     with pytest.raises(ExportError, match="no MatMul was quantised"):
+        check_int8_graph(tiny_export[1].graphs.patch_encoder)  # the fp32 encoder: uint8 patches, no int8 GEMM
+    with pytest.raises(ExportError, match="breaks the 'patches' uint8 contract"):
         check_int8_graph(tiny_export[1].graphs.aggregator)
 
 
 def test_gates_cover_every_precision_by_name() -> None:
-    stats = {"finite": True, "max_abs_dprob": 5e-3, "decision_flips": 1}
+    stats = {"finite": True, "max_abs_dprob": 5e-3, "decision_flips": 1, "operating_point": "p0.5"}
     assert _gate("x", "int8", stats, Gates(), False) == []
-    assert _gate("x", "bf16", stats, Gates(), True) == ["x: 1 decision flip(s) at 0.5 (allowed 0)"]
+    assert _gate("x", "bf16", stats, Gates(), True) == ["x: 1 decision flip(s) at operating point p0.5 (allowed 0)"]
     assert _gate("x", "int8", stats, replace(Gates(), int8_max_dprob=1e-3), False)[0].startswith("x: max |Δp|")
     with pytest.raises(ValueError, match="no parity gates"):
         _gate("x", "int4", stats, Gates(), False)

@@ -41,7 +41,8 @@ def test_limits_are_declared_by_each_runner(tiny_model, tiny_onnx_dir):
 
 def test_torch_and_ort_encoders_agree(tiny_model, tiny_onnx_dir):
     x = {PATCHES: np.random.default_rng(1).integers(0, 256, (2, 3, 224, 224), dtype=np.uint8)}  # the graph's dtype
-    with TorchRunner(tiny_model, "patch_encoder") as t, OrtRunner(tiny_onnx_dir / "patch_encoder.onnx") as o:
+    with TorchRunner(tiny_model, "patch_encoder") as t, \
+            OrtRunner(tiny_onnx_dir / "patch_encoder.onnx", limits={PATCHES: (2, 3, 224, 224)}) as o:
         np.testing.assert_allclose(t.infer(x)[PATCH_FEATURES], o.infer(x)[PATCH_FEATURES], atol=1e-4)
 
 
