@@ -15,8 +15,8 @@ from export.compare import Gates, ParityReport, compare_backends, enforce, load_
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
 from export.quantize import patch_encoder_int8, precision_table_onnx
-from spai.runners import OrtRunner, runners_for
-from spai.specs import Shape, aggregator_spec, max_shapes, patch_encoder_spec, trt_profile
+from spai.runners import CPU_CHUNKS, OrtRunner, runners_for
+from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, patch_encoder_spec, trt_profile
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
@@ -73,9 +73,13 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
     """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given; the CPU routes torch bf16 / ORT
     int8 named in ``precisions``); write the report; raise :class:`spai.AccuracyError` if a gate fails. The ORT
     fp32/fp16 runners declare the engines' profile limits, so the check chunks and groups exactly as the engines
-    will be fed; the CPU routes are checked as they run (their own chunk limits)."""
+    will be fed (the encoder in chunks of ONNX Runtime's measured CPU chunk at most: the chunk changes neither
+    features nor grouping, only memory; spai-fusion-b16 at the 256-patch profile held 22 GB); the CPU routes are
+    checked as they run (their own chunk limits)."""
     paths, labels = load_images(image_dir) if image_dir else ([], None)
     enc_limits, agg_limits = max_shapes(profiles["patch_encoder"]), max_shapes(profiles["aggregator"])
+    batch, *patch = enc_limits[PATCHES]
+    enc_limits = {**enc_limits, PATCHES: (min(batch, CPU_CHUNKS[("ort", "fp32")]), *patch)}
     runners = {"ort-fp32": (OrtRunner(art.graphs.patch_encoder, limits=enc_limits),
                             OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp32"),
                "ort-fp16": (OrtRunner(art.patch_encoder_fp16, limits=enc_limits),

@@ -73,7 +73,7 @@ def test_ort_patch_encoder_keeps_batch_dynamic(tiny_export, batch):
     from spai.runners import OrtRunner
 
     _, art = tiny_export
-    with OrtRunner(art.graphs.patch_encoder) as r:
+    with OrtRunner(art.graphs.patch_encoder, limits={"patches": (batch, 3, 224, 224)}) as r:
         out = r.infer({"patches": np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)})
     assert out["patch_features"].shape == (batch, art.graphs.feature_dim)
 

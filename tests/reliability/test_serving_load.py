@@ -15,8 +15,10 @@ pytestmark = pytest.mark.triton
 
 
 def test_load_100_requests_with_bad_inputs_and_a_kill(spai_env, record):
+    # RSS is recorded, not judged: 100 requests end while the pools are still filling (the goals are the soak's,
+    # docs/reliability.md); this run judges errors, bad inputs and the kill.
     proc = subprocess.run([sys.executable, str(HERE / "load_test.py"), "--requests", "100", "--concurrency", "8",
-                           "--kill-test"], capture_output=True, text=True, env=spai_env, cwd=ROOT, timeout=900)
+                           "--kill-test", "--max-rss-growth", "inf"], capture_output=True, text=True, env=spai_env, cwd=ROOT, timeout=900)
     out = proc.stdout
     start = out.index("{")
     result = json.loads(out[start: out.rindex("}") + 1])

@@ -115,6 +115,7 @@ def _env(container: dict) -> dict:
 
 def test_threads_per_instance_follow_the_cpu_request():
     from serving.deploy.tritonserver import CPU_REQUEST_VARIABLE, cpu_instances, server_command
+    from serving.repository import TUNING
 
     (dep,) = load(DEPLOY / "k8s" / "deployment.yaml")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
@@ -125,11 +126,12 @@ def test_threads_per_instance_follow_the_cpu_request():
         assert ref == {"containerName": name, "resource": "requests.cpu", "divisor": "1m"}
         assert container["command"][-1].endswith("serving/deploy/tritonserver.py")
     request_milli = int(float(c["resources"]["requests"]["cpu"]) * 1000)
-    assert cpu_instances(REPO) == 2  # the `spai` Python model; the TensorRT models are KIND_GPU
+    instances = TUNING["trt"].entry_instances
+    assert cpu_instances(REPO) == instances  # the `spai` Python model; the TensorRT models are KIND_GPU
     command, env = server_command(["tritonserver", f"--model-store={REPO}", *c["args"][1:]],
                                   {CPU_REQUEST_VARIABLE: str(request_milli), "MKL_NUM_THREADS": "3"})
     assert command[:2] == ["tritonserver", f"--model-store={REPO}"]
-    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(request_milli // 1000 // 2)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(max(1, request_milli // 1000 // instances))
     assert env["MKL_NUM_THREADS"] == "3"  # set explicitly: kept
 
 

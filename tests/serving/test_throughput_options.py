@@ -154,9 +154,9 @@ def test_tuning_flags_of_spai_repository(tiny_onnx_dir, tmp_path):
 
 
 @pytest.mark.triton
-def test_several_encoder_calls_in_flight_give_pytorchs_scores(tiny_onnx_dir, tiny_model, check_images, tmp_path):
-    """Small chunks (4 patches) and 3 calls in flight, one `spai` instance: a 45-patch image takes 12 encoder
-    calls through async_exec; the scores are PyTorch's."""
+def test_several_encoder_calls_in_flight_give_pytorchs_scores(tiny_onnx_dir, tiny_model, generated_images, tmp_path):
+    """Small chunks (4 patches) and 3 calls in flight, one `spai` instance: the 2048 x 1152 image takes over a
+    dozen encoder calls through async_exec; the scores are PyTorch's."""
     from serving.client import SpaiClient
     from serving.repository import build_repository
     from serving.server import TritonServer
@@ -164,7 +164,7 @@ def test_several_encoder_calls_in_flight_give_pytorchs_scores(tiny_onnx_dir, tin
     repo = build_repository(tiny_onnx_dir, "python-ort", tmp_path / "repo",
                             tuning=tuning_with("python-ort", in_flight=3, entry_instances=1),
                             settings=EntrySettings(encoder_chunk=4, aggregator_batch=4))
-    images = check_images[:6]
+    images = generated_images[-6:]  # with wide_2048x1152.jpg
     want = {str(p): s.probability for p, s in zip(images, tiny_model.score_images(images))}
     with TritonServer(repo) as server:
         rows = SpaiClient(server.http_url).score_paths(images, concurrency=3, progress=False)
