@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
+from spai_cli.routes import scoring_runners
 from spai_cli.test import add_scoring_arguments
 
 
@@ -44,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = spai.create_model(None, checkpoint=checkpoint, device=device)
-    _, scores, missing = labelled_scores(model, Path(args.csv), args.split, args.root, args.strict, args.batch_size,
-                                         args.workers, not args.no_progress, "calibrate")
+    with scoring_runners(args, model) as runners:
+        _, scores, missing = labelled_scores(model, Path(args.csv), args.split, args.root, args.strict,
+                                             args.batch_size, args.workers, not args.no_progress, "calibrate", runners)
     entry = calibration_entry(scores, args.csv, args.split, args.method, args.fpr)
     entry["checkpoint"] = str(checkpoint)
     print(calibration_summary(entry) + (f"\n({missing} missing and {len(scores['errors'])} unreadable images "

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from spai.inference import (
     write_scores_csv,
 )
 from spai.patching import PatchSpec, patch_spec_from_config
+from spai_cli.routes import add_route_arguments, chosen_route, route_runners
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,15 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--operating-point", metavar="NAME",
                    help="decide at this operating point of a calibrated checkpoint (default: its default, e.g. "
                         "fpr0.01; an uncalibrated model decides at p0.5)")
-    p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
-    p.add_argument("--backend", choices=("torch", "ort", "auto"),
-                   help="torch (PyTorch) or ort (ONNX Runtime); default: torch for fp32/bf16, ort for int8; auto: "
-                        "the fastest route for this CPU")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
-                   help="fp32 (default, exact), bf16 (torch, CPUs with AVX-512 BF16/AMX), int8 (ort); auto: the "
-                        "fastest parity-gated precision for this CPU")
-    p.add_argument("--onnx", metavar="DIR", help="`spai export` folder for --backend ort (default: export the model "
-                                                  "to a temporary folder first)")
+    add_route_arguments(p)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression-bomb guard; default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
@@ -76,43 +67,23 @@ def score_paths(runners: tuple[Any, Any], paths: Sequence[Path], spec: PatchSpec
 
 
 @contextlib.contextmanager
-def route_runners(args: argparse.Namespace) -> Iterator[tuple[tuple[Any, Any], PatchSpec, Calibration]]:
-    """The (encoder, aggregator) runners of the route ``--backend`` / ``--precision`` ask for (entered), the
-    model's patch spec and its calibration (the checkpoint's, or the ``--onnx`` export's calibration.json).
-    ``--backend ort`` without ``--onnx`` exports the model to a temporary folder first."""
+def predict_runners(args: argparse.Namespace) -> Iterator[tuple[tuple[Any, Any], PatchSpec, Calibration]]:
+    """The entered (encoder, aggregator) runners of the route ``--backend`` / ``--precision`` ask for
+    (:func:`spai_cli.routes.route_runners`), the model's patch spec and its calibration (the checkpoint's, or the
+    ``--onnx`` export's calibration.json)."""
     import spai
     from spai.config import get_config
-    from spai.runners import resolve_route, runners_for
 
-    backend, precision = resolve_route(args.backend, args.precision)
-    print(f"route: {backend} {precision}", file=sys.stderr)
-    with contextlib.ExitStack() as stack:
-        needs_model = backend == "torch" or not args.onnx or args.checkpoint
-        model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint) \
-            if needs_model else None
-        spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
-        calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
-        calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
-        onnx_dir = args.onnx
-        if backend == "ort":
-            if not onnx_dir:
-                onnx_dir = exported(model, precision, stack.enter_context(tempfile.TemporaryDirectory()))
-            model = None  # the ORT route needs the graphs only: the torch weights are freed
-        runners = runners_for(backend, precision, model=model, onnx_dir=onnx_dir, chunk=args.chunk_size)
-        yield tuple(stack.enter_context(r) for r in runners), spec, calibration  # type: ignore[misc]
-
-
-def exported(model: Any, precision: str, folder: str) -> str:
-    """Export ``model`` to ONNX in ``folder`` (and its int8 encoder for ``precision`` int8)."""
-    from export.onnx import onnx_from_torch
-    from export.quantize import patch_encoder_int8
-
-    print(f"exporting the model to ONNX in {folder} (run `spai export` once and pass --onnx to skip this) ...",
-          file=sys.stderr)
-    graphs = onnx_from_torch(model, folder)
-    if precision == "int8":
-        patch_encoder_int8(graphs.patch_encoder)
-    return folder
+    backend, precision = chosen_route(args)
+    needs_model = backend == "torch" or not args.onnx or args.checkpoint
+    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint) \
+        if needs_model else None
+    spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
+    calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
+    calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
+    with route_runners(model, backend, precision, args.onnx, args.chunk_size) as runners:
+        model = None  # an ORT route holds the graphs only: the torch weights can go
+        yield runners, spec, calibration
 
 
 def print_table(rows: Sequence[ImageScore]) -> None:
@@ -142,7 +113,7 @@ def printable(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
-    with route_runners(args) as (runners, spec, calibration):
+    with predict_runners(args) as (runners, spec, calibration):
         rows = score_paths(runners, paths, spec, calibration, args.operating_point, max_pixels=args.max_pixels,
                            max_bytes=args.max_bytes)
     print_table(rows)

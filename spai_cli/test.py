@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from spai_cli.routes import add_route_arguments, scoring_runners
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="evaluate a checkpoint on SPAI-format CSV datasets (AUC, AP, operating points, "
@@ -29,6 +31,7 @@ def add_scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="missing or unreadable images are errors")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_route_arguments(p)  # the route the images are scored through (default: the model itself)
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
@@ -74,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"Cannot create output directory {output}: {e.strerror}.") from e
     paths = [Path(c) for c in args.csv]
     summary = {}
-    for path, name in zip(paths, unique_names(paths)):
-        m = test_csv(model, path, output, name, args.split, args.root, args.strict, args.batch_size, args.workers,
-                     not args.no_progress)
-        summary[name] = m
-        print_metrics(name, m)
+    with scoring_runners(args, model) as runners:
+        for path, name in zip(paths, unique_names(paths)):
+            m = test_csv(model, path, output, name, args.split, args.root, args.strict, args.batch_size,
+                         args.workers, not args.no_progress, runners)
+            summary[name] = m
+            print_metrics(name, m)
     (output / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "results": summary}, indent=2))
     print(f"wrote scores, metrics, ROC curves and reliability diagrams to {output}")
     return 0

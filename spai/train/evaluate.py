@@ -25,9 +25,14 @@ def make_eval_loader(dataset: CSVImageDataset, batch_size: int, workers: int, sh
 
 
 @torch.no_grad()
-def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Logits of every decodable image (gathered over ranks, ordered by dataset index) plus decode errors."""
+def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: str = "eval",
+                 runners: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Logits of every decodable image (gathered over ranks, ordered by dataset index) plus decode errors;
+    scored by ``model`` itself, or through :mod:`spai.inference` with the (encoder, aggregator) ``runners`` of
+    another route (ONNX Runtime, bf16, int8)."""
     from tqdm import tqdm
+
+    from spai.inference import score_images
 
     was_training = model.training
     model.eval()
@@ -36,7 +41,9 @@ def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: s
         errors.extend(batch["errors"])
         if not batch["images"]:
             continue
-        for res in model.score_images(batch["images"]):
+        results = model.score_images(batch["images"]) if runners is None else \
+            score_images(batch["images"], *runners, spec=model.patch_spec)
+        for res in results:
             logits.append(res.logit)
         indices.extend(batch["indices"])
         labels.extend(batch["labels"].tolist())

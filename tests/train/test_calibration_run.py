@@ -100,6 +100,27 @@ def test_predict_decides_at_the_calibrated_operating_point(labelled, calibrated,
     assert "unknown operating point 'nope'; this model has fpr0.1, balanced" in capsys.readouterr().err
 
 
+def test_predict_on_onnx_runtime_applies_the_same_calibration(labelled, calibrated, tmp_path, capsys):
+    """The ORT route (exported graphs: raw logits + calibration.json) decides like the torch route."""
+    images = [str(p) for p in labelled[2][:4]]
+    assert cli_main(["predict", images[0], "--checkpoint", str(calibrated), "--backend", "ort",
+                     "--operating-point", "nope"]) == 1  # refused before the model is exported
+    assert "unknown operating point 'nope'" in capsys.readouterr().err
+    assert cli_main(["predict", *images, "--checkpoint", str(calibrated), "--backend", "ort",
+                     "-o", str(tmp_path / "ort.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ort.csv")))
+    model = spai.create_model(checkpoint=calibrated)
+    want = {w.image: w for w in model.score_images(images)}
+    logits = np.array([float(r["logit"]) for r in rows])
+    np.testing.assert_allclose(logits, [want[r["image"]].logit for r in rows], atol=1e-4)
+    # the CSV rounds logits to 6 decimals, which the fitted 1/T magnifies: the calibration applied, within that
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], model.calibration.probability(logits),
+                               atol=1e-4)
+    point = model.calibration.operating_point()
+    assert {r["operating_point"] for r in rows} == {point.name}
+    assert [r["decision"] for r in rows] == [str(int(float(r["probability"]) >= point.threshold)) for r in rows]
+
+
 def test_spai_test_measures_the_operating_points_and_the_calibration(labelled, calibrated, tmp_path, capsys):
     assert cli_main(["test", "--model", str(calibrated), "--csv", str(labelled[1]), "--split", "val", "--output",
                      str(tmp_path), "--workers", "0", "--no-progress"]) == 0
@@ -113,6 +134,24 @@ def test_spai_test_measures_the_operating_points_and_the_calibration(labelled, c
     assert {"score", "logit", "decision", "operating_point"} <= set(scores[0])
     out = capsys.readouterr().out
     assert "fpr0.1 (default)" in out and "TPR at 5% FPR: n/a" in out and "ECE" in out
+
+
+def test_test_and_calibrate_score_through_another_route(labelled, calibrated, tmp_path):
+    """`spai test` / `spai calibrate --backend ort` score through the exported graphs: the same logits as the
+    model (ORT vs PyTorch), hence the same ranking and the same fitted operating points."""
+    common = ["--csv", str(labelled[1]), "--split", "val", "--workers", "0", "--no-progress"]
+    for route, extra in (("torch", []), ("ort", ["--backend", "ort"])):
+        assert cli_main(["test", "--model", str(calibrated), *common, "--output", str(tmp_path / route), *extra]) == 0
+    logits = {route: [float(r["logit"]) for r in csv.DictReader(open(tmp_path / route / "labelled_scores.csv"))]
+              for route in ("torch", "ort")}
+    np.testing.assert_allclose(logits["ort"], logits["torch"], atol=1e-4)
+    metrics = {r: json.loads((tmp_path / r / "labelled_metrics.json").read_text()) for r in ("torch", "ort")}
+    assert metrics["ort"]["auc"] == metrics["torch"]["auc"]
+    assert calibrate(labelled[0], labelled[1], tmp_path / "ort.pth", "--fpr", "0.1", "--backend", "ort") == 0
+    entry = torch.load(tmp_path / "ort.pth", map_location="cpu", weights_only=True)["calibration"]
+    ref = torch.load(calibrated, map_location="cpu", weights_only=True)["calibration"]
+    assert [p["name"] for p in entry["operating_points"]] == [p["name"] for p in ref["operating_points"]]
+    assert entry["operating_points"][0]["tpr"] == ref["operating_points"][0]["tpr"]
 
 
 def test_an_upstream_checkpoint_calibrates_the_same_way(tmp_path):
