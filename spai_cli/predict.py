@@ -51,8 +51,8 @@ def score_paths(runners: tuple[Any, Any], paths: Sequence[Path], spec: PatchSpec
                 calibration: Calibration = UNCALIBRATED, operating_point: str | None = None,
                 **limits: int) -> list[ImageScore]:
     """One score per image through (encoder, aggregator) runners, decided at ``operating_point`` of
-    ``calibration``, timed; a bad image gets its error and never stops the others."""
-    calibration.operating_point(operating_point)  # an unknown operating point fails before any work
+    ``calibration`` (checked by :func:`predict_runners`, before any export), timed; a bad image gets its error and
+    never stops the others."""
     rows = []
     for path in paths:
         start = time.perf_counter()
