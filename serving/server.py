@@ -6,10 +6,11 @@ The bundled binary needs (deployment-facts §7): a backend directory of our own 
 on PATH and its LIBDIR on LD_LIBRARY_PATH (so the stub embeds this Python and imports numpy/onnxruntime/spai);
 zero-sized pinned/CUDA memory pools on machines without a GPU driver.
 
-Memory (:class:`ServerOptions`, printed by ``spai serve``): every Python-backend instance has a shared-memory pool
-in /dev/shm that starts at ``shm-default-byte-size`` and grows by ``shm-growth-byte-size`` (it never shrinks);
-each server gets its own region prefix, so that the regions a killed server leaves behind are removed by
-:meth:`TritonServer.stop`. ``MALLOC_ARENA_MAX`` caps glibc's per-thread heaps in the server and its stubs.
+Memory (:class:`ServerOptions`, printed by ``spai serve``, applied in pods by serving/deploy/tritonserver.py):
+every Python-backend instance has a shared-memory pool in /dev/shm that starts at ``shm-default-byte-size``, sized
+so that it does not grow (it would grow by ``shm-growth-byte-size`` and never shrink); each server gets its own
+region prefix, so that the regions a killed server leaves behind are removed by :meth:`TritonServer.stop`.
+``MALLOC_ARENA_MAX`` caps glibc's per-thread heaps in the server and its stubs.
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ _SERVER_IDS = itertools.count()
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Process-level options of a tritonserver: the Python backend's shared-memory pools and glibc's heaps."""
+    """Process-level options of a tritonserver: the Python backend's shared-memory pools and glibc's heaps.
 
-    shm_default_bytes: int = 16 * MiB  # each Python-backend instance's pool at start
-    shm_growth_bytes: int = 16 * MiB  # what it grows by when a request needs more
+    The pools start at their working size so that they do not grow: python_backend grows a pool by mapping the
+    region again and keeps the old mapping, so every growth adds a mapping whose touched pages RSS counts once
+    more, and a pool never shrinks (docs/reliability.md, "Memory over time"). tmpfs allocates the whole pool when
+    a stub starts: /dev/shm must hold ``shm_default_bytes`` per Python-backend instance.
+    """
+
+    shm_default_bytes: int = 128 * MiB  # each Python-backend instance's pool at start (allocated in /dev/shm)
+    shm_growth_bytes: int = 16 * MiB  # what it grows by if a request ever needs more
     malloc_arena_max: int | None = 2  # MALLOC_ARENA_MAX of the server and its stubs (None: glibc's 8 x cores)
+    malloc_mmap_threshold: int | None = None  # MALLOC_MMAP_THRESHOLD_ in bytes (None: glibc's, which rises)
 
     def __post_init__(self) -> None:
         if self.shm_default_bytes < MiB or self.shm_growth_bytes < 1:
@@ -51,11 +59,20 @@ class ServerOptions:
                                f"> 0 (got {self.shm_default_bytes} and {self.shm_growth_bytes}).")
         if self.malloc_arena_max is not None and self.malloc_arena_max < 1:
             raise ServingError(f"MALLOC_ARENA_MAX must be at least 1 (got {self.malloc_arena_max}).")
+        if self.malloc_mmap_threshold is not None and not 0 < self.malloc_mmap_threshold <= 32 * MiB:
+            raise ServingError("MALLOC_MMAP_THRESHOLD_ must be between 1 byte and 32 MiB "
+                               f"(got {self.malloc_mmap_threshold}).")
 
-    def backend_config(self, shm_prefix: str) -> list[str]:
-        return [f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
-                f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}",
-                f"--backend-config=python,shm-region-prefix-name={shm_prefix}"]
+    def backend_config(self, shm_prefix: str | None = None) -> list[str]:
+        """The tritonserver arguments for the pools (and the region prefix, when one is given)."""
+        args = [f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",
+                f"--backend-config=python,shm-growth-byte-size={self.shm_growth_bytes}"]
+        return args + ([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"] if shm_prefix else [])
+
+    def environment(self) -> dict[str, str]:
+        """The glibc variables of the server process (its stubs inherit them)."""
+        env = {"MALLOC_ARENA_MAX": self.malloc_arena_max, "MALLOC_MMAP_THRESHOLD_": self.malloc_mmap_threshold}
+        return {k: str(v) for k, v in env.items() if v is not None}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,6 +142,22 @@ def check_repository(repository: Path, bundled: bool) -> None:
                                "run inside an NGC Triton container.")
 
 
+def check_shm_space(repository: str | os.PathLike, options: ServerOptions, shm_dir: str = "/dev/shm") -> None:
+    """ServingError if ``shm_dir`` cannot hold the pool of every Python-backend instance of ``repository`` (tmpfs
+    allocates each when its stub starts; Triton would fail to load the model with a less clear message)."""
+    instances = sum(m["instances"] for m in describe_repository(repository).values() if m["backend"] == "python")
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError:
+        return
+    free, need = st.f_bavail * st.f_frsize, instances * options.shm_default_bytes
+    if need > free:
+        raise ServingError(f"{shm_dir} has {free / MiB:.0f} MiB free but the {instances} Python-backend instances "
+                           f"need {instances} x {options.shm_default_bytes / MiB:g} MiB of shared-memory pools; give "
+                           f"the container more (`docker run --shm-size={-(-need // 2**30) + 1}g`, or a bigger "
+                           "memory-backed /dev/shm volume) or lower `--shm-default-mb`.")
+
+
 class TritonServer:
     """A tritonserver subprocess serving ``repository`` on loopback (by default) free ports.
 
@@ -184,9 +217,7 @@ class TritonServer:
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in [libdir, env.get("LD_LIBRARY_PATH", "")] if x)
         env["PYTHONPATH"] = os.pathsep.join(x for x in [str(PROJECT_ROOT), env.get("PYTHONPATH", "")] if x)
-        if self.server_options.malloc_arena_max is not None:
-            env["MALLOC_ARENA_MAX"] = str(self.server_options.malloc_arena_max)
-        return env
+        return {**env, **self.server_options.environment()}
 
     def options(self) -> dict:
         """What this server runs with: the process options, and per model its instances, threads and batching
@@ -198,6 +229,7 @@ class TritonServer:
         if self.process is not None:
             return self
         check_repository(self.repository, self.bundled)
+        check_shm_space(self.repository, self.server_options)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True)

@@ -20,11 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for all models to be ready")
     p.add_argument("--shm-default-mb", type=float, default=base.shm_default_bytes / MiB,
-                   help="each Python-backend instance's shared-memory pool at start (MiB)")
+                   help="each Python-backend instance's shared-memory pool at start (MiB; allocated in /dev/shm; "
+                        "sized so that it does not grow)")
     p.add_argument("--shm-growth-mb", type=float, default=base.shm_growth_bytes / MiB,
                    help="what a pool grows by when a request needs more (MiB; pools never shrink)")
     p.add_argument("--malloc-arena-max", type=int, default=base.malloc_arena_max,
                    help="MALLOC_ARENA_MAX of the server and its stubs (0: glibc's default, 8 per core)")
+    p.add_argument("--malloc-mmap-threshold", type=int, default=base.malloc_mmap_threshold or 0,
+                   help="MALLOC_MMAP_THRESHOLD_ (bytes) of the server and its stubs (0: glibc's, which rises)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from spai.errors import ServingError
 
     options = ServerOptions(int(args.shm_default_mb * MiB), int(args.shm_growth_mb * MiB),
-                            args.malloc_arena_max or None)
+                            args.malloc_arena_max or None, args.malloc_mmap_threshold or None)
     server = TritonServer(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, options=options)
     stop = threading.Event()
@@ -64,8 +67,9 @@ def describe_options(options: dict) -> list[str]:
     from serving.server import MiB
 
     arena = options["malloc_arena_max"] or "glibc default"
+    mmap = options.get("malloc_mmap_threshold") or "glibc default"
     lines = [f"  options  Python backend shm pool {options['shm_default_bytes'] / MiB:g} MiB per instance, grows by "
-             f"{options['shm_growth_bytes'] / MiB:g} MiB; MALLOC_ARENA_MAX={arena}"]
+             f"{options['shm_growth_bytes'] / MiB:g} MiB; MALLOC_ARENA_MAX={arena}, MALLOC_MMAP_THRESHOLD_={mmap}"]
     for name, m in options["models"].items():
         extra = [f"{k} {m[k]}" for k in ("in_flight", "encoder_chunk") if k in m]
         if "threads" in m:

@@ -11,7 +11,10 @@ The container command of serving/deploy/k8s/deployment.yaml and of the KServe pr
 3. sets the thread count of every CPU model instance (the Python-backend processes: numpy/OpenBLAS, torch and
    OpenMP read these at start) from the pod's CPU request: ``$SPAI_CPU_REQUEST_MILLI`` (the Downward API's
    ``requests.cpu`` in millicores) divided by the KIND_CPU instances of the repository's configs, at least 1.
-   Without it, each instance would start one thread per node core while the pod requests a few CPUs.
+   Without it, each instance would start one thread per node core while the pod requests a few CPUs;
+4. applies the memory options ``spai serve`` starts its servers with (:class:`serving.server.ServerOptions`:
+   Python-backend pools that start at their working size, ``MALLOC_ARENA_MAX``), where ARGS and the pod's
+   environment do not set them, and refuses to start when /dev/shm cannot hold the pools.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from export.manifest import MANIFEST_NAME, check_tensorrt_version, read_manifest
 from serving.instance import POD_SHARE_VARIABLE
 from serving.instance import THREAD_VARIABLES as INSTANCE_THREAD_VARIABLES
 from serving.repository import SERVER_ARGS_FILE
+from serving.server import ServerOptions, check_shm_space
 from spai.errors import SPAIError
 
 THREAD_VARIABLES = (*INSTANCE_THREAD_VARIABLES, POD_SHARE_VARIABLE)
@@ -87,7 +91,26 @@ def server_command(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[st
         raise SystemExit(f"error: {problem}")
     extra_file = repo / SERVER_ARGS_FILE
     extra = extra_file.read_text().split() if extra_file.is_file() else []
-    return ["tritonserver", *args, *[a for a in extra if a not in args]], {**env, **thread_environment(repo, env)}
+    extra += [a for a in ServerOptions().backend_config() if not _option_given(a, args)]
+    memory = {k: v for k, v in ServerOptions().environment().items() if k not in env}
+    try:
+        check_shm_space(repo, ServerOptions(shm_default_bytes=_pool_bytes([*args, *extra])))
+    except SPAIError as e:
+        raise SystemExit(f"error: {e}") from None
+    return (["tritonserver", *args, *[a for a in extra if a not in args]],
+            {**env, **thread_environment(repo, env), **memory})
+
+
+def _pool_bytes(args: Sequence[str]) -> int:
+    """The Python-backend pool size these tritonserver arguments set (the first one given)."""
+    key = "--backend-config=python,shm-default-byte-size="
+    return next(int(a[len(key):]) for a in args if a.startswith(key))
+
+
+def _option_given(arg: str, args: Sequence[str]) -> bool:
+    """Whether ``args`` already set the option of ``arg`` (``--backend-config=python,KEY=`` or ``--flag=``)."""
+    key = arg.rsplit("=", 1)[0] + "="
+    return any(a.startswith(key) for a in args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

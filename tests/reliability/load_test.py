@@ -7,7 +7,7 @@ this machine instead (RSS is then measured only when ``--server-pid`` is given).
 Checks (exit 1 when one fails, with the numbers): zero failures among good requests; every bad request gets a
 clear error; the server is ready afterwards; RSS of the server processes (tritonserver + its Python backend
 stubs, summed) grows at most ``--max-rss-growth`` (10 %) from after warm-up to the end of the load and at most
-``--max-rss-growth-last-half`` (2 %) over its last half (checked when the load lasts at least a minute).
+``--max-rss-growth-last-half`` (2 %) over its last half (checked when the load lasts at least two minutes).
 ``--kill-test`` then kills the server (SIGKILL) in the middle of a second burst and checks that clients get clear
 errors within their timeout (and that the configured retries happened), never a hang.
 
@@ -15,7 +15,7 @@ RSS is sampled once a second for every server process separately (``rss_series.p
 shared-memory parts, each stub's shared-memory pool); ``--rss-series PATH`` (default with ``--record``:
 ``results/rss/<name>.json``) keeps the series, which ``make_report.py`` plots into docs/reliability.md.
 
-Soak (manual, ~20 min on 2 cores):  python tests/reliability/load_test.py --requests 20000 --concurrency 32 --record
+Soak (manual, ~40 min on 2 cores):  python tests/reliability/load_test.py --requests 20000 --concurrency 32 --record
 CI run (pytest -m triton):         tests/reliability/test_serving_load.py runs --requests 100 --concurrency 8
 """
 
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--warmup", type=int, default=0, help="warm-up requests (default 2 x concurrency x sizes)")
+    ap.add_argument("--warmup", type=int, default=0, help="warm-up requests by size (default 2 x concurrency x sizes)")
+    ap.add_argument("--warmup-mixed", type=int, default=-1,
+                    help="then warm-up requests of the load's mix (default 15%% of --requests)")
     ap.add_argument("--bad-fraction", type=float, default=0.1)
     ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
     ap.add_argument("--url", help="an already running server on this machine (127.0.0.1:PORT)")
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shm-default-mb", type=float, help="Python backend pool at start (default: ServerOptions)")
     ap.add_argument("--shm-growth-mb", type=float, help="Python backend pool growth (default: ServerOptions)")
     ap.add_argument("--malloc-arena-max", type=int, help="MALLOC_ARENA_MAX of the server (0: glibc's default)")
+    ap.add_argument("--malloc-mmap-threshold", type=int,
+                    help="MALLOC_MMAP_THRESHOLD_ of the server, bytes (0: glibc's default)")
     ap.add_argument("--tuning", action="append", default=[], metavar="KEY=VALUE",
                     help="a serving.repository.Tuning field of the repository built (repeatable)")
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
@@ -211,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         # inputs, so that the server's arenas and caches reach their steady state before RSS is measured
         n_warm = max(args.warmup, 2 * args.concurrency * len(good))
         warm_items = [("good", *good[(i // args.concurrency) % len(good)]) for i in range(n_warm)]
+        # then the load's own mix (another seed), until the heaps' high-water marks level off
+        n_mixed = args.warmup_mixed if args.warmup_mixed >= 0 else int(0.15 * args.requests)
+        warm_items += schedule(n_mixed, good, bad, args.bad_fraction, args.seed + 1)
         warm, _ = run_burst(client, warm_items + [("bad", *b) for b in bad], args.concurrency)
         if any(not o.ok for o in warm if o.kind == "good"):
             raise SPAIError(f"warm-up failed: {[o.error for o in warm if not o.ok][:2]}")
@@ -225,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         ready = (server.is_ready() if server else _ready(url)) if args.protocol == "http" or server else True
         result = summarise(outcomes, seconds)
         result.update({"concurrency": args.concurrency, "protocol": args.protocol, "ready_after": ready,
+                       "warmup_requests": len(warm),
                        "server_options": server.options() if server is not None else None})
         if sampler:
             result.update(rss_fields(samples))
@@ -289,10 +297,11 @@ def server_options(args: argparse.Namespace):
     from serving.server import ServerOptions
 
     base = ServerOptions()
-    arena = args.malloc_arena_max
+    arena, mmap = args.malloc_arena_max, args.malloc_mmap_threshold
     return ServerOptions(int(args.shm_default_mb * 2**20) if args.shm_default_mb else base.shm_default_bytes,
                          int(args.shm_growth_mb * 2**20) if args.shm_growth_mb else base.shm_growth_bytes,
-                         base.malloc_arena_max if arena is None else (arena or None))
+                         base.malloc_arena_max if arena is None else (arena or None),
+                         base.malloc_mmap_threshold if mmap is None else (mmap or None))
 
 
 def record_name(args: argparse.Namespace) -> str:
@@ -314,7 +323,16 @@ def rss_fields(samples: list[dict]) -> dict:
     t = summary["total"]
     return {"rss_start_mb": t["start"], "rss_after_warmup_mb": t["after_warmup"], "rss_half_mb": t["half"],
             "rss_end_mb": t["end"], "rss_growth": t["growth"], "rss_growth_last_half": t["growth_last_half"],
-            "rss_load_seconds": summary["load_seconds"], "rss_processes": summary["processes"]}
+            "rss_load_seconds": summary["load_seconds"], "rss_processes": summary["processes"], **pss_fields(summary)}
+
+
+def pss_fields(summary: dict) -> dict:
+    """The sum of PSS (every shared page counted once) after warm-up / half-way / end, where it was sampled."""
+    pss = summary["total_pss"]
+    if not pss["end"]:
+        return {}
+    return {"pss_total_mb": {k: pss[k] for k in ("start", "after_warmup", "half", "end")},
+            "pss_growth": pss["growth"], "pss_growth_last_half": pss["growth_last_half"]}
 
 
 def rss_failures(result: dict, max_growth: float, max_last_half: float) -> list[str]:
@@ -323,7 +341,7 @@ def rss_failures(result: dict, max_growth: float, max_last_half: float) -> list[
     growth, last_half = result.get("rss_growth"), result.get("rss_growth_last_half")
     if growth is not None and growth > max_growth:
         out.append(f"server RSS grew {growth:.1%} after warm-up (limit {max_growth:.0%})")
-    long_enough = (result.get("rss_load_seconds") or 0) >= 6 * rss_series.WINDOW
+    long_enough = (result.get("rss_load_seconds") or 0) >= 2 * rss_series.WINDOW
     if long_enough and last_half is not None and last_half > max_last_half:
         out.append(f"server RSS grew {last_half:.1%} over the last half of the load (limit {max_last_half:.0%})")
     return out

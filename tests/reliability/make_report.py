@@ -120,24 +120,35 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
         png = rss_series.plot(samples, PLOTS / f"{series.stem}.png", name)
         if not L:
             L += ["## Memory over time", "", "RSS of each server process sampled once a second (`load_test.py`, "
-                  "`rss_series.py`). Points are medians of 10 samples of the load phase: after warm-up (its "
-                  "first 10 s), half-way and at the end; growth = end / after warm-up - 1, last half = end / "
-                  "half-way - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python backend's shared "
-                  "memory as mapped by that process (tritonserver maps every stub's pool, so the sum of RSS "
-                  "counts it twice), `pool` the stub's region in /dev/shm.", ""]
+                  "`rss_series.py`). Warm-up: every size at full concurrency, then requests of the load's own "
+                  "mix (`--warmup-mixed`, by default 15% of the load's count); not judged. Points are medians of "
+                  "one-minute windows of the load: after warm-up (its first minute), half-way and at the end; "
+                  "growth = end / after warm-up "
+                  "- 1, last half = end / half-way - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python "
+                  "backend's shared memory as mapped by that process (tritonserver maps every stub's pool, so the "
+                  "sum of RSS counts it twice; a pool that grew is mapped once more per growth), `pool` the "
+                  "stub's region in /dev/shm; the sum of PSS counts every page once.", ""]
         t = (v.get("rss_processes") or {})
         L += [f"### {name}", "", f"![RSS per process over time: {name}]({png.relative_to(OUT.parent).as_posix()})",
               "", f"Sum of RSS: {v.get('rss_start_mb')} MiB at start, {v.get('rss_after_warmup_mb')} after warm-up, "
               f"{v.get('rss_half_mb')} half-way, {v.get('rss_end_mb')} at the end "
               f"({(v.get('rss_growth') or 0):+.1%} over the load, {(v.get('rss_growth_last_half') or 0):+.1%} over "
-              f"its last half; {v.get('rss_load_seconds')} s of load). Server options: "
-              f"{_server_options(v.get('server_options'))}.", ""]
+              f"its last half; {v.get('rss_load_seconds')} s of load after {v.get('warmup_requests', '?')} "
+              f"warm-up requests).{_pss_line(v)} Server options: {_server_options(v.get('server_options'))}.", ""]
         L += _table(["process", "start", "after warm-up", "half-way", "end", "growth", "last half", "anon (end)",
                      "shmem (end)", "pool (end)"],
                     [[k, p["start"], p["after_warmup"], p["half"], p["end"], _pct(p["growth"]),
                       _pct(p["growth_last_half"]), p["anon_end"], p["shmem_end"], p["pool_end"] or "-"]
                      for k, p in t.items()])
     return L
+
+
+def _pss_line(v: dict) -> str:
+    pss = v.get("pss_total_mb")
+    if not pss:
+        return ""
+    return (f" Sum of PSS: {pss['after_warmup']} MiB after warm-up, {pss['half']} half-way, {pss['end']} at the end "
+            f"({_pct(v.get('pss_growth'))}, last half {_pct(v.get('pss_growth_last_half'))}).")
 
 
 def _pct(x) -> str:
@@ -150,7 +161,8 @@ def _server_options(o: dict | None) -> str:
     models = ", ".join(f"{k} x{m['instances']}" + (f" (threads {m['threads']})" if "threads" in m else "")
                        for k, m in o.get("models", {}).items())
     return (f"shm pool {o['shm_default_bytes'] / 2**20:g} MiB + {o['shm_growth_bytes'] / 2**20:g} MiB steps, "
-            f"MALLOC_ARENA_MAX={o['malloc_arena_max'] or 'default'}; {models}")
+            f"MALLOC_ARENA_MAX={o['malloc_arena_max'] or 'default'}, "
+            f"MALLOC_MMAP_THRESHOLD_={o.get('malloc_mmap_threshold') or 'default'}; {models}")
 
 
 def main() -> int:

@@ -1,15 +1,16 @@
 """RSS of every process of a running tritonserver over time: the server itself and each Python backend stub
 (one per model instance), sampled separately once a second, with what each RSS is made of.
 
-Per process and sample: ``rss`` (MiB), its ``anon`` part (heap: glibc arenas, ONNX Runtime's arena, numpy) and its
+Per process and sample: ``rss`` (MiB), its ``anon`` part (heap: glibc arenas, ONNX Runtime's arena, numpy), its
 ``shmem`` part (touched pages of the Python backend's shared-memory pools, which tritonserver and the stub both map:
-a sum of RSS counts them twice); per stub also ``pool``, the size of its shared-memory region in /dev/shm (it only
-ever grows, by ``shm-growth-byte-size``). Labels: ``tritonserver`` and the stub's instance name
-(``spai_0_1``, ``spai_patch_encoder_0_0``, ...).
+a sum of RSS counts them twice, and once more per extra mapping a pool's growth adds) and ``pss`` (shared pages
+divided among the processes that map them: the sum of PSS counts each page once); per stub also ``pool``, the size
+of its shared-memory region in /dev/shm (it only ever grows, by ``shm-growth-byte-size``). Labels:
+``tritonserver`` and the stub's instance name (``spai_0_1``, ``spai_patch_encoder_0_0``, ...).
 
-Growth is judged on windows of the load phase (medians of ``WINDOW`` samples: RSS moves with the requests in
-flight): after warm-up (the first window of the load), half-way (the window centred on the middle) and the end
-(the last window), for the total (sum over processes) and each process.
+Growth is judged on windows of the load phase (medians of ``WINDOW`` samples, one minute: RSS moves by hundreds of
+MiB with the requests in flight): after warm-up (the first window of the load), half-way (the window centred on
+the middle) and the end (the last window), for the total (sum over processes) and each process.
 """
 
 from __future__ import annotations
@@ -20,23 +21,24 @@ import time
 from pathlib import Path
 
 MiB = 2**20
-WINDOW = 10  # samples per window (1 s apart)
+WINDOW = 60  # samples per window (1 s apart)
 STUB_NAME_ARG = 8  # triton_python_backend_stub MODEL_PATH SHM_REGION DEFAULT GROWTH PARENT_PID LIB IPC NAME ...
 STUB_REGION_ARG = 2
 
 
 def process_memory(pid: int) -> dict[str, float] | None:
-    """{rss, anon, shmem} in MiB from /proc/PID/status (None once the process is gone)."""
-    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssShmem": "shmem"}
+    """{rss, anon, shmem, pss} in MiB from /proc/PID/status and smaps_rollup (None once the process is gone)."""
     out: dict[str, float] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key = line.split(":", 1)[0]
-                if key in fields:
-                    out[fields[key]] = round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
+    for name, fields in ((f"/proc/{pid}/status", {"VmRSS": "rss", "RssAnon": "anon", "RssShmem": "shmem"}),
+                         (f"/proc/{pid}/smaps_rollup", {"Pss": "pss"})):
+        try:
+            with open(name) as f:
+                for line in f:
+                    key = line.split(":", 1)[0]
+                    if key in fields:
+                        out[fields[key]] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
     return out if "rss" in out else None
 
 
@@ -152,6 +154,8 @@ def growth_summary(samples: list[dict]) -> dict:
 
     out: dict = {"total": points(lambda w: _median([total(s) for s in w]))}
     out["total"].update(growth(out["total"]))
+    out["total_pss"] = points(lambda w: _median([total(s, "pss") for s in w]))
+    out["total_pss"].update(growth(out["total_pss"]))
     out["processes"] = {}
     for label in labels:
         p = points(lambda w, lb=label: _median([s["procs"][lb]["rss"] for s in w if lb in s["procs"]]))

@@ -18,7 +18,7 @@ def _samples(values_per_phase: dict[str, list[float]]) -> list[dict]:
 
 
 def test_growth_is_judged_on_windows_of_the_load_phase():
-    load = [200.0] * 30 + [220.0] * 30 + [260.0] * 30  # totals (+100 MiB of a steady stub): 300, 320, 360
+    load = [200.0] * 60 + [220.0] * 60 + [260.0] * 60  # one-minute windows (+100 MiB of a steady stub): 300, 320, 360
     summary = rss_series.growth_summary(_samples({"warm-up": [50.0, 400.0], "load": load, "after": [10.0]}))
     t = summary["total"]
     assert (t["start"], t["after_warmup"], t["half"], t["end"]) == (150.0, 300.0, 320.0, 360.0)
@@ -30,8 +30,9 @@ def test_growth_is_judged_on_windows_of_the_load_phase():
     assert load_test.rss_failures(fields, 0.10, 0.02) == [
         "server RSS grew 20.0% after warm-up (limit 10%)",
         "server RSS grew 12.5% over the last half of the load (limit 2%)"]
-    short = load_test.rss_fields(_samples({"load": [200.0] * 20 + [203.0] * 10}))
-    assert load_test.rss_failures(short, 0.10, 0.02) == []  # 30 s: too short to judge the last half
+    assert summary["total_pss"]["end"] == 0.0 and "pss_total_mb" not in fields  # no pss in these samples
+    short = load_test.rss_fields(_samples({"load": [200.0] * 80 + [203.0] * 30}))
+    assert load_test.rss_failures(short, 0.10, 0.02) == []  # under two windows: too short to judge the last half
 
 
 def test_series_round_trip_and_plot(tmp_path):
@@ -49,3 +50,12 @@ def test_the_sampler_sees_this_process():
 
     procs = rss_series.sample(os.getpid())
     assert procs["tritonserver"]["rss"] > 10 and "anon" in procs["tritonserver"]
+
+
+def test_the_sum_of_pss_is_judged_alongside_when_sampled():
+    samples = _samples({"load": [200.0] * 60 + [220.0] * 60 + [260.0] * 60})
+    for s in samples:
+        s["procs"]["tritonserver"]["pss"] = s["procs"]["tritonserver"]["rss"] / 2
+    fields = load_test.rss_fields(samples)
+    assert fields["pss_total_mb"]["after_warmup"] == 100.0 and fields["pss_total_mb"]["end"] == 130.0
+    assert fields["pss_growth"] == 0.3

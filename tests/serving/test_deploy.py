@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_launcher_adds_repository_arguments_and_refuses_plans_of_another_tensorr
     (repo / "engine.json").write_text(json.dumps(manifest))
     (repo / "tritonserver.args").write_text("--backend-config=tensorrt,version-compatible=true\n")
     command, env = server_command([f"--model-repository={repo}"], {"TRT_VERSION": "10.13.0.35"})
-    assert command[-1] == "--backend-config=tensorrt,version-compatible=true" and "OMP_NUM_THREADS" not in env
+    assert "--backend-config=tensorrt,version-compatible=true" in command and "OMP_NUM_THREADS" not in env
     with pytest.raises(SystemExit, match="built by TensorRT 10.13.0.35 but this container.*10.14.1.48"):
         server_command([f"--model-repository={repo}"], {"TRT_VERSION": "10.14.1.48"})
     with pytest.raises(SystemExit, match="--model-repository"):
@@ -202,3 +203,23 @@ def test_the_triton_extra_is_all_the_serving_image_needs(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=DEPLOY.parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "repo" / "spai_patch_encoder" / "1" / "model.plan").is_file()
+
+
+def test_launcher_starts_tritonserver_with_the_memory_options_spai_serve_uses(tmp_path):
+    """The pod runs with the same Python-backend pools and glibc settings as `spai serve` (ServerOptions), unless
+    the pod's arguments or environment set them."""
+    from serving.deploy.tritonserver import server_command
+    from serving.server import ServerOptions
+
+    options = ServerOptions()
+    command, env = server_command(["tritonserver", f"--model-store={REPO}"], {})
+    for arg in options.backend_config():
+        assert command.count(arg) == 1, arg
+    assert not any("shm-region-prefix-name" in a for a in command)  # one server per pod: the backend's own prefix
+    assert all(env[k] == v for k, v in options.environment().items()) and env["MALLOC_ARENA_MAX"] == "2"
+    mine = "--backend-config=python,shm-default-byte-size=1048576"
+    command, env = server_command(["tritonserver", f"--model-store={REPO}", mine], {"MALLOC_ARENA_MAX": "4"})
+    assert [a for a in command if "shm-default-byte-size" in a] == [mine] and env["MALLOC_ARENA_MAX"] == "4"
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    with pytest.raises(SystemExit, match="Python-backend instances need .*--shm-size"):
+        server_command([f"--model-store={REPO}", f"--backend-config=python,shm-default-byte-size={free}"], {})

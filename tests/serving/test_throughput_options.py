@@ -125,6 +125,19 @@ def test_server_options_reach_the_command_line_and_the_environment(tmp_path):
         ServerOptions(malloc_arena_max=0)
 
 
+def test_a_dev_shm_too_small_for_the_pools_is_refused_with_how_to_fix(tmp_path):
+    from serving.server import MiB, ServerOptions, TritonServer, check_shm_space
+
+    root = write_configs(tmp_path, RepositoryOptions(variant="python-ort", feature_dim=96))
+    check_shm_space(root, ServerOptions())  # this machine's /dev/shm holds the default pools
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    huge = ServerOptions(shm_default_bytes=free // 2 + MiB)  # 4 Python-backend instances: twice the free space
+    with pytest.raises(ServingError, match=r"4 Python-backend instances need 4 x .*--shm-size=.*--shm-default-mb"):
+        check_shm_space(root, huge)
+    with pytest.raises(ServingError, match="--shm-size"):
+        TritonServer(root, options=huge, binary="/bin/true").start()
+
+
 def test_spai_serve_describes_its_options(tmp_path):
     from dataclasses import asdict
 
@@ -133,9 +146,11 @@ def test_spai_serve_describes_its_options(tmp_path):
 
     root = write_configs(tmp_path, RepositoryOptions(variant="python-ort", feature_dim=96,
                                                      tuning=tuning_with("python-ort", encoder_threads=0)))
-    lines = describe_options({**asdict(ServerOptions()), "models": describe_repository(root)})
+    options = ServerOptions(shm_default_bytes=96 * 2**20, malloc_mmap_threshold=2**20)
+    lines = describe_options({**asdict(options), "models": describe_repository(root)})
     text = "\n".join(lines)
-    assert "shm pool 16 MiB per instance, grows by 16 MiB" in text and "MALLOC_ARENA_MAX=2" in text
+    assert "shm pool 96 MiB per instance, grows by 16 MiB" in text and "MALLOC_ARENA_MAX=2" in text
+    assert "MALLOC_MMAP_THRESHOLD_=1048576" in text
     entry = next(line for line in lines if line.strip().startswith("spai "))
     assert f"{TUNING['python-ort'].entry_instances} x KIND_CPU" in entry and "in_flight" in entry
     assert "(cores / instances)" in next(line for line in lines if ENCODER in line)
@@ -185,6 +200,42 @@ def test_a_killed_server_leaves_no_shared_memory_behind(ort_repo):
     assert all(r.exists() for r in regions)  # SIGKILL: nobody unlinked them
     server.stop()
     assert not any(r.exists() for r in regions)
+
+
+def _noise_jpeg(height: int, width: int, seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.triton
+def test_shared_memory_pools_do_not_grow_under_a_burst_of_large_images(ort_repo):
+    """With the default ServerOptions, 48 requests of 1500 x 1100 images at concurrency 16 fit in every
+    Python-backend pool as it started: no region grew, and tritonserver maps each once (a grown region is mapped
+    again, and RSS counts its pages once per mapping)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.client import SpaiClient
+    from serving.server import ServerOptions, TritonServer
+
+    images = [_noise_jpeg(1100, 1500, seed) for seed in range(4)]
+    with TritonServer(ort_repo) as server:
+        client = SpaiClient(server.http_url)
+        with ThreadPoolExecutor(16) as pool:
+            out = list(pool.map(lambda i: client.infer(images[i % len(images)]), range(48)))
+        regions = sorted(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+        sizes = {r.name: r.stat().st_size for r in regions}
+        mappings = {r.name: maps.count(str(r)) for r in regions}
+    assert all(0.0 <= float(o["probability"][0, 0]) <= 1.0 for o in out)
+    assert len(regions) >= 4  # 2 `spai` instances, the encoder, the aggregator
+    assert set(sizes.values()) == {ServerOptions().shm_default_bytes}, sizes
+    assert set(mappings.values()) == {1}, mappings
 
 
 def test_python_ort_graphs_run_in_calls_of_at_most_max_ort_batch_rows(tmp_path):
