@@ -63,6 +63,21 @@ class ServerOptions:
             raise ServingError("MALLOC_MMAP_THRESHOLD_ must be between 1 byte and 32 MiB "
                                f"(got {self.malloc_mmap_threshold}).")
 
+    @classmethod
+    def from_flags(cls, shm_default_mb: float | None = None, shm_growth_mb: float | None = None,
+                   malloc_arena_max: int | None = None, malloc_mmap_threshold: int | None = None) -> ServerOptions:
+        """From command-line values (pools in MiB): None keeps the default; 0 for a malloc variable leaves it to
+        glibc."""
+        base = cls()
+
+        def glibc(value: int | None, default: int | None) -> int | None:
+            return default if value is None else (value or None)
+
+        return cls(base.shm_default_bytes if shm_default_mb is None else int(shm_default_mb * MiB),
+                   base.shm_growth_bytes if shm_growth_mb is None else int(shm_growth_mb * MiB),
+                   glibc(malloc_arena_max, base.malloc_arena_max),
+                   glibc(malloc_mmap_threshold, base.malloc_mmap_threshold))
+
     def backend_config(self, shm_prefix: str | None = None) -> list[str]:
         """The tritonserver arguments for the pools (and the region prefix, when one is given)."""
         args = [f"--backend-config=python,shm-default-byte-size={self.shm_default_bytes}",

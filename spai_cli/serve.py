@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.server import MiB, ServerOptions, TritonServer
+    from serving.server import ServerOptions, TritonServer
     from spai.errors import ServingError
 
-    options = ServerOptions(int(args.shm_default_mb * MiB), int(args.shm_growth_mb * MiB),
-                            args.malloc_arena_max or None, args.malloc_mmap_threshold or None)
+    options = ServerOptions.from_flags(args.shm_default_mb, args.shm_growth_mb, args.malloc_arena_max,
+                                       args.malloc_mmap_threshold)
     server = TritonServer(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, options=options)
     stop = threading.Event()

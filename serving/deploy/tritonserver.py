@@ -91,8 +91,9 @@ def server_command(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[st
         raise SystemExit(f"error: {problem}")
     extra_file = repo / SERVER_ARGS_FILE
     extra = extra_file.read_text().split() if extra_file.is_file() else []
-    extra += [a for a in ServerOptions().backend_config() if not _option_given(a, args)]
-    memory = {k: v for k, v in ServerOptions().environment().items() if k not in env}
+    options = ServerOptions()
+    extra += [a for a in options.backend_config() if not _option_given(a, args)]
+    memory = {k: v for k, v in options.environment().items() if k not in env}
     try:
         check_shm_space(repo, ServerOptions(shm_default_bytes=_pool_bytes([*args, *extra])))
     except SPAIError as e:
@@ -104,7 +105,10 @@ def server_command(argv: Sequence[str], env: Mapping[str, str]) -> tuple[list[st
 def _pool_bytes(args: Sequence[str]) -> int:
     """The Python-backend pool size these tritonserver arguments set (the first one given)."""
     key = "--backend-config=python,shm-default-byte-size="
-    return next(int(a[len(key):]) for a in args if a.startswith(key))
+    value = next(a[len(key):] for a in args if a.startswith(key))
+    if not value.isdigit():
+        raise SystemExit(f"error: {key}{value}: the pool size must be a whole number of bytes (e.g. 134217728).")
+    return int(value)
 
 
 def _option_given(arg: str, args: Sequence[str]) -> bool:

@@ -293,15 +293,11 @@ def int_or_tuple(value: str) -> int | tuple[int, ...]:
 
 
 def server_options(args: argparse.Namespace):
-    """ServerOptions from the --shm-*/--malloc-arena-max flags (the defaults where not given)."""
+    """ServerOptions from the --shm-*/--malloc-* flags (the defaults where not given)."""
     from serving.server import ServerOptions
 
-    base = ServerOptions()
-    arena, mmap = args.malloc_arena_max, args.malloc_mmap_threshold
-    return ServerOptions(int(args.shm_default_mb * 2**20) if args.shm_default_mb else base.shm_default_bytes,
-                         int(args.shm_growth_mb * 2**20) if args.shm_growth_mb else base.shm_growth_bytes,
-                         base.malloc_arena_max if arena is None else (arena or None),
-                         base.malloc_mmap_threshold if mmap is None else (mmap or None))
+    return ServerOptions.from_flags(args.shm_default_mb or None, args.shm_growth_mb or None, args.malloc_arena_max,
+                                    args.malloc_mmap_threshold)
 
 
 def record_name(args: argparse.Namespace) -> str:

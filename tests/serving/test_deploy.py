@@ -223,3 +223,5 @@ def test_launcher_starts_tritonserver_with_the_memory_options_spai_serve_uses(tm
     free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
     with pytest.raises(SystemExit, match="Python-backend instances need .*--shm-size"):
         server_command([f"--model-store={REPO}", f"--backend-config=python,shm-default-byte-size={free}"], {})
+    with pytest.raises(SystemExit, match="whole number of bytes"):
+        server_command([f"--model-store={REPO}", "--backend-config=python,shm-default-byte-size=128M"], {})

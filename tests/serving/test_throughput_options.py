@@ -119,6 +119,10 @@ def test_server_options_reach_the_command_line_and_the_environment(tmp_path):
     other = TritonServer(tmp_path, binary="/bin/true", options=ServerOptions(malloc_arena_max=None))
     assert other.shm_prefix != server.shm_prefix
     assert other.environment().get("MALLOC_ARENA_MAX") == os.environ.get("MALLOC_ARENA_MAX")
+    assert ServerOptions.from_flags() == ServerOptions()  # what `spai serve` and the load test build from flags
+    assert ServerOptions.from_flags(8, 4, 0, 0) == ServerOptions(8 * MiB, 4 * MiB, None, None)
+    assert ServerOptions.from_flags(malloc_arena_max=3, malloc_mmap_threshold=MiB).environment() == {
+        "MALLOC_ARENA_MAX": "3", "MALLOC_MMAP_THRESHOLD_": str(MiB)}
     with pytest.raises(ServingError, match="shm-default-byte-size"):
         ServerOptions(shm_default_bytes=1000)
     with pytest.raises(ServingError, match="MALLOC_ARENA_MAX"):
