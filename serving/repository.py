@@ -66,7 +66,9 @@ class Tuning:
     ``preferred_batch_size`` (empty: none). ``encoder_ort_batch`` (python-ort): patches per ONNX Runtime call,
     whatever the batcher merges (0: max_batch_size); it bounds the encoder's memory. ``entry_trim_heap_mb``:
     each `spai` instance calls malloc_trim after every this many MiB of decoded pixels (0: never;
-    :class:`serving.instance.HeapTrimmer`). Defaults per variant:
+    :class:`serving.instance.HeapTrimmer`). ``entry_max_batch``: requests the `spai` model's dynamic batcher
+    merges into one execute, which decodes them all before it cuts: it bounds each instance's working set, and so
+    its heap's high-water mark (docs/reliability.md, "Memory over time"). Defaults per variant:
     :data:`TUNING` (docs/serving.md says why).
     """
 
@@ -74,6 +76,7 @@ class Tuning:
     encoder_instances: int
     aggregator_instances: int
     in_flight: int
+    entry_max_batch: int = 4
     encoder_preferred_batch: tuple[int, ...] = ()
     entry_queue_delay_us: int = 2000
     encoder_queue_delay_us: int = 1000
@@ -85,7 +88,8 @@ class Tuning:
     entry_trim_heap_mb: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("entry_instances", "encoder_instances", "aggregator_instances", "in_flight", "entry_threads"):
+        for name in ("entry_instances", "encoder_instances", "aggregator_instances", "in_flight", "entry_max_batch",
+                     "entry_threads"):
             if getattr(self, name) < 1:
                 raise ServingError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
         for name in ("entry_queue_delay_us", "encoder_queue_delay_us", "aggregator_queue_delay_us",
@@ -117,7 +121,6 @@ class RepositoryOptions:
     attention: bool = False  # aggregator exposes ATTENTION_OUTPUT
     max_batch: int = DEFAULT_MAX_BATCH  # encoder engine profile maximum (patches)
     max_images: int = DEFAULT_MAX_IMAGES  # aggregator engine profile maximum (images)
-    entry_max_batch: int = 16
     tuning: Tuning | None = None
     settings: EntrySettings = field(default_factory=lambda: EntrySettings(
         limits=InputLimits(64 * 1024 * 1024, 50_000_000, DEFAULT_MAX_PATCHES), aggregator_batch=DEFAULT_MAX_IMAGES))
@@ -248,7 +251,7 @@ def entry_config(opts: RepositoryOptions) -> str:
               "minimum_patches": str(s.patch.minimum_patches), "in_flight": str(opts.tuning.in_flight),
               "threads": str(opts.tuning.entry_threads), "trim_heap_mb": str(opts.tuning.entry_trim_heap_mb),
               **calibration_parameters(s.calibration)}
-    parts = [_header(ENTRY, "python-ort", opts.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
+    parts = [_header(ENTRY, "python-ort", opts.tuning.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
              f"instance_group [ {{ count: {opts.tuning.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
     return "\n".join(parts) + "\n"

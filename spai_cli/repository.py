@@ -11,6 +11,8 @@ TUNING_FLAGS = {  # flag -> (Tuning field, help)
     "--encoder-instances": ("encoder_instances", "instances of spai_patch_encoder"),
     "--aggregator-instances": ("aggregator_instances", "instances of spai_aggregator"),
     "--in-flight": ("in_flight", "K: encoder requests one `spai` execute keeps pending (BLS async_exec)"),
+    "--entry-max-batch": ("entry_max_batch", "requests one `spai` execute decodes together (its max_batch_size; "
+                                             "bounds each instance's memory)"),
     "--entry-queue-delay-us": ("entry_queue_delay_us", "dynamic batcher delay of `spai` (microseconds)"),
     "--encoder-queue-delay-us": ("encoder_queue_delay_us", "dynamic batcher delay of the encoder"),
     "--aggregator-queue-delay-us": ("aggregator_queue_delay_us", "dynamic batcher delay of the aggregator"),

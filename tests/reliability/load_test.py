@@ -7,7 +7,9 @@ this machine instead (RSS is then measured only when ``--server-pid`` is given).
 Checks (exit 1 when one fails, with the numbers): zero failures among good requests; every bad request gets a
 clear error; the server is ready afterwards; RSS of the server processes (tritonserver + its Python backend
 stubs, summed) grows at most ``--max-rss-growth`` (10 %) from after warm-up to the end of the load and at most
-``--max-rss-growth-last-half`` (2 %) over its last half (checked when the load lasts at least two minutes).
+``--max-rss-growth-last-half`` (2 %) over its last half (checked when the load lasts at least two windows of
+``rss_series.WINDOW``, ten minutes). ``--rejudge`` recomputes the RSS fields and verdicts of every recorded run from
+its saved series (after the judging changed), keeping the rest of each record.
 ``--kill-test`` then kills the server (SIGKILL) in the middle of a second burst and checks that clients get clear
 errors within their timeout (and that the configured retries happened), never a hang.
 
@@ -171,7 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", action="store_true", help="save results into tests/reliability/results/load.json")
     ap.add_argument("--name", help="record name (default: load N x C)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rejudge", action="store_true",
+                    help="only recompute the RSS verdicts of the recorded runs from their saved series")
     args = ap.parse_args(argv)
+    if args.rejudge:
+        import results_store
+
+        results_store.merge(rejudged(results_store.load_all().get("load", {}), args.max_rss_growth,
+                                     args.max_rss_growth_last_half))
+        return 0
 
     from serving.client import SpaiClient
     from spai.errors import SPAIError
@@ -319,6 +329,7 @@ def rss_fields(samples: list[dict]) -> dict:
     t = summary["total"]
     return {"rss_start_mb": t["start"], "rss_after_warmup_mb": t["after_warmup"], "rss_half_mb": t["half"],
             "rss_end_mb": t["end"], "rss_growth": t["growth"], "rss_growth_last_half": t["growth_last_half"],
+            "rss_trend": t["trend"], "rss_trend_last_half": t["trend_last_half"],
             "rss_load_seconds": summary["load_seconds"], "rss_processes": summary["processes"], **pss_fields(summary)}
 
 
@@ -329,6 +340,24 @@ def pss_fields(summary: dict) -> dict:
         return {}
     return {"pss_total_mb": {k: pss[k] for k in ("start", "after_warmup", "half", "end")},
             "pss_growth": pss["growth"], "pss_growth_last_half": pss["growth_last_half"]}
+
+
+def rejudged(records: dict[str, dict], max_growth: float, max_last_half: float) -> list[dict]:
+    """The recorded load runs that kept their RSS series, with RSS fields, failures and verdict recomputed from
+    the series by today's :func:`rss_fields` (the other failures and fields, and the date, kept)."""
+    out = []
+    for name, record in records.items():
+        path = HERE / str(record.get("rss_series", ""))
+        if not record.get("rss_series") or not path.is_file():
+            continue
+        fields = rss_fields(rss_series.load(path)[1])
+        kept = [f for f in record.get("failures", []) if not f.startswith("server RSS")]
+        failures = kept + rss_failures(fields, max_growth, max_last_half)
+        out.append({**record, **fields, "section": "load", "name": name, "failures": failures,
+                    "passed": not failures})
+        print(f"{name}: RSS {fields['rss_growth']:+.1%}, last half {fields['rss_growth_last_half']:+.1%}: "
+              f"{'pass' if not failures else 'FAIL'}")
+    return out
 
 
 def rss_failures(result: dict, max_growth: float, max_last_half: float) -> list[str]:

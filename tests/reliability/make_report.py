@@ -73,7 +73,7 @@ def render(data: dict[str, dict[str, dict]]) -> str:
             rows.append([k, f"{v.get('good')}/{v.get('bad')}", v.get("good_failures"), v.get("bad_accepted"),
                          v.get("throughput_rps"), f"{v.get('p50_ms')} / {v.get('p95_ms')} / {v.get('p99_ms')}",
                          f"{v.get('rss_after_warmup_mb')} -> {v.get('rss_end_mb')} MiB "
-                         f"({(v.get('rss_growth') or 0):+.1%})", v.get("ready_after"),
+                         f"({(v.get('rss_growth') or 0):+.1%}{_last_half(v)})", v.get("ready_after"),
                          (f"{kill.get('client_errors')} clear client errors, e.g. "
                           f"'{(kill.get('error_examples') or [''])[0]}'; after: '{kill.get('after_kill_error')}' in "
                           f"{kill.get('after_kill_seconds_with_2_retries')} s with 2 retries") if kill else "-",
@@ -122,9 +122,10 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
             L += ["## Memory over time", "", "RSS of each server process sampled once a second (`load_test.py`, "
                   "`rss_series.py`). Warm-up: every size at full concurrency, then requests of the load's own "
                   "mix (`--warmup-mixed`, by default 15% of the load's count); not judged. Points are medians of "
-                  "one-minute windows of the load: after warm-up (its first minute), half-way and at the end; "
-                  "growth = end / after warm-up "
-                  "- 1, last half = end / half-way - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python "
+                  f"windows of {rss_series.WINDOW // 60} minutes of the load (`rss_series.WINDOW`; why: its "
+                  "docstring): after warm-up (the load's first window), half-way and at the end; growth = end / "
+                  "after warm-up - 1, last half = end / half-way - 1 (judged when the load lasts two windows); "
+                  "trend = the least-squares line through the sum of RSS, its end / start - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python "
                   "backend's shared memory as mapped by that process (tritonserver maps every stub's pool, so the "
                   "sum of RSS counts it twice; a pool that grew is mapped once more per growth), `pool` the "
                   "stub's region in /dev/shm; the sum of PSS counts every page once.", ""]
@@ -133,7 +134,7 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
               "", f"Sum of RSS: {v.get('rss_start_mb')} MiB at start, {v.get('rss_after_warmup_mb')} after warm-up, "
               f"{v.get('rss_half_mb')} half-way, {v.get('rss_end_mb')} at the end "
               f"({(v.get('rss_growth') or 0):+.1%} over the load, {(v.get('rss_growth_last_half') or 0):+.1%} over "
-              f"its last half; {v.get('rss_load_seconds')} s of load after {v.get('warmup_requests', '?')} "
+              f"its last half{_trend(v)}; {v.get('rss_load_seconds')} s of load after {v.get('warmup_requests', '?')} "
               f"warm-up requests).{_pss_line(v)} Server options: {_server_options(v.get('server_options'))}.", ""]
         L += _table(["process", "start", "after warm-up", "half-way", "end", "growth", "last half", "anon (end)",
                      "shmem (end)", "pool (end)"],
@@ -141,6 +142,16 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
                       _pct(p["growth_last_half"]), p["anon_end"], p["shmem_end"], p["pool_end"] or "-"]
                      for k, p in t.items()])
     return L
+
+
+def _last_half(v: dict) -> str:
+    return "" if v.get("rss_growth_last_half") is None else f", last half {_pct(v['rss_growth_last_half'])}"
+
+
+def _trend(v: dict) -> str:
+    if v.get("rss_trend") is None:
+        return ""
+    return f"; trend {_pct(v['rss_trend'])}, over the last half {_pct(v.get('rss_trend_last_half'))}"
 
 
 def _pss_line(v: dict) -> str:
@@ -158,11 +169,17 @@ def _pct(x) -> str:
 def _server_options(o: dict | None) -> str:
     if not o:
         return "not recorded"
-    models = ", ".join(f"{k} x{m['instances']}" + (f" (threads {m['threads']})" if "threads" in m else "")
-                       for k, m in o.get("models", {}).items())
+    models = ", ".join(f"{k} x{m['instances']}" + _model_details(m) for k, m in o.get("models", {}).items())
     return (f"shm pool {o['shm_default_bytes'] / 2**20:g} MiB + {o['shm_growth_bytes'] / 2**20:g} MiB steps, "
             f"MALLOC_ARENA_MAX={o['malloc_arena_max'] or 'default'}, "
             f"MALLOC_MMAP_THRESHOLD_={o.get('malloc_mmap_threshold') or 'default'}; {models}")
+
+
+def _model_details(m: dict) -> str:
+    """' (max batch 4, threads 1)' from a model's recorded config (what the record holds)."""
+    parts = [f"max batch {m['max_batch_size']}"] if "max_batch_size" in m else []
+    parts += [f"threads {m['threads']}"] if "threads" in m else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def main() -> int:

@@ -21,7 +21,8 @@ def load_all() -> dict[str, dict[str, dict]]:
 
 
 def merge(records: list[dict]) -> None:
-    """Add/replace ``records`` (each with ``section`` and ``name``) in their section files, atomically."""
+    """Add/replace ``records`` (each with ``section`` and ``name``; dated today unless they carry a ``date``) in
+    their section files, atomically."""
     RESULTS_DIR.mkdir(exist_ok=True)
     today = datetime.date.today().isoformat()
     by_section: dict[str, list[dict]] = {}
@@ -35,7 +36,7 @@ def merge(records: list[dict]) -> None:
             data = {}
         for r in recs:
             fields = {k: v for k, v in r.items() if k not in ("section", "name")}
-            data[r["name"]] = {**fields, "date": today}
+            data[r["name"]] = {"date": today, **fields}  # a re-judged record keeps the date of its run
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
         os.replace(tmp, path)

@@ -8,9 +8,13 @@ divided among the processes that map them: the sum of PSS counts each page once)
 of its shared-memory region in /dev/shm (it only ever grows, by ``shm-growth-byte-size``). Labels:
 ``tritonserver`` and the stub's instance name (``spai_0_1``, ``spai_patch_encoder_0_0``, ...).
 
-Growth is judged on windows of the load phase (medians of ``WINDOW`` samples, one minute: RSS moves by hundreds of
-MiB with the requests in flight): after warm-up (the first window of the load), half-way (the window centred on
-the middle) and the end (the last window), for the total (sum over processes) and each process.
+Growth is judged on windows of the load phase (medians of ``WINDOW`` samples, five minutes): after warm-up (the
+first window of the load), half-way (the window centred on the middle) and the end (the last window), for the
+total (sum over processes) and each process. Why five: RSS moves with the requests in flight (the encoder's by
+160-370 MiB from one second to the next) and the `spai` stubs' heaps swing over minutes between trims; in a
+20,000-request soak whose sum of RSS was flat over its last half (two-minute medians 838-927 MiB, no trend),
+one-minute medians judged that swing as +8.6%. The least-squares trend of the total (``trend``, ``trend_last_half``:
+the fitted line's end / start - 1) is reported beside them as a cross-check that windows cannot hide a slow leak.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from pathlib import Path
 
 MiB = 2**20
-WINDOW = 60  # samples per window (1 s apart)
+WINDOW = 300  # samples per window (1 s apart): five minutes
 STUB_NAME_ARG = 8  # triton_python_backend_stub MODEL_PATH SHM_REGION DEFAULT GROWTH PARENT_PID LIB IPC NAME ...
 STUB_REGION_ARG = 2
 
@@ -126,14 +130,30 @@ def _median(values: list[float]) -> float:
     return round((v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2), 1) if n else 0.0
 
 
-def windows(samples: list[dict], phase: str = "load", width: int = WINDOW) -> dict[str, list[dict]]:
-    """The samples of ``phase`` at the start (after warm-up), centred on the middle, and at the end."""
+def windows(samples: list[dict], phase: str = "load", width: int | None = None) -> dict[str, list[dict]]:
+    """The samples of ``phase`` at the start (after warm-up), centred on the middle, and at the end (``width``
+    samples each; default :data:`WINDOW`)."""
     load = [s for s in samples if s["phase"] == phase]
     if not load:
         return {}
-    width = max(1, min(width, len(load) // 3 or 1))
+    width = max(1, min(width or WINDOW, len(load) // 3 or 1))
     mid = len(load) // 2
     return {"after_warmup": load[:width], "half": load[max(0, mid - width // 2):][:width], "end": load[-width:]}
+
+
+def trend_growth(samples: list[dict], key: str = "rss") -> float | None:
+    """Growth of the least-squares line through the total over time: its value at the last sample / at the first
+    - 1 (None for fewer than two samples or a flat clock)."""
+    if len(samples) < 2:
+        return None
+    t, y = [s["t"] for s in samples], [total(s, key) for s in samples]
+    t_mean, y_mean = sum(t) / len(t), sum(y) / len(y)
+    var = sum((a - t_mean) ** 2 for a in t)
+    if not var:
+        return None
+    slope = sum((a - t_mean) * (b - y_mean) for a, b in zip(t, y)) / var
+    first = y_mean + slope * (t[0] - t_mean)
+    return round((y_mean + slope * (t[-1] - t_mean)) / first - 1, 4) if first > 0 else None
 
 
 def growth_summary(samples: list[dict]) -> dict:
@@ -154,6 +174,8 @@ def growth_summary(samples: list[dict]) -> dict:
 
     out: dict = {"total": points(lambda w: _median([total(s) for s in w]))}
     out["total"].update(growth(out["total"]))
+    load = [s for s in samples if s["phase"] == "load"]
+    out["total"].update({"trend": trend_growth(load), "trend_last_half": trend_growth(load[len(load) // 2:])})
     out["total_pss"] = points(lambda w: _median([total(s, "pss") for s in w]))
     out["total_pss"].update(growth(out["total_pss"]))
     out["processes"] = {}

@@ -41,10 +41,12 @@ def params(cfg) -> dict[str, str]:
 def test_tuning_lands_in_the_configs(tmp_path, variant):
     tuning = tuning_with(variant, entry_instances=3, encoder_instances=2, aggregator_instances=1, in_flight=5,
                          encoder_preferred_batch=(32, 64, 1000), entry_queue_delay_us=3000,
-                         encoder_queue_delay_us=700, aggregator_queue_delay_us=0, encoder_threads=1, entry_threads=2)
+                         encoder_queue_delay_us=700, aggregator_queue_delay_us=0, encoder_threads=1, entry_threads=2,
+                         entry_max_batch=6)
     root = write_configs(tmp_path, RepositoryOptions(variant=variant, feature_dim=96, tuning=tuning))
     entry, enc, agg = (parse(root / m / "config.pbtxt") for m in (ENTRY, ENCODER, AGGREGATOR))
     assert [c.instance_group[0].count for c in (entry, enc, agg)] == [3, 2, 1]
+    assert entry.max_batch_size == 6
     assert list(enc.dynamic_batching.preferred_batch_size) == [32, 64]  # sizes over max_batch_size are left out
     assert not agg.dynamic_batching.preferred_batch_size
     delays = [c.dynamic_batching.max_queue_delay_microseconds for c in (entry, enc, agg)]
@@ -61,7 +63,7 @@ def test_each_variant_has_its_defaults_and_bad_values_are_refused():
     assert RepositoryOptions(variant="trt", feature_dim=8).tuning == TUNING["trt"]
     assert RepositoryOptions(variant="python-ort", feature_dim=8).tuning == TUNING["python-ort"]
     assert tuning_with("trt", in_flight=None) == TUNING["trt"]
-    for bad in ({"in_flight": 0}, {"entry_instances": 0}, {"encoder_queue_delay_us": -1},
+    for bad in ({"in_flight": 0}, {"entry_instances": 0}, {"entry_max_batch": 0}, {"encoder_queue_delay_us": -1},
                 {"encoder_preferred_batch": (0,)}):
         with pytest.raises(ServingError):
             tuning_with("python-ort", **bad)
@@ -165,10 +167,11 @@ def test_tuning_flags_of_spai_repository(tiny_onnx_dir, tmp_path):
 
     out = tmp_path / "repo"
     assert main(["repository", "--artifacts", str(tiny_onnx_dir), "--variant", "python-ort", "-o", str(out),
-                 "--in-flight", "3", "--encoder-instances", "2", "--encoder-preferred-batch", "16,32"]) == 0
-    enc = parse(out / ENCODER / "config.pbtxt")
+                 "--in-flight", "3", "--encoder-instances", "2", "--encoder-preferred-batch", "16,32",
+                 "--entry-max-batch", "8"]) == 0
+    enc, entry = parse(out / ENCODER / "config.pbtxt"), parse(out / ENTRY / "config.pbtxt")
     assert enc.instance_group[0].count == 2 and list(enc.dynamic_batching.preferred_batch_size) == [16, 32]
-    assert params(parse(out / ENTRY / "config.pbtxt"))["in_flight"] == "3"
+    assert params(entry)["in_flight"] == "3" and entry.max_batch_size == 8
     assert main(["repository", "--checked-in", "--in-flight", "3"]) == 1  # production defaults only
 
 
