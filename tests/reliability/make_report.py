@@ -19,6 +19,19 @@ OUT = HERE.parent.parent / "docs" / "reliability.md"
 PLOTS = OUT.parent / "reliability"  # PNGs of the RSS series, next to this file
 
 
+MEMORY_INTRO = (
+    "RSS of each server process sampled once a second (`load_test.py`, `rss_series.py`). Warm-up: every size at "
+    "full concurrency, then requests of the load's own mix (`--warmup-mixed`, by default 15% of the load's count); "
+    f"not judged. Points are medians of windows of {rss_series.WINDOW // 60} minutes of the load "
+    "(`rss_series.WINDOW`: on the flat last half of the batch-4 soak, two windows 10 minutes apart differed by 3.7% "
+    "(sd) with one-minute windows and by 1.0% with five-minute ones): after warm-up (the load's first window), "
+    "half-way and at the end; growth = end / after warm-up - 1, last half = end / half-way - 1 (judged when the "
+    "load lasts two windows); trend = the least-squares line through the sum of RSS, its end / start - 1. `anon` is "
+    "heap (glibc, ONNX Runtime), `shmem` the Python backend's shared memory as mapped by that process (tritonserver "
+    "maps every stub's pool, so the sum of RSS counts it twice; a pool that grew is mapped once more per growth), "
+    "`pool` the stub's region in /dev/shm; the sum of PSS counts every page once.")
+
+
 def _cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
@@ -119,16 +132,7 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
         _, samples = rss_series.load(series)
         png = rss_series.plot(samples, PLOTS / f"{series.stem}.png", name)
         if not L:
-            L += ["## Memory over time", "", "RSS of each server process sampled once a second (`load_test.py`, "
-                  "`rss_series.py`). Warm-up: every size at full concurrency, then requests of the load's own "
-                  "mix (`--warmup-mixed`, by default 15% of the load's count); not judged. Points are medians of "
-                  f"windows of {rss_series.WINDOW // 60} minutes of the load (`rss_series.WINDOW`; why: its "
-                  "docstring): after warm-up (the load's first window), half-way and at the end; growth = end / "
-                  "after warm-up - 1, last half = end / half-way - 1 (judged when the load lasts two windows); "
-                  "trend = the least-squares line through the sum of RSS, its end / start - 1. `anon` is heap (glibc, ONNX Runtime), `shmem` the Python "
-                  "backend's shared memory as mapped by that process (tritonserver maps every stub's pool, so the "
-                  "sum of RSS counts it twice; a pool that grew is mapped once more per growth), `pool` the "
-                  "stub's region in /dev/shm; the sum of PSS counts every page once.", ""]
+            L += ["## Memory over time", "", MEMORY_INTRO, ""]
         t = (v.get("rss_processes") or {})
         L += [f"### {name}", "", f"![RSS per process over time: {name}]({png.relative_to(OUT.parent).as_posix()})",
               "", f"Sum of RSS: {v.get('rss_start_mb')} MiB at start, {v.get('rss_after_warmup_mb')} after warm-up, "
@@ -145,7 +149,10 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
 
 
 def _last_half(v: dict) -> str:
-    return "" if v.get("rss_growth_last_half") is None else f", last half {_pct(v['rss_growth_last_half'])}"
+    if v.get("rss_growth_last_half") is None:
+        return ""
+    short = (v.get("rss_load_seconds") or 0) < 2 * rss_series.WINDOW
+    return f", last half {_pct(v['rss_growth_last_half'])}" + (" not judged: a short load" if short else "")
 
 
 def _trend(v: dict) -> str:
