@@ -366,7 +366,7 @@ def rss_failures(result: dict, max_growth: float, max_last_half: float) -> list[
     growth, last_half = result.get("rss_growth"), result.get("rss_growth_last_half")
     if growth is not None and growth > max_growth:
         out.append(f"server RSS grew {growth:.1%} after warm-up (limit {max_growth:.0%})")
-    long_enough = (result.get("rss_load_seconds") or 0) >= 2 * rss_series.WINDOW
+    long_enough = rss_series.last_half_judged(result.get("rss_load_seconds"))
     if long_enough and last_half is not None and last_half > max_last_half:
         out.append(f"server RSS grew {last_half:.1%} over the last half of the load (limit {max_last_half:.0%})")
     return out

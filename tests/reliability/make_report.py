@@ -151,7 +151,7 @@ def _rss_sections(load: dict[str, dict]) -> list[str]:
 def _last_half(v: dict) -> str:
     if v.get("rss_growth_last_half") is None:
         return ""
-    short = (v.get("rss_load_seconds") or 0) < 2 * rss_series.WINDOW
+    short = not rss_series.last_half_judged(v.get("rss_load_seconds"))
     return f", last half {_pct(v['rss_growth_last_half'])}" + (" not judged: a short load" if short else "")
 
 

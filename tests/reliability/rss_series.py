@@ -143,6 +143,11 @@ def windows(samples: list[dict], phase: str = "load", width: int | None = None) 
     return {"after_warmup": load[:width], "half": load[max(0, mid - width // 2):][:width], "end": load[-width:]}
 
 
+def last_half_judged(load_seconds: float | None) -> bool:
+    """Whether a load lasted long enough (two windows) for its last half to be judged."""
+    return (load_seconds or 0) >= 2 * WINDOW
+
+
 def trend_growth(samples: list[dict], key: str = "rss") -> float | None:
     """Growth of the least-squares line through the total over time: its value at the last sample / at the first
     - 1 (None for fewer than two samples or a flat clock)."""
