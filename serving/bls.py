@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import CalibrationError, ImageError, ServingError
+from spai.errors import CalibrationError, ImageError, ServingError, detached
 from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, OperatingPoint
 from spai.patching import PatchSpec
 from spai.runners import Limits
@@ -125,7 +125,7 @@ def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | Non
             points.append(requested_point(values))
         except CalibrationError as e:
             points.append(None)
-            prepared[i] = prepared[i] if isinstance(prepared[i], BaseException) else e
+            prepared[i] = prepared[i] if isinstance(prepared[i], BaseException) else detached(e)
     return prepared, points
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class SPAIError(Exception):
@@ -49,6 +52,22 @@ class CalibrationError(SPAIError):
 
 class ServingError(SPAIError):
     """The inference server cannot be started or reached, or a request failed."""
+
+
+def detached(error: E) -> E:
+    """``error`` without the frames it was raised in (its traceback and those of the errors it chains to), for an
+    error kept as a result (a request's answer): those frames' locals hold the whole batch, and a result list
+    that holds the error is one of them, a cycle that only a full garbage collection frees (rarely, under load)."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        pending += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return error
 
 
 def report_errors(work: Callable[[], int | None]) -> int:

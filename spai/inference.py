@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import CalibrationError, ImageError, SPAIError
+from spai.errors import CalibrationError, ImageError, SPAIError, detached
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
@@ -368,7 +368,7 @@ def prepare_requests(requests: Sequence[Sequence[ImageSource]], limits: InputLim
             names = ["image"] if len(images) == 1 else [f"image[{i}]" for i in range(len(images))]
             prepared.append([prepare_image(img, n, limits, spec) for img, n in zip(images, names)])
         except SPAIError as e:
-            prepared.append(e)
+            prepared.append(detached(e))
     return prepared
 
 
@@ -412,7 +412,7 @@ def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name
     try:
         calibration.operating_point(name)
     except CalibrationError as e:
-        return e
+        return detached(e)
     return prepared
 
 

@@ -101,3 +101,22 @@ def test_a_request_names_one_operating_point_or_fails_alone():
     assert points == [None, "balanced", None, "x"]
     assert prepared[:2] == ["req0", "req1"] and isinstance(prepared[2], CalibrationError)
     assert isinstance(prepared[3], ImageError)  # a bad image keeps its own error
+
+
+def test_a_malformed_operating_point_does_not_keep_the_batch_alive_after_the_answers_are_dropped():
+    """The error it leaves in the batch must not reference the frame that holds the batch (see
+    test_inference's test of prepare_requests): else the batch lives until a full garbage collection."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        pixels = np.zeros((1100, 1500, 3), np.uint8)
+        alive = weakref.ref(pixels)
+        prepared, _ = with_requested_points([[pixels], "req1"], [None, np.array([[b"a"], [b"b"]], object)])
+        assert isinstance(prepared[1], CalibrationError)
+        del prepared, pixels
+        assert alive() is None, "the batch outlives its answers (a reference cycle through the error's frames)"
+    finally:
+        gc.enable()

@@ -21,6 +21,7 @@ from spai.inference import (
     flagged_summary,
     patch_chunks,
     prepare_image,
+    prepare_requests,
     score_images,
     score_requests,
     sigmoid,
@@ -148,3 +149,22 @@ def test_an_export_carries_the_calibration_as_data(tmp_path):
 def test_sigmoid_is_stable_and_float32():
     p = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
     assert p.dtype == np.float32 and p.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_a_bad_request_does_not_keep_its_batch_alive_after_the_results_are_dropped():
+    """A kept error must not hold the frames it was raised in: their locals are the whole batch (every request's
+    bytes, every decoded image), and the error -> traceback -> frame -> results -> error cycle would keep them
+    until a full garbage collection, which a server under load runs rarely (its RSS ratchets up)."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        prepared = prepare_requests([[_png(300, 260)], [b"junk"]])
+        assert isinstance(prepared[1], ImageError)
+        pixels = weakref.ref(prepared[0][0].pixels)
+        del prepared
+        assert pixels() is None, "the good request's decoded image outlives the results (a reference cycle)"
+    finally:
+        gc.enable()

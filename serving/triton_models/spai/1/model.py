@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from serving.bls import EntrySettings, error_code, output_array, pack_scores, with_requested_points
 from serving.instance import HeapTrimmer, limit_threads
-from spai.errors import ServingError, SPAIError
+from spai.errors import ServingError, SPAIError, detached
 from spai.inference import prepare_requests, score_prepared_requests_async
 from spai.runners import Runner
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
@@ -75,7 +75,7 @@ class TritonPythonModel:
             results = await score_prepared_requests_async(prepared, self.encoder, self.aggregator,
                                                           self.settings.in_flight, self.settings.calibration, points)
         except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
-            failure = e if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
+            failure = detached(e) if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
             results = [p if isinstance(p, SPAIError) else failure for p in prepared]
         responses = [self._response(r, f) for r, f in zip(results, flags)]
         pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
