@@ -1,7 +1,8 @@
 """The ``spai`` Triton model's logic besides pb_utils (pure, testable on CPU): its settings from config
 parameters (limits, and the model's calibration: the same :class:`spai.inference.Calibration` that
 ``model.score`` applies), the requested operating point, the guard on BLS outputs that are still in GPU memory,
-the Triton error code each failure answers with, and the response arrays. The model itself is
+the Triton error code each failure answers with, the scoring of one execute's requests
+(:func:`score_entry_batch`) and the response arrays. The model itself is
 ``serving/triton_models/spai/1/model.py``.
 
 Ragged outputs: ``patch_attention`` is zero-padded to the longest image of a request (``num_patches[i]``
@@ -16,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from spai.errors import CalibrationError, ImageError, ServingError, detached
-from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, OperatingPoint
+from spai.errors import CalibrationError, ImageError, ServingError, SPAIError, detached
+from spai.inference import (
+    UNCALIBRATED,
+    Calibration,
+    ImageScore,
+    InputLimits,
+    OperatingPoint,
+    prepare_requests,
+    score_prepared_requests_async,
+)
 from spai.patching import PatchSpec
 from spai.runners import Limits
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
@@ -127,6 +136,23 @@ def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | Non
             points.append(None)
             prepared[i] = prepared[i] if isinstance(prepared[i], BaseException) else detached(e)
     return prepared, points
+
+
+async def score_entry_batch(images: Sequence[Sequence[bytes]], points: Sequence[np.ndarray | None],
+                            settings: EntrySettings, encoder: Any, aggregator: Any
+                            ) -> tuple[list[list[ImageScore] | SPAIError], int]:
+    """What the ``spai`` model's ``execute`` computes for its requests (each request's encoded images and its
+    ``operating_point`` input): (per request its scores or its error, bytes of pixels decoded). A bad request
+    fails alone; an encoder or aggregator failure answers every good request (:class:`ServingError`: INTERNAL).
+    No error keeps the frames that hold the batch (:func:`spai.errors.detached`)."""
+    prepared, names = with_requested_points(prepare_requests(images, settings.limits, settings.patch), points)
+    pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, BaseException) for img in p)
+    try:
+        return await score_prepared_requests_async(prepared, encoder, aggregator, settings.in_flight,
+                                                   settings.calibration, names), pixels
+    except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
+        failure = detached(e) if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
+    return [p if isinstance(p, SPAIError) else failure for p in prepared], pixels
 
 
 def output_array(tensor: Any, model: str) -> np.ndarray:

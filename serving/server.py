@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +123,14 @@ def make_backend_dir(triton_dir: Path, dest: Path) -> Path:
         if not link.is_symlink():
             link.symlink_to(src)
     return dest
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process left in process group ``pgid`` (the server's session: it and its stubs)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -284,16 +293,19 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; then removes the shared-memory
-        regions a killed server left in /dev/shm. Idempotent."""
+        """SIGTERM (graceful: in-flight requests finish), SIGKILL after ``timeout``; then ends what is left of the
+        server's process group (the stubs of a server that died on its own can outlive it, one kept two cores
+        busy) and removes the shared-memory regions a killed server left in /dev/shm. Idempotent."""
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(5)
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            _kill_group(proc.pid)
+            proc.wait(5)
         self.remove_shm_regions()
 
     def remove_shm_regions(self) -> list[str]:

@@ -132,10 +132,14 @@ def _median(values: list[float]) -> float:
     return round((v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2), 1) if n else 0.0
 
 
+def phase_samples(samples: list[dict], phase: str = "load") -> list[dict]:
+    return [s for s in samples if s["phase"] == phase]
+
+
 def windows(samples: list[dict], phase: str = "load", width: int | None = None) -> dict[str, list[dict]]:
     """The samples of ``phase`` at the start (after warm-up), centred on the middle, and at the end (``width``
     samples each; default :data:`WINDOW`)."""
-    load = [s for s in samples if s["phase"] == phase]
+    load = phase_samples(samples, phase)
     if not load:
         return {}
     width = max(1, min(width or WINDOW, len(load) // 3 or 1))
@@ -181,7 +185,7 @@ def growth_summary(samples: list[dict]) -> dict:
 
     out: dict = {"total": points(lambda w: _median([total(s) for s in w]))}
     out["total"].update(growth(out["total"]))
-    load = [s for s in samples if s["phase"] == "load"]
+    load = phase_samples(samples)
     out["total"].update({"trend": trend_growth(load), "trend_last_half": trend_growth(load[len(load) // 2:])})
     out["total_pss"] = points(lambda w: _median([total(s, "pss") for s in w]))
     out["total_pss"].update(growth(out["total_pss"]))

@@ -3,6 +3,9 @@ response arrays (the server tests run the same code inside tritonserver)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 
@@ -12,10 +15,12 @@ from serving.bls import (
     error_code,
     output_array,
     pack_scores,
+    score_entry_batch,
     with_requested_points,
 )
 from spai.errors import CalibrationError, ImageError, ServingError
-from spai.inference import Calibration, ImageScore, OperatingPoint
+from spai.inference import Calibration, ImageScore, InputLimits, OperatingPoint
+from spai.runners import Runner
 from spai.specs import PATCH_FEATURES, PATCHES
 
 
@@ -103,20 +108,55 @@ def test_a_request_names_one_operating_point_or_fails_alone():
     assert isinstance(prepared[3], ImageError)  # a bad image keeps its own error
 
 
-def test_a_malformed_operating_point_does_not_keep_the_batch_alive_after_the_answers_are_dropped():
-    """The error it leaves in the batch must not reference the frame that holds the batch (see
-    test_inference's test of prepare_requests): else the batch lives until a full garbage collection."""
-    import gc
-    import weakref
 
-    gc.collect()
-    gc.disable()
-    try:
-        pixels = np.zeros((1100, 1500, 3), np.uint8)
-        alive = weakref.ref(pixels)
-        prepared, _ = with_requested_points([[pixels], "req1"], [None, np.array([[b"a"], [b"b"]], object)])
-        assert isinstance(prepared[1], CalibrationError)
-        del prepared, pixels
-        assert alive() is None, "the batch outlives its answers (a reference cycle through the error's frames)"
-    finally:
-        gc.enable()
+@contextlib.contextmanager
+def _ort_pair(onnx_dir, settings: EntrySettings):
+    from spai.runners import OrtRunner
+
+    with OrtRunner(onnx_dir / "patch_encoder.onnx", limits=settings.encoder_limits()) as encoder, \
+            OrtRunner(onnx_dir / "aggregator.onnx", limits=settings.aggregator_limits()) as aggregator:
+        yield encoder, aggregator
+
+
+def _jpeg(w: int, h: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(w).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+class FailingEncoder(Runner):
+    def _infer(self, feed):
+        raise ServingError("spai_patch_encoder failed: injected")
+
+
+def test_an_entry_batch_answers_each_request_and_leaves_no_reference_cycles(tiny_onnx_dir):
+    """The code of the ``spai`` model's execute: bad requests fail alone, an encoder failure answers the good
+    ones, and nothing it leaves needs the cycle collector (an error that kept its frames would keep the whole
+    batch, every request's bytes and decoded image, alive until a full collection: under load, RSS ratchets)."""
+    import asyncio
+    import gc
+
+    settings = EntrySettings(limits=InputLimits(max_patches=64), encoder_chunk=4, in_flight=2)
+    good = [[_jpeg(300, 260)], [_jpeg(500, 230)]]
+    images = [good[0], [b"junk"], [], good[1], good[0]]
+    points = [None, None, None, np.array([[b"a"], [b"b"]], object), np.array([[b"no-such-point"]], object)]
+    with _ort_pair(tiny_onnx_dir, settings) as (encoder, aggregator):
+        asyncio.run(score_entry_batch(images, points, settings, encoder, aggregator))  # imports, caches
+        gc.collect()
+        gc.disable()
+        try:
+            results, pixels = asyncio.run(score_entry_batch(images, points, settings, encoder, aggregator))
+            failed, _ = asyncio.run(score_entry_batch(good, [None, None], settings, FailingEncoder(), aggregator))
+            answers = [[type(r).__name__ for r in results], [str(f) for f in failed]]
+            probability = results[0][0].probability
+            del results, failed  # what the model does once it has built the responses
+            garbage = gc.collect()
+        finally:
+            gc.enable()
+    assert answers == [["list", "ImageError", "ImageError", "CalibrationError", "CalibrationError"],
+                       ["spai_patch_encoder failed: injected"] * 2]
+    assert 0.0 <= probability <= 1.0
+    assert pixels == 2 * 260 * 300 * 3  # requests 0 and 4 were decoded (4 fails later, at its operating point)
+    assert garbage == 0, f"{garbage} objects of the batch were left in reference cycles"

@@ -194,3 +194,44 @@ def test_server_errors_without_repository(tmp_path):
 
     with pytest.raises(ServingError, match="config.pbtxt"):
         TritonServer(tmp_path).start()
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that still run (zombies excluded)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_stopping_a_crashed_server_ends_its_stubs(ort_repo):
+    """When tritonserver dies on its own (a soak saw it abort after a stub's segfault), a stub that does not notice
+    outlives it: an orphaned encoder stub kept two cores busy for 13 minutes. Here a stopped stub (SIGSTOP) plays
+    that stub; stop() must end the whole process group, not only the server (the other stubs exit on their own)."""
+    import os
+    import signal
+    import time
+
+    from serving.server import TritonServer
+
+    server = TritonServer(ort_repo).start()
+    pgid = server.process.pid
+    try:
+        stubs = [p for p in _alive_in_group(pgid) if p != pgid]
+        assert len(stubs) >= 4  # 2 `spai` instances, the encoder, the aggregator
+        os.kill(stubs[0], signal.SIGSTOP)
+        os.kill(pgid, signal.SIGKILL)
+        server.process.wait(10)
+        server.stop()
+        deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+        while _alive_in_group(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive_in_group(pgid) == []
+    finally:
+        for pid in _alive_in_group(pgid):
+            os.kill(pid, signal.SIGKILL)

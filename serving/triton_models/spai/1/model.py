@@ -1,8 +1,9 @@
 """Triton Python-backend model ``spai``: encoded images in, scores out (the one source of this file; generated
 repositories copy it).
 
-A thin pb_utils adapter around :mod:`spai.inference`, the path every scorer shares: decode with limits, patch grid,
-chunked BLS calls to ``spai_patch_encoder``, padded BLS calls to ``spai_aggregator``. ``execute`` is a coroutine:
+A thin pb_utils adapter around :func:`serving.bls.score_entry_batch` (tested on CPU) over :mod:`spai.inference`,
+the path every scorer shares: decode with limits, patch grid, chunked BLS calls to ``spai_patch_encoder``, padded
+BLS calls to ``spai_aggregator``. ``execute`` is a coroutine:
 it keeps up to ``in_flight`` encoder requests pending (``async_exec``), so that the next chunk is cut while the
 earlier ones are encoded; the requests of one execute share chunks. The BLS requests ask for CPU outputs
 (``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own request with
@@ -16,10 +17,9 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from serving.bls import EntrySettings, error_code, output_array, pack_scores, with_requested_points
+from serving.bls import EntrySettings, error_code, output_array, pack_scores, score_entry_batch
 from serving.instance import HeapTrimmer, limit_threads
-from spai.errors import ServingError, SPAIError, detached
-from spai.inference import prepare_requests, score_prepared_requests_async
+from spai.errors import ServingError
 from spai.runners import Runner
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
 
@@ -69,17 +69,9 @@ class TritonPythonModel:
             flags.append(bool(flag is not None and flag.as_numpy().any()))
             point = pb_utils.get_input_tensor_by_name(request, "operating_point")
             points.append(None if point is None else point.as_numpy())
-        prepared, points = with_requested_points(prepare_requests(images, self.settings.limits, self.settings.patch),
-                                                 points)
-        try:
-            results = await score_prepared_requests_async(prepared, self.encoder, self.aggregator,
-                                                          self.settings.in_flight, self.settings.calibration, points)
-        except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
-            failure = detached(e) if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
-            results = [p if isinstance(p, SPAIError) else failure for p in prepared]
+        results, pixels = await score_entry_batch(images, points, self.settings, self.encoder, self.aggregator)
         responses = [self._response(r, f) for r, f in zip(results, flags)]
-        pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
-        del prepared, results, images
+        del results, images
         self.trimmer.handled(pixels)  # after the batch's images are freed
         return responses
 
