@@ -6,7 +6,8 @@ RSS grows by (manual diagnosis; what found the error -> traceback -> frame cycle
 
 Every argument after OUT_DIR goes to ``load_test.py``. The bundled server's Python-backend stub is replaced by a
 script that starts the ``spai`` instances under ``heaptrack -o OUT_DIR/heaptrack.<instance>.<pid>`` (the encoder's
-and aggregator's as they are); each file is written when its stub exits, i.e. when the load test stops the server.
+and aggregator's as they are); each file is written when its stub exits, i.e. when the load test stops the server
+(heaptrack runs in a session of its own, so that the server's stop, which ends its process group, lets it write).
 "Leaked" in heaptrack's report is what was still allocated at exit: in a Python process that includes garbage
 the cycle collector had not freed yet. heaptrack slows the stubs (its interpreter takes a core of its own): read
 allocation sites from this run, not RSS or throughput. Needs ``heaptrack`` on PATH (``apt install heaptrack``);
@@ -29,7 +30,7 @@ STUB = "triton_python_backend_stub"
 WRAPPER = """#!/bin/bash
 # argv[8] is the instance name (rss_series.STUB_NAME_ARG): spai_0_0, spai_patch_encoder_0_0, ...
 case "$8" in
-  spai_[0-9]*) exec {heaptrack} -o {out}/heaptrack."$8".$$ {stub} "$@";;
+  spai_[0-9]*) exec setsid {heaptrack} -o {out}/heaptrack."$8".$$ {stub} "$@";;
   *) exec {stub} "$@";;
 esac
 """
