@@ -146,7 +146,7 @@ async def score_entry_batch(images: Sequence[Sequence[bytes]], points: Sequence[
     fails alone; an encoder or aggregator failure answers every good request (:class:`ServingError`: INTERNAL).
     No error keeps the frames that hold the batch (:func:`spai.errors.detached`)."""
     prepared, names = with_requested_points(prepare_requests(images, settings.limits, settings.patch), points)
-    pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, BaseException) for img in p)
+    pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
     try:
         return await score_prepared_requests_async(prepared, encoder, aggregator, settings.in_flight,
                                                    settings.calibration, names), pixels
