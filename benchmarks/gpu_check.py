@@ -218,12 +218,13 @@ def autocast_parity(check: Check, model: Any, entry: dict[str, Any]) -> None:
 
     from export.compare import compare_backends
 
-    backends = {}
-    for name, dtype in (("autocast-fp16", torch.float16), ("autocast-bf16", torch.bfloat16)):
-        backends[name] = ((autocast_runner(model, "patch_encoder", dtype), autocast_runner(model, "aggregator", dtype)),
-                          "fp16")
+    from spai.runners import Route
+
+    routes = [Route(name, "fp16", autocast_runner(model, "patch_encoder", dtype),
+                    autocast_runner(model, "aggregator", dtype))
+              for name, dtype in (("autocast-fp16", torch.float16), ("autocast-bf16", torch.bfloat16))]
     with tf32(False):
-        report = compare_backends(model, backends, n_random=check.sizes.patches)
+        report = compare_backends(model, routes, n_random=check.sizes.patches)
     for name, result in report.backends.items():
         stats = result["random_patches"]
         entry[name] = {"max_abs_dprob": stats["max_abs_dprob"], "flips": stats["decision_flips"],
@@ -383,6 +384,7 @@ def tensorrt_engines(check: Check, art: Any, label: str, entry: dict[str, Any]) 
     from export.compare import compare_backends, write_report
     from export.pipeline import engine_profiles, engines_from_onnx
     from export.trt import BuildOptions, TrtRunner, engine_layer_information, tensorrt_importable
+    from spai.runners import Route
 
     if not tensorrt_importable() or check.device.type != "cuda":
         raise Skip("tensorrt does not import here (or no CUDA device): no engine can be built")
@@ -395,8 +397,9 @@ def tensorrt_engines(check: Check, art: Any, label: str, entry: dict[str, Any]) 
                                 options=BuildOptions(detailed_profiling=True))
     entry["build_s"] = round(time.perf_counter() - t0, 1)
     entry["manifest"] = json.loads(Path(engines["manifest"]).read_text())
-    with TrtRunner(engines["patch_encoder"]) as enc, TrtRunner(engines["aggregator"]) as agg:
-        report = compare_backends(art.model, {label: ((enc, agg), "fp16")}, n_random=check.sizes.patches)
+    with Route(label, "fp16", TrtRunner(engines["patch_encoder"]), TrtRunner(engines["aggregator"])) as route:
+        enc, agg = route.encoder, route.aggregator
+        report = compare_backends(art.model, [route], n_random=check.sizes.patches)
         write_report(report, out, [f"GPU check: {label} engines of {art.source}"])
         stats = report.backends[label]["random_patches"]
         entry["parity"] = {"max_abs_dprob": stats["max_abs_dprob"], "flips": stats["decision_flips"],

@@ -97,18 +97,18 @@ def build(spec: ContenderSpec) -> Callable[[np.ndarray], float]:
         base = original_baseline(model, None if variant == "cfg" else int(variant))
         base.encode(torch.rand(1, 3, 224, 224))
         return base.score
-    from spai.inference import score_images
+    from spai.inference import Scorer
     from spai.runners import runners_for
     from spai.specs import PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
     model = _model(spec) if kind == "torch" else None
-    encoder, aggregator = runners_for(kind, variant, model=model, onnx_dir=spec.onnx_dir, chunk=spec.chunk,
-                                      threads=spec.threads)
-    encoder.__enter__(), aggregator.__enter__()
-    patch_spec = _patch_spec(spec, model)
+    route = runners_for(kind, variant, model=model, onnx_dir=spec.onnx_dir, chunk=spec.chunk,
+                        threads=spec.threads).__enter__()
+    encoder, aggregator = route.encoder, route.aggregator
+    scorer = Scorer.for_route(route, spec=_patch_spec(spec, model))
     dim = encoder.infer({PATCHES: np.zeros((1, *PATCHES_INPUT.shape), encoder.input_dtype(PATCHES))})
     aggregator.infer({PATCH_FEATURES: dim[PATCH_FEATURES][None], PATCH_MASK: np.ones((1, 1), bool)})
-    return lambda image: float(score_images([image], encoder, aggregator, spec=patch_spec)[0].logit)
+    return lambda image: float(scorer.score_images([image])[0].logit)
 
 
 def serve(spec: ContenderSpec) -> None:

@@ -139,9 +139,8 @@ def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route
     paths = [p for p in paths if _megapixels(p) <= bench_mode.parity_max_mp]
     if parity_model == TRAINED_TINY and request.getfixturevalue("trained_tiny")["test_dir"]:
         paths, labels = load_images(request.getfixturevalue("trained_tiny")["test_dir"])
-    routes = {f"{b}-{p}": (runners_for(b, p, model=info["model"], onnx_dir=info["onnx_dir"]), p)
-              for b, p in (("torch", "bf16"), ("ort", "int8"))}
-    entered = {name: ((enc.__enter__(), agg.__enter__()), p) for name, ((enc, agg), p) in routes.items()}
+    entered = [runners_for(b, p, model=info["model"], onnx_dir=info["onnx_dir"]).__enter__()
+               for b, p in (("torch", "bf16"), ("ort", "int8"))]
     report: list[Any] = []
     benchmark.pedantic(lambda: report.append(compare_backends(info["model"], entered, image_paths=paths,
                                                               labels=labels, n_random=bench_mode.parity_patches)),

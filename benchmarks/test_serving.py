@@ -67,17 +67,18 @@ def make_export(model: str, out: Path) -> Path:
 
 def measure_inprocess(export: Path, paths: list[Path]) -> dict[str, float]:
     """Images/s of the same inference path with both ONNX graphs in this process (one image at a time)."""
-    from spai.inference import score_requests
+    from spai.inference import Scorer
     from spai.runners import OrtRunner
 
     lat = []
     blobs = [p.read_bytes() for p in paths]
     with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
-        score_requests([blobs[:1]], enc, agg)  # warm-up
+        scorer = Scorer(enc, agg)
+        scorer.score_requests([blobs[:1]])  # warm-up
         start = time.perf_counter()
         for b in blobs:
             t = time.perf_counter()
-            score_requests([[b]], enc, agg)
+            scorer.score_requests([[b]])
             lat.append((time.perf_counter() - t) * 1e3)
     return summarize(lat, time.perf_counter() - start)
 

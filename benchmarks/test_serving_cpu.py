@@ -65,20 +65,19 @@ def one_core():
 @pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("megapixels", sorted(SIZES), ids=[f"{mp}MP" for mp in sorted(SIZES)])
 def test_serving_cpu_cost_per_patch(benchmark, megapixels: int, path: str, one_core: None) -> None:
-    from spai.inference import InputLimits, prepare_requests, score_prepared_requests_async, score_requests
+    from spai.inference import SERVING_LIMITS, Scorer
 
     blob = photo_like_jpeg(*SIZES[megapixels])
     encoder, aggregator = NoOpRunner("patch_encoder"), NoOpRunner("aggregator")
-    limits = InputLimits(max_bytes=64 * 2**20, max_pixels=50_000_000, max_patches=1024)
+    scorer = Scorer(encoder, aggregator, SERVING_LIMITS, in_flight=2 if path == "async" else 1)
     result: list = []
     loop = asyncio.new_event_loop()
 
     def step() -> None:
         if path == "sync":
-            result.append(score_requests([[blob]], encoder, aggregator, limits=limits))
+            result.append(scorer.score_requests([[blob]]))
         else:
-            prepared = prepare_requests([[blob]], limits)
-            result.append(loop.run_until_complete(score_prepared_requests_async(prepared, encoder, aggregator, 2)))
+            result.append(loop.run_until_complete(scorer.score_prepared_async(scorer.prepare([[blob]]))))
 
     benchmark.group = "serving-cpu-cost"
     try:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from spai.errors import AccuracyError
-from spai.inference import UNCALIBRATED, Calibration, prepare_image, score_patch_groups, score_prepared
+from spai.inference import UNCALIBRATED, Calibration, PreparedImage, Scorer, prepare_image
+from spai.runners import Route, TorchRunner
 from spai.specs import PATCHES_INPUT
 
-Backend = tuple[Any, Any]  # (patch-encoder runner, aggregator runner), entered context managers
 
 
 @dataclass
@@ -150,37 +150,44 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
     return fails
 
 
-def compare_backends(model: Any, backends: dict[str, tuple[Backend, str]], *,
+def image_logits(scorer: Scorer, images: Sequence[PreparedImage]) -> np.ndarray:
+    """Raw logits of prepared images, all scored together (one request)."""
+    (scores,) = scorer.score_prepared([list(images)])
+    if isinstance(scores, Exception):
+        raise scores
+    return np.array([s.logit for s in scores])
+
+
+def compare_backends(model: Any, routes: Sequence[Route], *,
                      image_paths: Sequence[Path] = (), labels: np.ndarray | None = None, n_random: int = 256,
                      gates: Gates | None = None, progress: Any = None) -> ParityReport:
-    """Compare each backend (name -> ((encoder, aggregator), precision)) with PyTorch FP32; precision is one of
-    fp32, fp16, bf16, int8 (the name of its :class:`Gates`)."""
-    from spai.runners import TorchRunner
-
+    """Compare each entered :class:`spai.runners.Route` with PyTorch FP32, gated by its precision (fp32, fp16,
+    bf16 or int8: the names of :class:`Gates`); the report is keyed by route name."""
     gates, say = gates or Gates(), progress or (lambda _m: None)
     report = ParityReport(gates=asdict(gates))
     calibration = getattr(model, "calibration", UNCALIBRATED)  # probabilities as users get them (spai.inference)
     if calibration.calibrated:
         report.notes.append(f"probabilities calibrated ({calibration.method}, T {calibration.temperature:.4g}, "
                             f"bias {calibration.bias:.4g}); decisions at operating point {calibration.default}")
-    reference = (TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
+    reference = Scorer(TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
     images = [prepare_image(p, str(p), spec=model.patch_spec) for p in image_paths]
     ref_images = None
     if images:
         say(f"scoring {len(images)} images with PyTorch ...")
-        ref_images = np.array([s.logit for s in score_prepared(images, *reference)])
+        ref_images = image_logits(reference, images)
     patches, counts = random_patch_groups(n_random)
     say(f"encoding {n_random} random patches with PyTorch ...")
-    ref_feats, ref_random = score_patch_groups(patches, counts, *reference)
-    for name, (backend, precision) in backends.items():
+    ref_feats, ref_random = reference.score_patch_groups(patches, counts)
+    for route in routes:
+        name, precision, scorer = route.name, route.precision, Scorer.for_route(route)
         say(f"checking {name} ({precision}) ...")
         entry: dict[str, Any] = {"precision": precision}
-        feats, logits = score_patch_groups(patches, counts, *backend)
+        feats, logits = scorer.score_patch_groups(patches, counts)
         entry["patch_features"] = asdict(compare_outputs(ref_feats, feats))
         entry["random_patches"] = logit_parity(ref_random, logits, calibration=calibration)
         report.failures += _gate(f"{name}/random", precision, entry["random_patches"], gates, False)
         if ref_images is not None:
-            entry["images"] = logit_parity(ref_images, np.array([s.logit for s in score_prepared(images, *backend)]),
+            entry["images"] = logit_parity(ref_images, image_logits(scorer, images),
                                            labels, calibration)
             report.failures += _gate(f"{name}/images", precision, entry["images"], gates, True)
         report.backends[name] = entry

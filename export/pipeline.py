@@ -15,8 +15,8 @@ from export.compare import Gates, ParityReport, compare_backends, enforce, load_
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
 from export.quantize import patch_encoder_int8, precision_table_onnx
-from spai.runners import CPU_CHUNKS, OrtRunner, runners_for
-from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, patch_encoder_spec, trt_profile
+from spai.runners import CPU_CHUNKS, OrtRunner, Route, runners_for
+from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
@@ -72,30 +72,29 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
                      precisions: Sequence[str] = ()) -> ParityReport:
     """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given; the CPU routes torch bf16 / ORT
     int8 named in ``precisions``); write the report; raise :class:`spai.AccuracyError` if a gate fails. The ORT
-    fp32/fp16 runners declare the engines' profile limits, so the check chunks and groups exactly as the engines
+    fp32/fp16 runners declare the engines' profile limits and minimums, so the check chunks and groups exactly as the engines
     will be fed (the encoder in chunks of ONNX Runtime's measured CPU chunk at most: the chunk changes neither
-    features nor grouping, only memory; spai-fusion-b16 at the 256-patch profile held 22 GB); the CPU routes are
+    features nor grouping, only memory); the CPU routes are
     checked as they run (their own chunk limits)."""
     paths, labels = load_images(image_dir) if image_dir else ([], None)
     enc_limits, agg_limits = max_shapes(profiles["patch_encoder"]), max_shapes(profiles["aggregator"])
     batch, *patch = enc_limits[PATCHES]
     enc_limits = {**enc_limits, PATCHES: (min(batch, CPU_CHUNKS[("ort", "fp32")]), *patch)}
-    runners = {"ort-fp32": (OrtRunner(art.graphs.patch_encoder, limits=enc_limits),
-                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp32"),
-               "ort-fp16": (OrtRunner(art.patch_encoder_fp16, limits=enc_limits),
-                            OrtRunner(art.graphs.aggregator, limits=agg_limits), "fp16"),
-               **cpu_route_runners(art, precisions)}
+    enc_min, agg_min = min_shapes(profiles["patch_encoder"]), min_shapes(profiles["aggregator"])
+    routes = [Route(f"ort-{precision}", precision, OrtRunner(encoder, limits=enc_limits, minimums=enc_min),
+                    OrtRunner(art.graphs.aggregator, limits=agg_limits, minimums=agg_min))
+              for precision, encoder in (("fp32", art.graphs.patch_encoder), ("fp16", art.patch_encoder_fp16))]
+    routes += cpu_routes_to_gate(art, precisions)
     extra = {**(extra or {}), **precision_tables(art, precisions)}
     if engines:
         from export.trt import TrtRunner
 
         precision = "fp32" if engines.get("fp32") else "fp16"
         vc = bool(engines.get("version_compatible"))
-        runners[f"trt-{precision}"] = (TrtRunner(engines["patch_encoder"], version_compatible=vc),
-                                       TrtRunner(engines["aggregator"], version_compatible=vc), precision)
+        routes.append(Route(f"trt-{precision}", precision, TrtRunner(engines["patch_encoder"], version_compatible=vc),
+                            TrtRunner(engines["aggregator"], version_compatible=vc)))
     with contextlib.ExitStack() as stack:
-        entered = {name: ((stack.enter_context(enc), stack.enter_context(agg)), precision)
-                   for name, (enc, agg, precision) in runners.items()}
+        entered = [stack.enter_context(route) for route in routes]
         report = compare_backends(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
                                   gates=gates, progress=log)
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
@@ -106,16 +105,14 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
     return report
 
 
-def cpu_route_runners(art: OnnxArtifacts, precisions: Sequence[str]) -> dict[str, tuple[Any, Any, str]]:
-    """The reduced-precision CPU routes to gate: ``torch-bf16`` and ``ort-int8`` (as :func:`runners_for` builds
-    them for ``spai predict``)."""
-    routes: dict[str, tuple[Any, Any, str]] = {}
-    if "bf16" in precisions:
-        routes["torch-bf16"] = (*runners_for("torch", "bf16", model=art.model), "bf16")
+def cpu_routes_to_gate(art: OnnxArtifacts, precisions: Sequence[str]) -> list[Route]:
+    """The reduced-precision CPU routes to gate: ``torch-bf16`` and ``ort-int8``, as :func:`runners_for` builds
+    them for ``spai predict``."""
+    routes = [runners_for("torch", "bf16", model=art.model)] if "bf16" in precisions else []
     if "int8" in precisions:
         if art.patch_encoder_int8 is None:
             raise ValueError("int8 parity needs the int8 graph: onnx_from_checkpoint(..., precisions=['int8'])")
-        routes["ort-int8"] = (*runners_for("ort", "int8", onnx_dir=art.patch_encoder_int8.parent), "int8")
+        routes.append(runners_for("ort", "int8", onnx_dir=art.patch_encoder_int8.parent))
     return routes
 
 

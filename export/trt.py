@@ -234,10 +234,13 @@ def _deserialize(path: Path, version_compatible: bool) -> trt.ICudaEngine:
 
 
 class BufferPool:
-    """Tensors allocated once per (name, shape, dtype) and reused: what the runner binds to the engine.
+    """Buffers kept per name and handed out as views: what the runner binds to the engine.
 
-    ``allocate(shape, dtype)`` makes one (device memory, or pinned host memory for staging); a new shape of the
-    same name replaces the old tensor, so at most one buffer per name is alive. ``allocations`` counts them.
+    ``allocate(shape, dtype)`` makes one (device memory, or pinned host memory for staging). A request for a shape
+    that fits the name's buffer gets a contiguous view of its first elements; only a larger size (or another dtype)
+    allocates, and then the larger buffer replaces the old one. Chunks that alternate between the profile's batch
+    and a remainder therefore allocate once each way up, never per call (pinned memory is a cudaHostAlloc).
+    ``allocations`` counts the allocations.
     """
 
     def __init__(self, allocate: Callable[[Shape, Any], torch.Tensor]) -> None:
@@ -246,12 +249,13 @@ class BufferPool:
         self.allocations = 0
 
     def get(self, name: str, shape: Shape, dtype: Any) -> torch.Tensor:
+        size = int(np.prod(shape, dtype=np.int64))
         buf = self._buffers.get(name)
-        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
-            buf = self._allocate(tuple(shape), dtype)
+        if buf is None or buf.numel() < size or buf.dtype != dtype:
+            buf = self._allocate((size,), dtype)
             self._buffers[name] = buf
             self.allocations += 1
-        return buf
+        return buf[:size].view(tuple(shape))
 
     def clear(self) -> None:
         self._buffers.clear()
@@ -267,8 +271,9 @@ def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
 class TrtRunner(Runner):
     """Runs a serialized engine (optimisation profile 0) on one CUDA device, on a stream of its own.
 
-    Declares the engine's own limits (the largest shape of profile 0 per input) and dtypes. Device buffers and the
-    pinned host staging buffers are allocated once per shape (:class:`BufferPool`) and reused; :meth:`infer`
+    Declares the engine's own limits and minimums (the largest and smallest shape of profile 0 per input) and dtypes:
+    a batch below the minimum is padded by :meth:`spai.runners.Runner.infer`. Device buffers and the pinned host
+    staging buffers grow to the largest shape seen and are reused as views (:class:`BufferPool`); :meth:`infer`
     copies numpy inputs through pinned memory on the runner's stream, :meth:`infer_device` takes tensors already
     on the device (what the benchmark times). ``device_memory_bytes``: the execution context's own memory.
     """
@@ -297,7 +302,9 @@ class TrtRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.limits = {n: tuple(int(d) for d in engine.get_tensor_profile_shape(n, 0)[2]) for n in self.inputs}
+        shapes = {n: engine.get_tensor_profile_shape(n, 0) for n in self.inputs}
+        self.limits = {n: tuple(int(d) for d in shapes[n][2]) for n in self.inputs}
+        self.minimums = {n: tuple(int(d) for d in shapes[n][0]) for n in self.inputs}
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self.input_dtypes = {n: self.dtypes[n] for n in self.inputs}
         self.device = torch.device("cuda", self.device_index)

@@ -24,22 +24,24 @@ from spai.inference import (
     ImageScore,
     InputLimits,
     OperatingPoint,
+    SERVING_LIMITS,
+    Scorer,
     prepare_requests,
-    score_prepared_requests_async,
 )
 from spai.patching import PatchSpec
-from spai.runners import Limits
+from spai.runners import Limits, Runner
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
 INTEGER_PARAMETERS = ("max_bytes", "max_pixels", "max_patches", "encoder_chunk", "aggregator_batch", "patch_size",
-                      "patch_stride", "minimum_patches", "in_flight", "threads", "trim_heap_mb")
+                      "patch_stride", "minimum_patches", "in_flight", "threads", "trim_heap_mb", "encoder_min_batch",
+                      "aggregator_min_images", "aggregator_min_patches")
 
 
 @dataclass(frozen=True)
 class EntrySettings:
     """What config.pbtxt ``parameters`` of the ``spai`` model set (written by :mod:`serving.repository`)."""
 
-    limits: InputLimits = InputLimits(max_bytes=64 * 1024 * 1024, max_pixels=50_000_000, max_patches=1024)
+    limits: InputLimits = SERVING_LIMITS
     patch: PatchSpec = PatchSpec()
     encoder_chunk: int = 64  # patches per encoder request (<= the encoder's max_batch_size)
     aggregator_batch: int = 16  # images per aggregator request (<= the aggregator's max_batch_size)
@@ -50,6 +52,10 @@ class EntrySettings:
     in_flight: int = 1  # K: encoder requests one execute keeps pending (BLS async_exec); 1 = one at a time
     threads: int = 1  # OMP/BLAS threads of each instance (decode and cutting are single-threaded)
     trim_heap_mb: int = 0  # malloc_trim after every this many MiB of decoded pixels (0: never)
+    # The engines' profile minimums (TensorRT refuses a smaller batch): requests are padded up to them
+    encoder_min_batch: int = 1
+    aggregator_min_images: int = 1
+    aggregator_min_patches: int = 1
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> EntrySettings:
@@ -73,8 +79,11 @@ class EntrySettings:
                        params.get("aggregator_attention", "False").lower() == "true",
                        calibration_from_parameters(params),
                        ints.get("in_flight", base.in_flight), ints.get("threads", base.threads),
-                       ints.get("trim_heap_mb", base.trim_heap_mb))
-        for key in ("encoder_chunk", "aggregator_batch", "in_flight"):
+                       ints.get("trim_heap_mb", base.trim_heap_mb),
+                       ints.get("encoder_min_batch", 1), ints.get("aggregator_min_images", 1),
+                       ints.get("aggregator_min_patches", 1))
+        for key in ("encoder_chunk", "aggregator_batch", "in_flight", "encoder_min_batch", "aggregator_min_images",
+                    "aggregator_min_patches"):
             if getattr(settings, key) < 1:
                 raise ServingError(f"config.pbtxt parameter {key}={getattr(settings, key)} must be at least 1.")
         return settings
@@ -87,6 +96,12 @@ class EntrySettings:
 
     def aggregator_limits(self) -> Limits:
         return {PATCH_FEATURES: (self.aggregator_batch, self.limits.max_patches, None)}
+
+    def encoder_minimums(self) -> Limits:
+        return {PATCHES: (self.encoder_min_batch,)}
+
+    def aggregator_minimums(self) -> Limits:
+        return {PATCH_FEATURES: (self.aggregator_min_images, self.aggregator_min_patches)}
 
 
 def calibration_parameters(calibration: Calibration) -> dict[str, str]:
@@ -127,7 +142,7 @@ def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | Non
                           ) -> tuple[list[Any], list[str | None]]:
     """(prepared requests, the operating point each names): a request whose ``operating_point`` input is
     malformed fails alone (its entry becomes the error); unknown names fail in
-    :func:`spai.inference.score_prepared_requests`."""
+    :meth:`spai.inference.Scorer.score_prepared_async`."""
     points: list[str | None] = []
     for i, values in enumerate(inputs):
         try:
@@ -139,7 +154,7 @@ def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | Non
 
 
 async def score_entry_batch(images: Sequence[Sequence[bytes]], points: Sequence[np.ndarray | None],
-                            settings: EntrySettings, encoder: Any, aggregator: Any
+                            settings: EntrySettings, encoder: Runner, aggregator: Runner
                             ) -> tuple[list[list[ImageScore] | SPAIError], int]:
     """What the ``spai`` model's ``execute`` computes for its requests (each request's encoded images and its
     ``operating_point`` input): (per request its scores or its error, bytes of pixels decoded). A bad request
@@ -148,8 +163,8 @@ async def score_entry_batch(images: Sequence[Sequence[bytes]], points: Sequence[
     prepared, names = with_requested_points(prepare_requests(images, settings.limits, settings.patch), points)
     pixels = sum(img.pixels.nbytes for p in prepared if not isinstance(p, SPAIError) for img in p)
     try:
-        return await score_prepared_requests_async(prepared, encoder, aggregator, settings.in_flight,
-                                                   settings.calibration, names), pixels
+        scorer = Scorer(encoder, aggregator, settings.limits, settings.patch, settings.calibration, settings.in_flight)
+        return await scorer.score_prepared_async(prepared, names), pixels
     except Exception as e:  # noqa: BLE001 - a failed BLS call must answer the requests, never escape execute
         failure = detached(e) if isinstance(e, SPAIError) else ServingError(f"{type(e).__name__}: {e}")
     return [p if isinstance(p, SPAIError) else failure for p in prepared], pixels

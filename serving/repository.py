@@ -24,7 +24,7 @@ from export.manifest import (
 )
 from serving.bls import EntrySettings, calibration_parameters
 from spai.errors import ExportError, ServingError
-from spai.inference import InputLimits, calibration_from_export
+from spai.inference import SERVING_LIMITS, calibration_from_export
 from spai.specs import (
     ATTENTION,
     DEFAULT_MAX_BATCH,
@@ -123,7 +123,7 @@ class RepositoryOptions:
     max_images: int = DEFAULT_MAX_IMAGES  # aggregator engine profile maximum (images)
     tuning: Tuning | None = None
     settings: EntrySettings = field(default_factory=lambda: EntrySettings(
-        limits=InputLimits(64 * 1024 * 1024, 50_000_000, DEFAULT_MAX_PATCHES), aggregator_batch=DEFAULT_MAX_IMAGES))
+        limits=SERVING_LIMITS, aggregator_batch=DEFAULT_MAX_IMAGES))
     # trt: the engines' own (min, opt, max) profiles by graph, from their engine.json (None: the spec defaults)
     profiles: dict[str, dict[str, tuple[tuple[int, ...], ...]]] | None = None
 
@@ -250,6 +250,8 @@ def entry_config(opts: RepositoryOptions) -> str:
               "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
               "minimum_patches": str(s.patch.minimum_patches), "in_flight": str(opts.tuning.in_flight),
               "threads": str(opts.tuning.entry_threads), "trim_heap_mb": str(opts.tuning.entry_trim_heap_mb),
+              "encoder_min_batch": str(s.encoder_min_batch), "aggregator_min_images": str(s.aggregator_min_images),
+              "aggregator_min_patches": str(s.aggregator_min_patches),
               **calibration_parameters(s.calibration)}
     parts = [_header(ENTRY, "python-ort", opts.tuning.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
@@ -371,7 +373,8 @@ def engine_manifest(art: Path, tensorrt_version: str | None = None) -> EngineMan
 def trt_options(opts: RepositoryOptions, manifest: EngineManifest) -> RepositoryOptions:
     """``opts`` following the engines: each model's max_batch_size is its profile's largest batch, warm-up uses the
     opt shapes, the ``spai`` model sends encoder chunks of the encoder's opt batch and aggregator groups of its
-    largest image count, and refuses images over its largest patch count. Settings asked for beyond the profiles
+    largest image count, pads smaller ones up to the profiles' minimums, and refuses images over its largest patch
+    count. Settings asked for beyond the profiles
     are refused (naming both values)."""
     enc, agg = manifest.engines["patch_encoder"], manifest.engines["aggregator"]
     enc_max, enc_opt = enc.profile[PATCHES][2][0], enc.profile[PATCHES][1][0]
@@ -382,7 +385,10 @@ def trt_options(opts: RepositoryOptions, manifest: EngineManifest) -> Repository
         raise ServingError(f"max_patches {asked} exceeds the aggregator engine's largest patch count "
                            f"{patches} (its profile in engine.json); rebuild it with --max-patches.")
     settings = dataclasses.replace(s, encoder_chunk=enc_opt, aggregator_batch=images,
-                                   limits=dataclasses.replace(s.limits, max_patches=patches))
+                                   limits=dataclasses.replace(s.limits, max_patches=patches),
+                                   encoder_min_batch=enc.profile[PATCHES][0][0],
+                                   aggregator_min_images=agg.profile[PATCH_FEATURES][0][0],
+                                   aggregator_min_patches=agg.profile[PATCH_FEATURES][0][1])
     profiles = {"patch_encoder": enc.profile, "aggregator": agg.profile}
     return dataclasses.replace(opts, max_batch=enc_max, max_images=images, settings=settings, profiles=profiles)
 

@@ -11,23 +11,27 @@ follow the runners' declared limits (:class:`spai.runners.Runner`). Pure numpy: 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import csv
 import itertools
 import json
 import re
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from spai.errors import CalibrationError, ImageError, SPAIError, detached
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
+from spai.runners import Feed, Route, Runner
+from spai.specs import ATTENTION, DEFAULT_MAX_PATCHES, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
+T = TypeVar("T")
 CSV_FIELDS = ("image", "probability", "logit", "decision", "operating_point", "num_patches", "latency_ms", "error")
 
 
@@ -38,6 +42,11 @@ class InputLimits:
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_patches: int | None = None
+
+
+# What a server accepts from a client (tighter than a local file: a request is held in memory while it is decoded):
+# 64 MiB, 50 megapixels, and the aggregator engine's default patch count.
+SERVING_LIMITS = InputLimits(64 * 2**20, 50_000_000, DEFAULT_MAX_PATCHES)
 
 
 @dataclass
@@ -263,36 +272,23 @@ def _fill(out: np.ndarray, pixels: np.ndarray, corners: list[tuple[int, int]]) -
         np.divide(out, 255, out=out)  # == torch's x.float().div_(255): the scaling the model was trained with
 
 
-def encoder_feeds(encoder: Any, images: Sequence[PreparedImage]) -> Iterator[dict[str, np.ndarray]]:
+def encoder_feeds(encoder: Runner, images: Sequence[PreparedImage]) -> Iterator[Feed]:
     """The encoder's feeds for the patches of all ``images`` (in order): chunks of its declared batch limit, in
     the dtype it declares, each cut only when it is asked for."""
     for chunk in patch_chunks(images, encoder.max_dim(PATCHES, 0), encoder.input_dtype(PATCHES)):
         yield {PATCHES: chunk}
 
 
-def _features(outputs: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+def _features(outputs: Sequence[Feed]) -> np.ndarray:
     return np.concatenate([out[PATCH_FEATURES] for out in outputs]).astype(np.float32, copy=False)
 
 
-def encode(encoder: Any, images: Sequence[PreparedImage]) -> np.ndarray:
-    """N x D patch features of all ``images`` (in order), one :func:`encoder_feeds` chunk per call."""
-    return _features([encoder.infer(feed) for feed in encoder_feeds(encoder, images)])
-
-
-async def encode_async(encoder: Any, images: Sequence[PreparedImage], in_flight: int = 1) -> np.ndarray:
-    """:func:`encode` with up to ``in_flight`` encoder calls pending (``encoder.infer_async``; Triton BLS:
-    ``async_exec``): the next chunk is cut while the earlier ones are encoded. Same chunks, same order, same
-    features."""
-    return _features(await infer_in_flight(encoder, encoder_feeds(encoder, images), in_flight))
-
-
-async def infer_in_flight(runner: Any, feeds: Iterable[dict[str, np.ndarray]], in_flight: int
-                          ) -> list[dict[str, np.ndarray]]:
+async def infer_in_flight(runner: Runner, feeds: Iterable[Feed], in_flight: int) -> list[Feed]:
     """``runner.infer_async`` on every feed, in order, keeping at most ``in_flight`` (>= 1) calls pending; a feed
     is taken from ``feeds`` (cut) only when a call slot is free. A failure is raised once the calls already
     started have ended (none is left running on its inputs)."""
     pending: deque[asyncio.Future] = deque()
-    results: list[dict[str, np.ndarray]] = []
+    results: list[Feed] = []
     try:
         for feed in feeds:
             pending.append(asyncio.ensure_future(runner.infer_async(feed)))
@@ -306,61 +302,139 @@ async def infer_in_flight(runner: Any, feeds: Iterable[dict[str, np.ndarray]], i
     return results
 
 
-def aggregate(aggregator: Any, features: np.ndarray, counts: Sequence[int]
-              ) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Logits (B,) and per-image attention of images whose concatenated N x D features split by ``counts``:
-    zero-padded groups with a validity mask, as many images a call as the aggregator's limits allow."""
+def aggregator_feeds(aggregator: Runner, features: np.ndarray, counts: Sequence[int]
+                     ) -> Iterator[tuple[list[int], Feed]]:
+    """(patch counts of the group, feed) for images whose concatenated N x D features split by ``counts``:
+    zero-padded groups with a validity mask, as many images a call as the aggregator's limits allow, at least
+    as long as its minimum (an engine profile's fewest patches; the extra rows are masked out)."""
     per_call = aggregator.max_dim(PATCH_FEATURES, 0) or max(len(counts), 1)
+    shortest = aggregator.min_dim(PATCH_FEATURES, 1)
     offsets = np.cumsum([0, *counts])
-    logits, attention = [], []
     for start in range(0, len(counts), per_call):
         group = list(counts[start:start + per_call])
-        padded = np.zeros((len(group), max(group), features.shape[1]), np.float32)
-        mask = np.zeros((len(group), max(group)), bool)
+        length = max(*group, shortest)
+        padded = np.zeros((len(group), length, features.shape[1]), np.float32)
+        mask = np.zeros((len(group), length), bool)
         for i, n in enumerate(group):
             padded[i, :n] = features[offsets[start + i]:offsets[start + i] + n]
             mask[i, :n] = True
-        out = aggregator.infer({PATCH_FEATURES: padded, PATCH_MASK: mask})
-        logits.append(np.asarray(out[LOGITS], np.float32).reshape(len(group), -1)[:, 0])
-        attn = out.get(ATTENTION)
-        attention += [None if attn is None else np.asarray(attn[i, :n], np.float32) for i, n in enumerate(group)]
-    return np.concatenate(logits), attention
+        yield group, {PATCH_FEATURES: padded, PATCH_MASK: mask}
 
 
-def score_prepared(images: Sequence[PreparedImage], encoder: Any, aggregator: Any,
-                   calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
-    """Encode the patches of all ``images`` together, then aggregate: one score per image, its probability and
-    decision from ``calibration`` (at ``operating_point``, default: the calibration's default)."""
-    if not images:
-        return []
-    return score_features(images, encode(encoder, images), aggregator, calibration, operating_point)
+def _logits_and_attention(group: list[int], out: Feed) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    logits = np.asarray(out[LOGITS], np.float32).reshape(len(group), -1)[:, 0]
+    attn = out.get(ATTENTION)
+    return logits, [None if attn is None else np.asarray(attn[i, :n], np.float32) for i, n in enumerate(group)]
 
 
-def score_features(images: Sequence[PreparedImage], features: np.ndarray, aggregator: Any,
-                   calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
-    """Aggregate the encoded N x D ``features`` of ``images`` (their patches, in order): one score per image,
-    decided at ``operating_point`` of ``calibration``."""
-    counts = [img.grid.num_patches for img in images]
-    logits, attention = aggregate(aggregator, features, counts)
-    probabilities = calibration.probability(logits)
-    return calibration.decide([ImageScore(img.name, float(p), float(z), n, attention=a)
-                               for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)],
-                              operating_point)
+def source_name(source: ImageSource, index: int) -> str:
+    """How an image is named in results and errors: its path, else ``image[index]``."""
+    return str(source) if isinstance(source, (str, Path)) else f"image[{index}]"
 
 
-def effective_limits(limits: InputLimits, aggregator: Any) -> InputLimits:
-    """``limits`` with ``max_patches`` no larger than the aggregator's sequence limit."""
-    longest = aggregator.max_dim(PATCH_FEATURES, 1)
-    if longest is None or (limits.max_patches is not None and limits.max_patches <= longest):
-        return limits
-    return InputLimits(limits.max_bytes, limits.max_pixels, longest)
+Prepared = list[PreparedImage] | SPAIError  # one request: its decoded images, or the error of its first bad one
+Scored = list[ImageScore] | SPAIError  # one request: its scores, or its error
+
+
+@dataclass
+class Scorer:
+    """Everything scoring needs besides the images: the two runners (a :class:`spai.runners.Route`'s), the input
+    limits, the patch spec, the model's calibration and how many encoder calls to keep pending (``in_flight``; a
+    Triton BLS runner submits them with ``async_exec``).
+
+    One core, :meth:`score_prepared_async` (what the Triton ``spai`` model awaits); the other methods are thin
+    synchronous wrappers around it, so every caller scores through the same code. Runners must be entered."""
+
+    encoder: Runner
+    aggregator: Runner
+    limits: InputLimits = InputLimits()
+    spec: PatchSpec = PatchSpec()
+    calibration: Calibration = UNCALIBRATED
+    in_flight: int = 1
+
+    @classmethod
+    def for_route(cls, route: Route, **options: Any) -> Scorer:
+        """A scorer over ``route``'s runners (``options``: the other fields)."""
+        return cls(route.encoder, route.aggregator, **options)
+
+    def input_limits(self) -> InputLimits:
+        """:attr:`limits` with ``max_patches`` no larger than the aggregator's sequence limit (known once the
+        aggregator is entered: a TensorRT runner reads it from its engine)."""
+        longest = self.aggregator.max_dim(PATCH_FEATURES, 1)
+        if longest is None or (self.limits.max_patches is not None and self.limits.max_patches <= longest):
+            return self.limits
+        return InputLimits(self.limits.max_bytes, self.limits.max_pixels, longest)
+
+    def prepare(self, requests: Sequence[Sequence[ImageSource]]) -> list[Prepared]:
+        """Decode every request: its prepared images, or the :class:`ImageError` of its first bad image (a request
+        carrying several images fails as a whole; the message names ``image[i]``)."""
+        return prepare_requests(requests, self.input_limits(), self.spec)
+
+    async def score_prepared_async(self, prepared: Sequence[Prepared],
+                                   operating_points: Sequence[str | None] | None = None) -> list[Scored]:
+        """Score the good requests together (their patches share encoder chunks); the bad ones keep their error.
+        Each request is decided at its own entry of ``operating_points`` (None: the default); one naming an unknown
+        operating point fails alone. Runner failures are not caught: they concern every good request."""
+        checked, points = _checked_points(prepared, self.calibration, operating_points)
+        good = [img for p in checked if not isinstance(p, SPAIError) for img in p]
+        scores = await self._scores(good) if good else []
+        it = iter(scores)
+        return [p if isinstance(p, SPAIError) else self.calibration.decide([next(it) for _ in p], op)
+                for p, op in zip(checked, points)]
+
+    async def _scores(self, images: Sequence[PreparedImage]) -> list[ImageScore]:
+        """Encode the patches of all ``images`` (``in_flight`` calls pending), then aggregate: one score each."""
+        features = _features(await infer_in_flight(self.encoder, encoder_feeds(self.encoder, images), self.in_flight))
+        counts = [img.grid.num_patches for img in images]
+        logits, attention = await self._aggregate(features, counts)
+        probabilities = self.calibration.probability(logits)
+        return [ImageScore(img.name, float(p), float(z), n, attention=a)
+                for img, p, z, n, a in zip(images, probabilities, logits, counts, attention)]
+
+    async def _aggregate(self, features: np.ndarray, counts: Sequence[int]
+                         ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        logits, attention = [], []
+        for group, feed in aggregator_feeds(self.aggregator, features, counts):
+            z, a = _logits_and_attention(group, await self.aggregator.infer_async(feed))
+            logits.append(z)
+            attention += a
+        return np.concatenate(logits), attention
+
+    def score_prepared(self, prepared: Sequence[Prepared], operating_points: Sequence[str | None] | None = None
+                       ) -> list[Scored]:
+        """:meth:`score_prepared_async`, run to completion."""
+        return run_sync(self.score_prepared_async(prepared, operating_points))
+
+    def score_requests(self, requests: Sequence[Sequence[ImageSource]],
+                       operating_points: Sequence[str | None] | None = None) -> list[Scored]:
+        """Score several requests together: per request its scores, or the error of its first bad image."""
+        return self.score_prepared(self.prepare(requests), operating_points)
+
+    def score_images(self, images: Sequence[ImageSource], operating_point: str | None = None) -> list[ImageScore]:
+        """Score images of any size together; every input is validated first and the first bad one raises."""
+        self.calibration.operating_point(operating_point)  # an unknown name fails before any work
+        limits = self.input_limits()
+        prepared = [prepare_image(img, source_name(img, i), limits, self.spec) for i, img in enumerate(images)]
+        if not prepared:
+            return []
+        return self.score_prepared([prepared], [operating_point])[0]  # type: ignore[return-value]
+
+    def score_patch_groups(self, patches: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(features N x D, logits B) of ready-cut patches grouped into pseudo-images of ``counts`` patches:
+        the same chunking and grouping as images get (the comparator's random-patch check)."""
+        step = self.encoder.max_dim(PATCHES, 0) or max(len(patches), 1)
+        feeds = ({PATCHES: patches[i:i + step]} for i in range(0, len(patches), step))
+
+        async def features_and_logits() -> tuple[np.ndarray, np.ndarray]:
+            feats = _features(await infer_in_flight(self.encoder, feeds, self.in_flight))
+            return feats, (await self._aggregate(feats, counts))[0]
+        return run_sync(features_and_logits())
 
 
 def prepare_requests(requests: Sequence[Sequence[ImageSource]], limits: InputLimits = InputLimits(),
-                     spec: PatchSpec = PatchSpec()) -> list[list[PreparedImage] | SPAIError]:
-    """Decode every request: its prepared images, or the :class:`ImageError` of its first bad image (a request
-    carrying several images fails as a whole; the message names ``image[i]``)."""
-    prepared: list[list[PreparedImage] | SPAIError] = []
+                     spec: PatchSpec = PatchSpec()) -> list[Prepared]:
+    """:meth:`Scorer.prepare` with explicit limits (what a Triton ``spai`` instance decodes with)."""
+    prepared: list[Prepared] = []
     for images in requests:
         try:
             if not len(images):
@@ -372,43 +446,15 @@ def prepare_requests(requests: Sequence[Sequence[ImageSource]], limits: InputLim
     return prepared
 
 
-def score_prepared_requests(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any, aggregator: Any,
-                            calibration: Calibration = UNCALIBRATED,
-                            operating_points: Sequence[str | None] | None = None
-                            ) -> list[list[ImageScore] | SPAIError]:
-    """Score the good requests of :func:`prepare_requests` together (their patches share encoder chunks); the
-    bad ones keep their error. Each request is decided at its own entry of ``operating_points`` (None: the
-    default); one naming an unknown operating point fails alone. Runner failures are not caught: they concern
-    every good request."""
-    prepared, points = _checked_points(prepared, calibration, operating_points)
-    good = _good_images(prepared)
-    return _per_request(prepared, score_prepared(good, encoder, aggregator, calibration), calibration, points)
-
-
-async def score_prepared_requests_async(prepared: Sequence[list[PreparedImage] | SPAIError], encoder: Any,
-                                        aggregator: Any, in_flight: int = 1, calibration: Calibration = UNCALIBRATED,
-                                        operating_points: Sequence[str | None] | None = None
-                                        ) -> list[list[ImageScore] | SPAIError]:
-    """:func:`score_prepared_requests` with up to ``in_flight`` encoder calls pending (:func:`encode_async`):
-    what the Triton ``spai`` model runs."""
-    prepared, points = _checked_points(prepared, calibration, operating_points)
-    good = _good_images(prepared)
-    scores = (score_features(good, await encode_async(encoder, good, in_flight), aggregator, calibration)
-              if good else [])
-    return _per_request(prepared, scores, calibration, points)
-
-
-def _checked_points(prepared: Sequence[list[PreparedImage] | SPAIError], calibration: Calibration,
-                    operating_points: Sequence[str | None] | None
-                    ) -> tuple[list[list[PreparedImage] | SPAIError], list[str | None]]:
+def _checked_points(prepared: Sequence[Prepared], calibration: Calibration,
+                    operating_points: Sequence[str | None] | None) -> tuple[list[Prepared], list[str | None]]:
     """Each request's operating point (None: the default); a request naming an unknown one gets its error."""
     points = list(operating_points or [None] * len(prepared))
     return [p if isinstance(p, SPAIError) else _checked_point(p, calibration, op)
             for p, op in zip(prepared, points)], points
 
 
-def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name: str | None
-                   ) -> list[PreparedImage] | SPAIError:
+def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name: str | None) -> Prepared:
     try:
         calibration.operating_point(name)
     except CalibrationError as e:
@@ -416,46 +462,18 @@ def _checked_point(prepared: list[PreparedImage], calibration: Calibration, name
     return prepared
 
 
-def _good_images(prepared: Sequence[list[PreparedImage] | SPAIError]) -> list[PreparedImage]:
-    return [img for p in prepared if not isinstance(p, SPAIError) for img in p]
+_LOOPS = threading.local()
 
 
-def _per_request(prepared: Sequence[list[PreparedImage] | SPAIError], scores: list[ImageScore],
-                 calibration: Calibration, points: Sequence[str | None]) -> list[list[ImageScore] | SPAIError]:
-    it = iter(scores)
-    return [p if isinstance(p, SPAIError) else calibration.decide([next(it) for _ in p], op)
-            for p, op in zip(prepared, points)]
-
-
-def score_requests(requests: Sequence[Sequence[ImageSource]], encoder: Any, aggregator: Any, *,
-                   limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec(),
-                   calibration: Calibration = UNCALIBRATED, operating_points: Sequence[str | None] | None = None
-                   ) -> list[list[ImageScore] | SPAIError]:
-    """Score several requests together: per request its scores, or the error of its first bad image."""
-    prepared = prepare_requests(requests, effective_limits(limits, aggregator), spec)
-    return score_prepared_requests(prepared, encoder, aggregator, calibration, operating_points)
-
-
-def score_images(images: Sequence[ImageSource], encoder: Any, aggregator: Any, *,
-                 limits: InputLimits = InputLimits(), spec: PatchSpec = PatchSpec(),
-                 calibration: Calibration = UNCALIBRATED, operating_point: str | None = None) -> list[ImageScore]:
-    """Score images of any size together; every input is validated first and the first bad one raises."""
-    calibration.operating_point(operating_point)  # an unknown name fails before any work
-    limits = effective_limits(limits, aggregator)
-    prepared = [prepare_image(img, source_name(img, i), limits, spec) for i, img in enumerate(images)]
-    return score_prepared(prepared, encoder, aggregator, calibration, operating_point)
-
-
-def source_name(source: ImageSource, index: int) -> str:
-    """How an image is named in results and errors: its path, else ``image[index]``."""
-    return str(source) if isinstance(source, (str, Path)) else f"image[{index}]"
-
-
-def score_patch_groups(patches: np.ndarray, counts: Sequence[int], encoder: Any, aggregator: Any
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(features N x D, logits B) of ready-cut patches grouped into pseudo-images of ``counts`` patches:
-    the same chunking and grouping as images get (the comparator's random-patch check)."""
-    step = encoder.max_dim(PATCHES, 0) or max(len(patches), 1)
-    feats = np.concatenate([encoder.infer({PATCHES: patches[i:i + step]})[PATCH_FEATURES]
-                            for i in range(0, len(patches), step)]).astype(np.float32, copy=False)
-    return feats, aggregate(aggregator, feats, counts)[0]
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion from synchronous code: on this thread's own event loop (kept, so a call
+    costs microseconds), or, where a loop is already running on this thread (a notebook), on a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        loop = getattr(_LOOPS, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _LOOPS.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_sync, coroutine).result()

@@ -12,8 +12,10 @@ scored exactly). This module imports neither torch nor onnxruntime at import tim
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +54,13 @@ class Runner:
 
     name = "runner"
 
-    def __init__(self, limits: Limits | None = None, input_dtypes: dict[str, np.dtype] | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, input_dtypes: dict[str, np.dtype] | None = None,
+                 minimums: Limits | None = None) -> None:
         self.limits: Limits = dict(limits or {})
         self.input_dtypes: dict[str, np.dtype] = dict(input_dtypes or {})
+        # The smallest sizes each input accepts (a TensorRT profile's minimum): infer() pads the batch axis up to
+        # it; a caller pads any other axis (spai.inference pads the aggregator's patch axis with masked rows).
+        self.minimums: Limits = dict(minimums or {})
 
     def __enter__(self) -> Runner:
         return self
@@ -67,12 +73,17 @@ class Runner:
         shape = self.limits.get(name)
         return shape[axis] if shape is not None and axis < len(shape) else None
 
+    def min_dim(self, name: str, axis: int = 0) -> int:
+        """The smallest size of axis ``axis`` of input ``name`` (1: not limited)."""
+        shape = self.minimums.get(name)
+        return (shape[axis] or 1) if shape is not None and axis < len(shape) else 1
+
     def input_dtype(self, name: str = PATCHES) -> np.dtype:
         """The dtype input ``name`` is fed in (default: the spec's, :data:`spai.specs.PATCHES_INPUT` for patches)."""
         return np.dtype(self.input_dtypes.get(name, PATCHES_INPUT.dtype if name == PATCHES else "float32"))
 
     def check_feed(self, feed: Feed) -> None:
-        """:class:`ExportError` naming the input when a feed exceeds the declared limits."""
+        """:class:`ExportError` naming the input when a feed exceeds the declared limits or is below the minimums."""
         for name, limit in self.limits.items():
             if name not in feed:
                 continue
@@ -80,11 +91,29 @@ class Runner:
             if len(shape) < len(limit) or any(m is not None and d > m for d, m in zip(shape, limit)):
                 raise ExportError(f"{self.name}: input {name!r} of shape {tuple(shape)} is outside the declared "
                                   f"limits {limit}; the caller must chunk by Runner.limits.")
+        for name, smallest in self.minimums.items():
+            shape = np.shape(feed[name]) if name in feed else ()
+            if any(m is not None and d < m for d, m in zip(shape, smallest)):
+                raise ExportError(f"{self.name}: input {name!r} of shape {tuple(shape)} is below the declared "
+                                  f"minimum {smallest}; the caller must pad by Runner.minimums.")
 
     def infer(self, feed: Feed) -> Feed:
-        """Outputs by name for one batch; refuses feeds beyond :attr:`limits`."""
-        self.check_feed(feed)
-        return self._infer(feed)
+        """Outputs by name for one batch; a batch below :attr:`minimums` is padded (and its outputs cut back),
+        a feed beyond :attr:`limits` refused."""
+        padded, rows = self._padded(feed)
+        self.check_feed(padded)
+        return _first_rows(self._infer(padded), rows)
+
+    def _padded(self, feed: Feed) -> tuple[Feed, int | None]:
+        """(feed with its batch axis zero-padded up to the declared minimum, the real batch or None if unpadded).
+        Every tensor of a feed shares the batch axis; the padded rows' outputs are dropped, so their values (zero
+        pixels, an all-False mask) never reach a result."""
+        smallest = max((self.min_dim(name) for name in feed), default=1)
+        rows = len(next(iter(feed.values()))) if feed else 0
+        if rows >= smallest:
+            return feed, None
+        return {k: np.concatenate([v, np.zeros((smallest - rows, *v.shape[1:]), v.dtype)])
+                for k, v in feed.items()}, rows
 
     def _infer(self, feed: Feed) -> Feed:
         raise NotImplementedError
@@ -93,8 +122,9 @@ class Runner:
         """:meth:`infer` as a coroutine, so that a caller can keep several calls in flight
         (:func:`spai.inference.infer_in_flight`). Runners that can (Triton BLS: ``async_exec``) override
         :meth:`_infer_async`; the others answer at once."""
-        self.check_feed(feed)
-        return await self._infer_async(feed)
+        padded, rows = self._padded(feed)
+        self.check_feed(padded)
+        return _first_rows(await self._infer_async(padded), rows)
 
     async def _infer_async(self, feed: Feed) -> Feed:
         return self._infer(feed)
@@ -113,6 +143,35 @@ class Runner:
     def _batch_limit(self) -> int | None:
         sizes = [shape[0] for shape in self.limits.values() if shape and shape[0] is not None]
         return min(sizes) if sizes else None
+
+
+@dataclass
+class Route:
+    """One way of scoring: its ``name`` (``torch-fp32``, ``ort-int8``, ``trt-fp16``, ...), the ``precision`` its
+    encoder computes in, and the encoder and aggregator runners, entered and left together (``with route:``)."""
+
+    name: str
+    precision: str
+    encoder: Runner
+    aggregator: Runner
+    _stack: contextlib.ExitStack | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __enter__(self) -> Route:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.encoder)
+            stack.enter_context(self.aggregator)
+            self._stack = stack.pop_all()  # both entered: keep them open until __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+
+def _first_rows(outputs: Feed, rows: int | None) -> Feed:
+    """Outputs without the rows a padded batch added (all outputs are batch-first, as the specs declare)."""
+    return outputs if rows is None else {k: v[:rows] for k, v in outputs.items()}
 
 
 def _batches_within(feeds: Sequence[Feed], limit: int | None) -> Iterator[list[int]]:
@@ -173,8 +232,6 @@ class TorchRunner(Runner):
 
     def _precision_mode(self) -> Any:
         """The bf16 mode (weights cast once, on first use) or a no-op context."""
-        import contextlib
-
         if self.precision == "fp32" or self.graph != "patch_encoder":
             return contextlib.nullcontext()
         if self._mode is None:
@@ -205,8 +262,8 @@ class TorchRunner(Runner):
 class OrtRunner(Runner):
     """An ONNX Runtime session over one exported graph (CPU unless ``providers`` says otherwise).
 
-    ``threads``: intra-op threads (default: the cores available to this process). ``limits``: declared largest
-    shapes, e.g. a TensorRT profile's maximum so that CPU tests chunk like the engine; without them an encoder
+    ``threads``: intra-op threads (default: the cores available to this process). ``limits`` / ``minimums``:
+    declared largest / smallest shapes, e.g. a TensorRT profile's so that CPU checks chunk and pad like the engine; without them an encoder
     declares :data:`CPU_CHUNKS` patches for its graph's precision (memory and speed, measured) and an aggregator
     is unlimited. ``bounded_memory`` (default on the CPU provider): memory follows the chunk, not the largest batch
     ever seen -- see :func:`ort_session_options`.
@@ -214,8 +271,8 @@ class OrtRunner(Runner):
 
     def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None,
                  threads: int | None = None, limits: Limits | None = None,
-                 bounded_memory: bool | None = None) -> None:
-        super().__init__(limits)
+                 bounded_memory: bool | None = None, minimums: Limits | None = None) -> None:
+        super().__init__(limits, minimums=minimums)
         self.path = Path(onnx_path)
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
@@ -342,9 +399,9 @@ def resolve_route(backend: str | None, precision: str, flags: frozenset[str] | N
 
 
 def runners_for(backend: str, precision: str, *, model: Any = None, onnx_dir: str | os.PathLike | None = None,
-                chunk: int | None = None, threads: int | None = None) -> tuple[Runner, Runner]:
-    """(encoder, aggregator) runners of one route, by name: what ``spai predict --backend --precision`` and the
-    benchmarks score through :mod:`spai.inference`. torch needs ``model``; ort needs ``onnx_dir`` (a
+                chunk: int | None = None, threads: int | None = None) -> Route:
+    """The :class:`Route` (encoder and aggregator runners) of one CPU route, by name, as :mod:`spai.inference`
+    scores through it. torch needs ``model``; ort needs ``onnx_dir`` (a
     ``spai export`` folder: ``patch_encoder[.int8].onnx`` + ``aggregator.onnx``). ``chunk``: patches per encoder
     call (default :data:`CPU_CHUNKS` on a CPU, the model's chunk on a GPU). The aggregator runs in fp32."""
     if (backend, precision) not in ROUTES:
@@ -355,10 +412,12 @@ def runners_for(backend: str, precision: str, *, model: Any = None, onnx_dir: st
             raise ConfigError("the torch backend needs a model (spai.create_model(...)).")
         on_cpu = getattr(model.device, "type", "cpu") == "cpu"
         batch = chunk or (CPU_CHUNKS[(backend, precision)] if on_cpu else None)
-        return TorchRunner(model, "patch_encoder", batch, precision), TorchRunner(model, "aggregator")
+        return Route(f"torch-{precision}", precision, TorchRunner(model, "patch_encoder", batch, precision),
+                     TorchRunner(model, "aggregator"))
     if onnx_dir is None:
         raise ConfigError("the ort backend needs the exported graphs: pass the folder `spai export` wrote.")
     folder = Path(onnx_dir)
     limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
-    return (OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
-            OrtRunner(folder / AGGREGATOR_FILE, threads=threads))
+    return Route(f"ort-{precision}", precision,
+                 OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
+                 OrtRunner(folder / AGGREGATOR_FILE, threads=threads))

@@ -116,3 +116,8 @@ def trt_profile(spec: ModelSpec, min_batch: int | None = None, opt_batch: int | 
 def max_shapes(profile: dict[str, tuple[Shape, Shape, Shape]]) -> dict[str, Shape]:
     """The largest shape per input of a profile: what a runner standing in for that engine declares."""
     return {name: shapes[2] for name, shapes in profile.items()}
+
+
+def min_shapes(profile: dict[str, tuple[Shape, Shape, Shape]]) -> dict[str, Shape]:
+    """The smallest shape per input of a profile: the minimums a runner standing in for that engine declares."""
+    return {name: shapes[0] for name, shapes in profile.items()}

@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = spai.create_model(None, checkpoint=checkpoint, device=device)
-    with scoring_runners(args, model) as runners:
+    with scoring_runners(args, model) as route:
         _, scores, missing = labelled_scores(model, Path(args.csv), args.split, args.root, args.strict,
-                                             args.batch_size, args.workers, not args.no_progress, "calibrate", runners)
+                                             args.batch_size, args.workers, not args.no_progress, "calibrate", route)
     entry = calibration_entry(scores, args.csv, args.split, args.method, args.fpr)
     entry["checkpoint"] = str(checkpoint)
     print(calibration_summary(entry) + (f"\n({missing} missing and {len(scores['errors'])} unreadable images "

@@ -11,22 +11,20 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from spai.errors import ImageError, SPAIError
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, expand_inputs
 from spai.inference import (
     CSV_FIELDS,
-    UNCALIBRATED,
     Calibration,
     ImageScore,
     InputLimits,
+    Scorer,
     calibration_from_export,
     flagged_summary,
-    score_images,
     write_scores_csv,
 )
-from spai.patching import PatchSpec, patch_spec_from_config
+from spai.patching import patch_spec_from_config
 from spai_cli.routes import add_route_arguments, chosen_route, route_runners
 
 
@@ -47,18 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def score_paths(runners: tuple[Any, Any], paths: Sequence[Path], spec: PatchSpec | None = None,
-                calibration: Calibration = UNCALIBRATED, operating_point: str | None = None,
-                **limits: int) -> list[ImageScore]:
-    """One score per image through (encoder, aggregator) runners, decided at ``operating_point`` of
-    ``calibration`` (checked by :func:`predict_runners`, before any export), timed; a bad image gets its error and
-    never stops the others."""
+def score_paths(scorer: Scorer, paths: Sequence[Path], operating_point: str | None = None) -> list[ImageScore]:
+    """One score per image, decided at ``operating_point`` of the scorer's calibration (checked by
+    :func:`predict_scorer`, before any export), timed; a bad image gets its error and never stops the others."""
     rows = []
     for path in paths:
         start = time.perf_counter()
         try:
-            (row,) = score_images([path], *runners, limits=InputLimits(**limits), spec=spec or PatchSpec(),
-                                  calibration=calibration, operating_point=operating_point)
+            (row,) = scorer.score_images([path], operating_point)
         except ImageError as e:
             row = ImageScore(str(path), error=str(e))
         row.latency_ms = (time.perf_counter() - start) * 1e3
@@ -67,10 +61,10 @@ def score_paths(runners: tuple[Any, Any], paths: Sequence[Path], spec: PatchSpec
 
 
 @contextlib.contextmanager
-def predict_runners(args: argparse.Namespace) -> Iterator[tuple[tuple[Any, Any], PatchSpec, Calibration]]:
-    """The entered (encoder, aggregator) runners of the route ``--backend`` / ``--precision`` ask for
-    (:func:`spai_cli.routes.route_runners`), the model's patch spec and its calibration (the checkpoint's, or the
-    ``--onnx`` export's calibration.json)."""
+def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
+    """A :class:`spai.inference.Scorer` over the entered route ``--backend`` / ``--precision`` ask for
+    (:func:`spai_cli.routes.route_runners`), with the model's patch spec, its calibration (the checkpoint's, or the
+    ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
     import spai
     from spai.config import get_config
 
@@ -81,9 +75,10 @@ def predict_runners(args: argparse.Namespace) -> Iterator[tuple[tuple[Any, Any],
     spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
     calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
     calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
-    with route_runners(model, backend, precision, args.onnx, args.chunk_size) as runners:
+    limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+    with route_runners(model, backend, precision, args.onnx, args.chunk_size) as route:
         model = None  # an ORT route holds the graphs only: the torch weights can go
-        yield runners, spec, calibration
+        yield Scorer.for_route(route, limits=limits, spec=spec, calibration=calibration)
 
 
 def print_table(rows: Sequence[ImageScore]) -> None:
@@ -113,9 +108,9 @@ def printable(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
-    with predict_runners(args) as (runners, spec, calibration):
-        rows = score_paths(runners, paths, spec, calibration, args.operating_point, max_pixels=args.max_pixels,
-                           max_bytes=args.max_bytes)
+    with predict_scorer(args) as scorer:
+        rows = score_paths(scorer, paths, args.operating_point)
+    calibration = scorer.calibration
     print_table(rows)
     if args.output:
         print(f"wrote {write_scores_csv(rows, args.output)}")

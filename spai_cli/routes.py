@@ -9,7 +9,11 @@ import contextlib
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spai.models.spai_model import SPAIModel
+    from spai.runners import Route
 
 
 def add_route_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +39,9 @@ def chosen_route(args: argparse.Namespace) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def route_runners(model: Any, backend: str, precision: str, onnx_dir: str | None = None,
-                  chunk: int | None = None) -> Iterator[tuple[Any, Any]]:
-    """Entered (encoder, aggregator) runners of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
+def route_runners(model: SPAIModel | None, backend: str, precision: str, onnx_dir: str | None = None,
+                  chunk: int | None = None) -> Iterator[Route]:
+    """The entered :class:`spai.runners.Route` of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
     temporary folder first (and builds its int8 encoder for int8)."""
     from spai.runners import runners_for
 
@@ -46,22 +50,21 @@ def route_runners(model: Any, backend: str, precision: str, onnx_dir: str | None
             if not onnx_dir:
                 onnx_dir = exported(model, precision, stack.enter_context(tempfile.TemporaryDirectory()))
             model = None  # the ORT route needs the graphs only (the caller may free the torch weights)
-        runners = runners_for(backend, precision, model=model, onnx_dir=onnx_dir, chunk=chunk)
-        yield tuple(stack.enter_context(r) for r in runners)  # type: ignore[misc]
+        yield stack.enter_context(runners_for(backend, precision, model=model, onnx_dir=onnx_dir, chunk=chunk))
 
 
 @contextlib.contextmanager
-def scoring_runners(args: argparse.Namespace, model: Any) -> Iterator[tuple[Any, Any] | None]:
+def scoring_runners(args: argparse.Namespace, model: SPAIModel) -> Iterator[Route | None]:
     """For ``spai test`` / ``spai calibrate``: None for the default route (the model itself, on its device),
-    else the entered runners of the route the arguments ask for."""
+    else the entered route the arguments ask for."""
     if args.backend in (None, "torch") and args.precision == "fp32" and not args.chunk_size:
         yield None
         return
-    with route_runners(model, *chosen_route(args), onnx_dir=args.onnx, chunk=args.chunk_size) as runners:
-        yield runners
+    with route_runners(model, *chosen_route(args), onnx_dir=args.onnx, chunk=args.chunk_size) as route:
+        yield route
 
 
-def exported(model: Any, precision: str, folder: str) -> str:
+def exported(model: SPAIModel, precision: str, folder: str) -> str:
     """Export ``model`` to ONNX in ``folder`` (and its int8 encoder for ``precision`` int8)."""
     from export.onnx import onnx_from_torch
     from export.quantize import patch_encoder_int8

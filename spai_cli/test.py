@@ -77,10 +77,10 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"Cannot create output directory {output}: {e.strerror}.") from e
     paths = [Path(c) for c in args.csv]
     summary = {}
-    with scoring_runners(args, model) as runners:
+    with scoring_runners(args, model) as route:
         for path, name in zip(paths, unique_names(paths)):
             m = test_csv(model, path, output, name, args.split, args.root, args.strict, args.batch_size,
-                         args.workers, not args.no_progress, runners)
+                         args.workers, not args.no_progress, route)
             summary[name] = m
             print_metrics(name, m)
     (output / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "results": summary}, indent=2))

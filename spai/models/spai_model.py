@@ -18,12 +18,12 @@ from torch import nn
 
 from spai.config import Config
 from spai.images import ImageSource
-from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, score_images
+from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, Scorer
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask
 from spai.patching import PatchSpec, pad_image, patch_grid, patch_spec_from_config
-from spai.runners import CPU_MAX_CHUNK, TorchRunner, resolve_route, runners_for
+from spai.runners import CPU_MAX_CHUNK, Route, TorchRunner, resolve_route, runners_for
 
 
 def to_unit_float(patches: torch.Tensor) -> torch.Tensor:
@@ -138,20 +138,21 @@ class SPAIModel(nn.Module):
     def score_images(self, images: Sequence[ImageSource], chunk_size: int | None = None,
                      operating_point: str | None = None, *, backend: str = "torch", precision: str = "fp32",
                      onnx_dir: str | None = None, **limits: Any) -> list[ImageScore]:
-        """Score images of any size (:func:`spai.inference.score_images`): patches of all images go through the
+        """Score images of any size (:meth:`spai.inference.Scorer.score_images`): patches of all images go through the
         encoder ``chunk_size`` at a time, then padded aggregator calls; probabilities and decisions (at
         ``operating_point``, default the calibration's) come from :attr:`calibration`. The route is picked by name
         (:func:`spai.runners.resolve_route`): ``backend`` torch | ort (ort needs ``onnx_dir``, a ``spai export``
         folder), ``precision`` fp32 | bf16 | int8 | auto. ``limits``: ``max_pixels`` / ``max_bytes`` for decoding.
         Every image is validated first; a bad one raises :class:`spai.ImageError`."""
         if (backend, precision) == ("torch", "fp32"):  # the reference path, on any device
-            runners = (TorchRunner(self, "patch_encoder", chunk_size), TorchRunner(self, "aggregator"))
+            route = Route("torch-fp32", "fp32", TorchRunner(self, "patch_encoder", chunk_size),
+                          TorchRunner(self, "aggregator"))
         else:
-            route = resolve_route(backend, precision)
-            runners = runners_for(*route, model=self, onnx_dir=onnx_dir, chunk=chunk_size)
-        with runners[0] as encoder, runners[1] as aggregator:
-            return score_images(images, encoder, aggregator, limits=InputLimits(**limits), spec=self.patch_spec,
-                                calibration=self.calibration, operating_point=operating_point)
+            route = runners_for(*resolve_route(backend, precision), model=self, onnx_dir=onnx_dir, chunk=chunk_size)
+        with route:
+            scorer = Scorer.for_route(route, limits=InputLimits(**limits), spec=self.patch_spec,
+                                      calibration=self.calibration)
+            return scorer.score_images(images, operating_point)
 
     def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **options: Any) -> np.ndarray:
         """Probabilities (1 = AI-generated; calibrated when the checkpoint is) for images of any size

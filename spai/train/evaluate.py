@@ -9,7 +9,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from spai.data.csv_dataset import CSVImageDataset, collate_list
-from spai.inference import UNCALIBRATED, Calibration
+from spai.inference import UNCALIBRATED, Calibration, Scorer
+from spai.models.spai_model import SPAIModel
+from spai.runners import Route
 from spai.train import distributed as dist_utils
 
 
@@ -25,14 +27,14 @@ def make_eval_loader(dataset: CSVImageDataset, batch_size: int, workers: int, sh
 
 
 @torch.no_grad()
-def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: str = "eval",
-                 runners: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def score_loader(model: SPAIModel, loader: DataLoader, progress: bool = False, desc: str = "eval",
+                 route: Route | None = None) -> dict[str, Any]:
     """Logits of every decodable image (gathered over ranks, ordered by dataset index) plus decode errors;
-    scored by ``model`` itself, or through :mod:`spai.inference` with the (encoder, aggregator) ``runners`` of
-    another route (ONNX Runtime, bf16, int8)."""
+    scored by ``model`` itself, or through :mod:`spai.inference` on another entered ``route`` (ONNX Runtime,
+    bf16, int8)."""
     from tqdm import tqdm
 
-    from spai.inference import score_images
+    scorer = None if route is None else Scorer.for_route(route, spec=model.patch_spec)
 
     was_training = model.training
     model.eval()
@@ -41,8 +43,7 @@ def score_loader(model: Any, loader: DataLoader, progress: bool = False, desc: s
         errors.extend(batch["errors"])
         if not batch["images"]:
             continue
-        results = model.score_images(batch["images"]) if runners is None else \
-            score_images(batch["images"], *runners, spec=model.patch_spec)
+        results = model.score_images(batch["images"]) if scorer is None else scorer.score_images(batch["images"])
         for res in results:
             logits.append(res.logit)
         indices.extend(batch["indices"])

@@ -18,6 +18,7 @@ from spai.calibration import calibration_from_scores, detection_metrics, file_sh
 from spai.data.csv_dataset import CSVImageDataset, read_split_csv
 from spai.errors import CheckpointError, DataError
 from spai.inference import Calibration
+from spai.runners import Route
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.metrics import save_reliability_diagram, save_roc_curve
 from spai.train.state import list_epoch_checkpoints
@@ -60,10 +61,10 @@ def write_scores(path: Path, dataset: CSVImageDataset, scores: dict[str, Any], c
 
 
 def labelled_scores(model: Any, csv_path: Path, split: str, root: str | None, strict: bool, batch_size: int,
-                    workers: int, progress: bool, desc: str, runners: tuple[Any, Any] | None = None
+                    workers: int, progress: bool, desc: str, route: Route | None = None
                     ) -> tuple[CSVImageDataset, dict[str, Any], int]:
     """(dataset, :func:`score_loader` output, missing files) of one CSV's ``split`` rows, scored at original
-    resolution (by the model, or through ``runners`` of another route); undecodable images are skipped with a
+    resolution (by the model, or through another entered ``route``); undecodable images are skipped with a
     warning (an error with ``strict``)."""
     cfg = model.cfg
     records, missing = read_split_csv(csv_path, split, root, strict=strict)
@@ -72,7 +73,7 @@ def labelled_scores(model: Any, csv_path: Path, split: str, root: str | None, st
     dataset = CSVImageDataset(records, None, max_pixels=cfg.DATA.MAX_IMAGE_PIXELS,
                               max_bytes=cfg.DATA.MAX_IMAGE_BYTES)
     scores = score_loader(model, make_eval_loader(dataset, batch_size, workers, shard=False), progress, desc,
-                          runners)
+                          route)
     if scores["errors"] and strict:
         raise DataError(f"{csv_path}: {len(scores['errors'])} image(s) could not be decoded "
                         f"(first: {scores['errors'][0][1]}); drop --strict to skip them.")
@@ -91,12 +92,12 @@ def calibration_entry(scores: dict[str, Any], csv_path: str | os.PathLike, split
 
 
 def test_csv(model: Any, csv_path: Path, output: Path, name: str, split: str, root: str | None, strict: bool,
-             batch_size: int, workers: int, progress: bool, runners: tuple[Any, Any] | None = None
+             batch_size: int, workers: int, progress: bool, route: Route | None = None
              ) -> dict[str, Any]:
-    """Score one CSV's ``split`` rows (by the model, or through ``runners``); writes ``<name>_scores.csv``,
+    """Score one CSV's ``split`` rows (by the model, or through ``route``); writes ``<name>_scores.csv``,
     ``<name>_metrics.json``, ``<name>_roc.png`` (operating points marked) and ``<name>_reliability.png``."""
     dataset, scores, missing = labelled_scores(model, csv_path, split, root, strict, batch_size, workers,
-                                               progress, name, runners)
+                                               progress, name, route)
     calibration = model.calibration
     metrics = evaluate_scores(model.cfg, scores, calibration)
     metrics.update(csv=str(csv_path), split=split, missing=missing, calibrated=calibration.calibrated,

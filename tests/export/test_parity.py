@@ -11,15 +11,15 @@ import torch
 
 from export.compare import Gates, compare_backends, compare_outputs, enforce, load_images, logit_parity
 from spai.errors import AccuracyError
-from spai.runners import OrtRunner, TorchRunner
+from spai.runners import OrtRunner, Route, TorchRunner
 
 SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples"
 
 
 def _backends(art):
     agg = OrtRunner(art.graphs.aggregator).__enter__()
-    return {"ort-fp32": ((OrtRunner(art.graphs.patch_encoder).__enter__(), agg), "fp32"),
-            "ort-fp16": ((OrtRunner(art.patch_encoder_fp16).__enter__(), agg), "fp16")}
+    return [Route("ort-fp32", "fp32", OrtRunner(art.graphs.patch_encoder).__enter__(), agg),
+            Route("ort-fp16", "fp16", OrtRunner(art.patch_encoder_fp16).__enter__(), agg)]
 
 
 def test_parity_ort_fp32_and_fp16_pass_gates_on_random_patches(tiny_export):

@@ -57,10 +57,9 @@ def test_gates_cover_every_precision_by_name() -> None:
 
 def test_reduced_precision_routes_pass_the_gates_on_patches_and_images(int8_export, generated_images) -> None:
     model, art, path = int8_export
-    routes = {"torch-bf16": (runners_for("torch", "bf16", model=model), "bf16"),
-              "ort-int8": (runners_for("ort", "int8", onnx_dir=path.parent), "int8")}
-    entered = {k: ((e.__enter__(), a.__enter__()), p) for k, ((e, a), p) in routes.items()}
-    report = compare_backends(model, entered, image_paths=generated_images, n_random=32)
+    routes = [runners_for("torch", "bf16", model=model).__enter__(),
+              runners_for("ort", "int8", onnx_dir=path.parent).__enter__()]
+    report = compare_backends(model, routes, image_paths=generated_images, n_random=32)
     assert report.passed, report.failures
     assert set(report.backends) == {"torch-bf16", "ort-int8"}
     assert all(e["images"]["n"] == len(generated_images) for e in report.backends.values())
@@ -84,10 +83,9 @@ def test_reduced_precision_routes_pass_the_gates_on_a_trained_spai_tiny(tmp_path
     graphs = onnx_from_torch(model, tmp_path / "onnx")
     patch_encoder_int8(graphs.patch_encoder)
     paths, labels = load_images(labelled_test_dir(data, tmp_path / "test"))
-    routes = {"torch-bf16": (runners_for("torch", "bf16", model=model), "bf16"),
-              "ort-int8": (runners_for("ort", "int8", onnx_dir=graphs.directory), "int8")}
-    entered = {k: ((e.__enter__(), a.__enter__()), p) for k, ((e, a), p) in routes.items()}
-    report = compare_backends(model, entered, image_paths=paths, labels=labels, n_random=16)
+    routes = [runners_for("torch", "bf16", model=model).__enter__(),
+              runners_for("ort", "int8", onnx_dir=graphs.directory).__enter__()]
+    report = compare_backends(model, routes, image_paths=paths, labels=labels, n_random=16)
     assert labels is not None and len(set(labels)) == 2
     assert report.passed, report.failures
     assert all(abs(e["images"]["auc_delta"]) <= 0.05 for e in report.backends.values())

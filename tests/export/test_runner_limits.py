@@ -9,7 +9,7 @@ import contextlib
 
 from export.compare import compare_backends, enforce
 from export.pipeline import engine_profiles
-from spai.runners import OrtRunner
+from spai.runners import OrtRunner, Route
 from spai.specs import max_shapes
 
 
@@ -20,7 +20,7 @@ def _profile_limited(art):
     assert max_shapes(profiles["aggregator"])["patch_features"][:2] == (16, 1024)
     with OrtRunner(art.graphs.patch_encoder, limits=max_shapes(profiles["patch_encoder"])) as enc, \
             OrtRunner(art.graphs.aggregator, limits=max_shapes(profiles["aggregator"])) as agg:
-        yield {"ort-fp32": ((enc, agg), "fp32")}
+        yield [Route("ort-fp32", "fp32", enc, agg)]
 
 
 def test_comparator_respects_production_profile_limits_on_256_random_patches(tiny_export):

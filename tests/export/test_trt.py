@@ -33,20 +33,23 @@ def test_stub_only_tensorrt_is_not_tensorrt(tmp_path):
     assert "type stubs" in r.stdout
 
 
-def test_buffer_pool_allocates_once_per_shape():
+def test_buffer_pool_keeps_one_buffer_when_chunks_alternate_between_the_batch_and_a_remainder():
+    """Chunks of the profile's batch and a smaller remainder alternate: the pool must not reallocate (pinned host
+    memory is a cudaHostAlloc each time) but hand out views of the largest buffer it has made."""
     import torch
 
     from export.trt import BufferPool
 
     pool = BufferPool(lambda shape, dtype: torch.empty(shape, dtype=dtype))
-    first = pool.get("patches", (4, 3, 224, 224), torch.uint8)
-    assert pool.get("patches", (4, 3, 224, 224), torch.uint8) is first  # same shape: the same buffer, reused
-    assert pool.allocations == 1
-    assert pool.get("patches", (2, 3, 224, 224), torch.uint8).shape == (2, 3, 224, 224)
-    assert pool.get("patch_features", (2, 96), torch.float32).dtype == torch.float32
-    assert pool.allocations == 3
-    pool.get("patches", (2, 3, 224, 224), torch.uint8)
-    assert pool.allocations == 3
+    for _ in range(5):
+        small = pool.get("patches", (5, 3, 224, 224), torch.uint8)
+        big = pool.get("patches", (64, 3, 224, 224), torch.uint8)
+    assert small.shape == (5, 3, 224, 224) and big.shape == (64, 3, 224, 224) and big.is_contiguous()
+    assert pool.allocations == 2  # the first small chunk, then the batch; never again
+    small = pool.get("patches", (5, 3, 224, 224), torch.uint8)
+    small.fill_(7)
+    assert small.data_ptr() == big.data_ptr() and int(big[:5].max()) == 7 and pool.allocations == 2
+    assert pool.get("patches", (5, 3, 224, 224), torch.float16).dtype == torch.float16 and pool.allocations == 3
 
 
 def test_builder_flags_tf32_off_by_default_and_version_compatible_on_request():

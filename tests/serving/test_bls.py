@@ -3,8 +3,11 @@ response arrays (the server tests run the same code inside tritonserver)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +25,8 @@ from spai.errors import CalibrationError, ImageError, ServingError
 from spai.inference import Calibration, ImageScore, InputLimits, OperatingPoint
 from spai.runners import Runner
 from spai.specs import PATCH_FEATURES, PATCHES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class GpuTensor:
@@ -160,3 +165,72 @@ def test_an_entry_batch_answers_each_request_and_leaves_no_reference_cycles(tiny
     assert 0.0 <= probability <= 1.0
     assert pixels == 2 * 260 * 300 * 3  # requests 0 and 4 were decoded (4 fails later, at its operating point)
     assert garbage == 0, f"{garbage} objects of the batch were left in reference cycles"
+
+
+class ProfileEngine(Runner):
+    """What Triton's TensorRT backend does with a batch outside the engine's profile: refuse it (set_input_shape
+    returns False -> INTERNAL). Computes with an ORT runner of the same graph inside the profile."""
+
+    def __init__(self, inner: Runner, smallest: int, largest: int) -> None:
+        super().__init__()
+        self.inner, self.smallest, self.largest, self.batches = inner, smallest, largest, []
+
+    def _infer(self, feed):
+        batch = len(next(iter(feed.values())))
+        self.batches.append(batch)
+        if not self.smallest <= batch <= self.largest:
+            raise ServingError(f"batch {batch} is outside the engine's profile [{self.smallest}, {self.largest}]")
+        return self.inner.infer(feed)
+
+
+class SettingsRunner(Runner):
+    """The `spai` model's BLS runner as model.py builds it from its settings, calling an engine in-process."""
+
+    def __init__(self, engine: Runner, limits, minimums) -> None:
+        super().__init__(limits)
+        self.engine, self.minimums = engine, minimums
+
+    def _infer(self, feed):
+        return self.engine.infer(feed)
+
+
+def test_a_tail_chunk_below_the_profile_minimum_is_padded_up_to_it(tmp_path, tiny_onnx_dir):
+    """The hand-written manifest's encoder profile is [2, 192] patches: a 49-patch image cut in chunks of 48 leaves a
+    1-patch tail that the engine would refuse; the `spai` model pads it to the minimum and scores are unchanged."""
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from serving.repository import ENTRY, build_repository
+    from spai.runners import OrtRunner
+
+    art = tmp_path / "export"
+    art.mkdir()
+    shutil.copy(ROOT / "tests" / "serving" / "data" / "engine.json", art / "engine.json")
+    for name in ("patch_encoder.plan", "aggregator.plan"):
+        (art / name).write_bytes(b"placeholder")
+    data = json.loads((art / "engine.json").read_text())
+    data["feature_dim"] = 32  # spai-tiny's D, so that its ONNX graphs stand in for the engines
+    for entry in data["engines"].values():
+        entry["profile"] = {k: [[*s[:-1], 32] if k == PATCH_FEATURES else s for s in v]
+                            for k, v in entry["profile"].items()}
+    (art / "engine.json").write_text(json.dumps(data))
+    repo = build_repository(art, "trt", tmp_path / "repo", feature_dim=32, attention=True,
+                            tensorrt_version="10.13.0.35")
+    text = (repo / ENTRY / "config.pbtxt").read_text()
+    settings = EntrySettings.from_parameters(dict(re.findall(r'key: "([^"]+)" value \{ string_value: "([^"]*)"', text)))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (7 * 224, 7 * 224, 3), dtype=np.uint8)  # 7 x 7 = 49 patches
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    with OrtRunner(tiny_onnx_dir / "patch_encoder.onnx", limits={PATCHES: (192, 3, 224, 224)}) as enc, \
+            OrtRunner(tiny_onnx_dir / "aggregator.onnx") as agg:
+        engine = ProfileEngine(enc, 2, 192)
+        encoder = SettingsRunner(engine, settings.encoder_limits(), settings.encoder_minimums())
+        aggregator = SettingsRunner(agg, settings.aggregator_limits(), settings.aggregator_minimums())
+        results, _ = asyncio.run(score_entry_batch([[buf.getvalue()]], [None], settings, encoder, aggregator))
+        assert not isinstance(results[0], Exception), results[0]
+        assert engine.batches == [48, 2]  # the 1-patch tail went in padded to the profile's minimum
+        reference, _ = asyncio.run(score_entry_batch([[buf.getvalue()]], [None], settings, enc, agg))
+    assert abs(results[0][0].probability - reference[0][0].probability) < 1e-6

@@ -42,13 +42,13 @@ def calibrated(tiny_model, check_images, tmp_path_factory):
 @pytest.fixture(scope="module")
 def inprocess_ort(calibrated, check_images):
     """Image name -> ImageScore of the exported graphs scored in-process (spai.inference with ONNX Runtime)."""
-    from spai.inference import calibration_from_export, score_images
+    from spai.inference import Scorer, calibration_from_export
     from spai.runners import OrtRunner
 
     model, _, export = calibrated
     with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
-        scores = score_images(check_images, enc, agg, spec=model.patch_spec,
-                              calibration=calibration_from_export(export))
+        scores = Scorer(enc, agg, spec=model.patch_spec,
+                        calibration=calibration_from_export(export)).score_images(check_images)
     return {str(p): s for p, s in zip(check_images, scores)}
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spai.errors import ConfigError, ExportError
-from spai.inference import score_images
+from spai.inference import Scorer
 from spai.runners import CPU_CHUNKS, ENCODER_FILES, OrtRunner, TorchRunner, cpu_routes, resolve_route, runners_for
 from spai.specs import PATCH_FEATURES, PATCHES
 
@@ -42,20 +42,19 @@ def test_bf16_without_hardware_support_is_refused_with_the_alternatives() -> Non
 
 
 def test_runners_declare_the_measured_chunk_of_their_route(tiny_model, tiny_onnx_dir) -> None:
-    enc, agg = runners_for("torch", "bf16", model=tiny_model)
+    route = runners_for("torch", "bf16", model=tiny_model)
+    enc, agg = route.encoder, route.aggregator
     assert enc.max_dim(PATCHES) == CPU_CHUNKS[("torch", "bf16")] and enc.precision == "bf16"
     assert agg.max_dim(PATCH_FEATURES) is None
-    enc, _ = runners_for("ort", "fp32", onnx_dir=tiny_onnx_dir, chunk=3)
-    assert enc.max_dim(PATCHES) == 3
+    assert runners_for("ort", "fp32", onnx_dir=tiny_onnx_dir, chunk=3).encoder.max_dim(PATCHES) == 3
     with pytest.raises(ConfigError, match="needs a model"):
         runners_for("torch", "fp32")
     with pytest.raises(ConfigError, match="needs the exported graphs"):
         runners_for("ort", "fp32", model=tiny_model)
     with pytest.raises(ConfigError, match="no bf16 GEMMs"):
         runners_for("ort", "bf16", onnx_dir=tiny_onnx_dir)
-    enc, _ = runners_for("ort", "int8", onnx_dir=tiny_onnx_dir / "missing")
     with pytest.raises(ExportError, match="--precision int8"):
-        enc.__enter__()
+        runners_for("ort", "int8", onnx_dir=tiny_onnx_dir / "missing").__enter__()
 
 
 def test_ort_sessions_release_memory_after_each_run(tiny_onnx_dir) -> None:
@@ -103,9 +102,9 @@ def test_every_route_scores_images_close_to_fp32(tiny_model, tiny_onnx_dir, tmp_
     images = [np.random.default_rng(i).integers(0, 256, (448 + 64 * i, 672, 3), dtype=np.uint8) for i in range(3)]
     want = tiny_model.score(images)
     for backend, precision in (("torch", "bf16"), ("ort", "fp32"), ("ort", "int8")):
-        enc, agg = runners_for(backend, precision, model=tiny_model, onnx_dir=folder)  # no CPU check: emulated ok
-        with enc, agg:
-            got = np.array([s.probability for s in score_images(images, enc, agg)])
+        with runners_for(backend, precision, model=tiny_model, onnx_dir=folder) as route:  # emulated bf16 is ok
+            assert route.name == f"{backend}-{precision}" and route.precision == precision
+            got = np.array([s.probability for s in Scorer.for_route(route).score_images(images)])
         assert np.abs(got - want).max() <= 1e-2, (backend, precision)
     api = tiny_model.score(images, backend="ort", precision="int8", onnx_dir=folder)  # the Python API by name
     assert np.abs(api - want).max() <= 1e-2

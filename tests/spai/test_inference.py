@@ -22,13 +22,12 @@ from spai.inference import (
     patch_chunks,
     prepare_image,
     prepare_requests,
-    score_images,
-    score_requests,
+    Scorer,
     sigmoid,
     write_export_calibration,
     write_scores_csv,
 )
-from spai.runners import OrtRunner, Runner, TorchRunner
+from spai.runners import OrtRunner, Route, Runner, TorchRunner
 from spai.specs import PATCH_FEATURES, PATCHES
 
 
@@ -55,8 +54,8 @@ def test_ort_runners_match_pytorch_and_bad_requests_fail_alone(tiny_model, tiny_
     limits = InputLimits(max_pixels=300_000)
     with OrtRunner(tiny_onnx_dir / "patch_encoder.onnx", limits={PATCHES: (3, 3, 224, 224)}) as enc, \
             OrtRunner(tiny_onnx_dir / "aggregator.onnx", limits={PATCH_FEATURES: (2, None, None)}) as agg:
-        out = score_requests([[images[0]], [b"junk"], [images[1], images[2]], [_png(700, 500)], []], enc, agg,
-                             limits=limits)
+        out = Scorer(enc, agg, limits).score_requests([[images[0]], [b"junk"], [images[1], images[2]],
+                                                       [_png(700, 500)], []])
     assert [type(o) for o in (out[1], out[3], out[4])] == [ImageError] * 3
     assert "pixels" in str(out[3]) and "no image" in str(out[4])
     ref = tiny_model.score_images(images)
@@ -71,12 +70,12 @@ def test_chunks_and_groups_follow_the_runners_limits(tiny_model):
     enc = Recording(TorchRunner(tiny_model, "patch_encoder"), {PATCHES: (4, 3, 224, 224)})
     agg = Recording(TorchRunner(tiny_model, "aggregator"), {PATCH_FEATURES: (2, 8, None)})
     images = [np.zeros((448, 700, 3), np.uint8), np.zeros((224, 224, 3), np.uint8), np.zeros((90, 300, 3), np.uint8)]
-    scores = score_images(images, enc, agg)
+    scores = Scorer(enc, agg).score_images(images)
     assert [s.num_patches for s in scores] == [6, 5, 5]
     assert [s[PATCHES][0] for s in enc.shapes] == [4, 4, 4, 4]  # 16 patches, 4 a call
     assert [s[PATCH_FEATURES][:2] for s in agg.shapes] == [(2, 6), (1, 5)]  # 2 images a call, padded to the longest
     with pytest.raises(ImageError, match="yields 15 patches, over the limit of 8"):
-        score_images([np.zeros((3 * 224, 5 * 224, 3), np.uint8)], enc, agg)
+        Scorer(enc, agg).score_images([np.zeros((3 * 224, 5 * 224, 3), np.uint8)])
 
 
 def test_a_runner_refuses_feeds_beyond_its_limits(tiny_model):
@@ -113,27 +112,28 @@ CALIBRATED = Calibration("platt", 0.25, 0.5, (OperatingPoint("fpr0.05", 0.7), Op
 def test_calibration_makes_the_probability_and_the_decision_in_one_place(tiny_model):
     images = [_png(300, 250), _png(500, 470), _png(260, 240)]
     enc, agg = TorchRunner(tiny_model, "patch_encoder"), TorchRunner(tiny_model, "aggregator")
-    raw = score_images(images, enc, agg)
+    raw = Scorer(enc, agg).score_images(images)
     assert [r.operating_point for r in raw] == ["p0.5"] * 3
     assert [r.decision for r in raw] == [r.probability >= 0.5 for r in raw]
-    cal = score_images(images, enc, agg, calibration=CALIBRATED)
+    calibrated = Scorer(enc, agg, calibration=CALIBRATED)
+    cal = calibrated.score_images(images)
     assert [r.logit for r in cal] == [r.logit for r in raw]  # the logit stays raw
     want = sigmoid(np.array([r.logit for r in raw], np.float64) / 0.25 + 0.5)
     assert [r.probability for r in cal] == want.tolist()
     assert [r.decision for r in cal] == (want >= 0.7).tolist() and cal[0].operating_point == "fpr0.05"
-    balanced = score_images(images, enc, agg, calibration=CALIBRATED, operating_point="balanced")
+    balanced = calibrated.score_images(images, "balanced")
     assert [r.decision for r in balanced] == (want >= 0.3).tolist()
     assert flagged_summary(balanced) == f"flagged {int((want >= 0.3).sum())} of 3 scored images as AI-generated " \
                                         "(operating point balanced)"
     with pytest.raises(CalibrationError, match="unknown operating point 'fpr0.01'"):
-        score_images(images, enc, agg, calibration=CALIBRATED, operating_point="fpr0.01")
+        calibrated.score_images(images, "fpr0.01")
 
 
 def test_each_request_is_decided_at_its_own_operating_point(tiny_model):
     enc, agg = TorchRunner(tiny_model, "patch_encoder"), TorchRunner(tiny_model, "aggregator")
     image = _png(300, 250)
-    out = score_requests([[image], [image], [image], [b"junk"]], enc, agg, calibration=CALIBRATED,
-                         operating_points=[None, "balanced", "nope", "balanced"])
+    out = Scorer(enc, agg, calibration=CALIBRATED).score_requests([[image], [image], [image], [b"junk"]],
+                                                                  [None, "balanced", "nope", "balanced"])
     assert out[0][0].operating_point == "fpr0.05" and out[1][0].operating_point == "balanced"
     assert out[0][0].probability == pytest.approx(out[1][0].probability, abs=1e-6)
     assert isinstance(out[2], CalibrationError) and isinstance(out[3], ImageError)
@@ -168,3 +168,37 @@ def test_a_bad_request_does_not_keep_its_batch_alive_after_the_results_are_dropp
         assert pixels() is None, "the good request's decoded image outlives the results (a reference cycle)"
     finally:
         gc.enable()
+
+
+def test_the_synchronous_wrappers_work_inside_a_running_event_loop(tiny_model):
+    """A notebook runs an event loop on the main thread: score_images must not fail with "this event loop is
+    already running" (the wrapper then runs the core on a worker thread)."""
+    import asyncio
+
+    scorer = Scorer(TorchRunner(tiny_model, "patch_encoder"), TorchRunner(tiny_model, "aggregator"))
+    image = _png(300, 250)
+    want = scorer.score_images([image])[0].probability
+
+    async def inside_a_loop() -> float | None:
+        return scorer.score_images([image])[0].probability
+
+    assert asyncio.run(inside_a_loop()) == want
+
+
+def test_a_route_enters_and_leaves_both_runners():
+    class Tracked(Runner):
+        def __init__(self, log: list, name: str) -> None:
+            super().__init__()
+            self.log, self.name = log, name
+
+        def __enter__(self):
+            self.log.append(f"enter {self.name}")
+            return self
+
+        def __exit__(self, *exc):
+            self.log.append(f"exit {self.name}")
+
+    log: list[str] = []
+    with Route("x-fp32", "fp32", Tracked(log, "enc"), Tracked(log, "agg")) as route:
+        assert route.name == "x-fp32" and log == ["enter enc", "enter agg"]
+    assert log == ["enter enc", "enter agg", "exit agg", "exit enc"]

@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 from spai.errors import ImageError, ServingError
-from spai.inference import (
-    encode,
-    encode_async,
-    infer_in_flight,
-    prepare_requests,
-    score_prepared_requests,
-    score_prepared_requests_async,
-)
+from spai.inference import Scorer, encoder_feeds, infer_in_flight, prepare_requests
 from spai.runners import Runner
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES
 
@@ -78,10 +71,9 @@ def _runners(chunk: int = 4, **kw):
 def test_async_scores_equal_the_synchronous_path(in_flight):
     requests = [[_images([(448, 700)])[0]], [b"junk"], _images([(224, 224), (90, 300)]), _images([(700, 900)])]
     prepared = prepare_requests(requests)
-    enc, agg = _runners()
-    want = score_prepared_requests(prepared, enc, agg)
+    want = Scorer(*_runners()).score_prepared(prepared)  # one call at a time, through the synchronous wrapper
     enc_a, agg_a = _runners()
-    got = asyncio.run(score_prepared_requests_async(prepared, enc_a, agg_a, in_flight))
+    got = asyncio.run(Scorer(enc_a, agg_a, in_flight=in_flight).score_prepared_async(prepared))
     assert isinstance(got[1], ImageError) and got[1] is want[1]
     for w, g in zip([want[0], want[2], want[3]], [got[0], got[2], got[3]]):
         assert [s.probability for s in g] == [s.probability for s in w]
@@ -95,9 +87,11 @@ def test_async_scores_equal_the_synchronous_path(in_flight):
 def test_features_are_the_same_whatever_the_number_in_flight():
     images = prepare_requests([_images([(1000, 1300), (224, 500)])])[0]
     enc = _runners(chunk=3)[0]
-    want = encode(enc, images)
+    want = np.concatenate([enc.infer(feed)[PATCH_FEATURES] for feed in encoder_feeds(enc, images)])  # blocking calls
     for k in (1, 3, 64):
-        np.testing.assert_array_equal(asyncio.run(encode_async(_runners(chunk=3)[0], images, k)), want)
+        enc = _runners(chunk=3)[0]
+        got = asyncio.run(infer_in_flight(enc, encoder_feeds(enc, images), k))
+        np.testing.assert_array_equal(np.concatenate([o[PATCH_FEATURES] for o in got]), want)
 
 
 def _counting_feeds(n: int, runner: SlowRunner, pending_at_cut: list[int] | None = None):

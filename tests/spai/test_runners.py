@@ -49,3 +49,15 @@ def test_torch_and_ort_encoders_agree(tiny_model, tiny_onnx_dir):
 def test_missing_onnx_file_is_a_clear_error(tmp_path):
     with pytest.raises(ExportError, match="not found"):
         OrtRunner(tmp_path / "nope.onnx").__enter__()
+
+
+def test_a_feed_below_the_declared_minimum_is_padded_and_its_outputs_cut_back():
+    """A TensorRT profile with a minimum batch above 1 refuses a smaller batch (set_input_shape is False): the runner
+    pads the batch axis up to its declared minimum and returns only the real rows."""
+    runner = Echo({"x": (8,)})
+    runner.minimums = {"x": (4,)}
+    out = runner.infer({"x": np.arange(3.0).reshape(1, 3)})
+    assert runner.batches == [4] and out["y"].shape == (1, 3) and out["y"].tolist() == [[0.0, 2.0, 4.0]]
+    assert runner.infer({"x": np.ones((6, 3))})["y"].shape == (6, 3) and runner.batches == [4, 6]
+    with pytest.raises(ExportError, match="below the declared minimum"):
+        runner.check_feed({"x": np.ones((2, 3))})

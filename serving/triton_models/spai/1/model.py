@@ -27,8 +27,8 @@ from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
 class BlsRunner(Runner):
     """Another model of this server, called through BLS, with the limits the repository configured for it."""
 
-    def __init__(self, model, outputs, limits, input_dtypes=None):
-        super().__init__(limits, input_dtypes)
+    def __init__(self, model, outputs, limits, input_dtypes=None, minimums=None):
+        super().__init__(limits, input_dtypes, minimums)
         self.model, self.outputs, self.name = model, list(outputs), f"bls:{model}"
 
     def _request(self, feed):
@@ -57,9 +57,10 @@ class TritonPythonModel:
         s = self.settings
         limit_threads(s.threads)
         self.trimmer = HeapTrimmer(s.trim_heap_mb * 2**20)
-        self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits(), s.encoder_dtypes())
+        self.encoder = BlsRunner(s.encoder_model, [PATCH_FEATURES], s.encoder_limits(), s.encoder_dtypes(),
+                                 s.encoder_minimums())
         self.aggregator = BlsRunner(s.aggregator_model, [LOGITS, ATTENTION] if s.attention else [LOGITS],
-                                    s.aggregator_limits())
+                                    s.aggregator_limits(), minimums=s.aggregator_minimums())
 
     async def execute(self, requests):
         images, flags, points = [], [], []
