@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from spai.errors import AccuracyError
-from spai.inference import UNCALIBRATED, Calibration, PreparedImage, Scorer, prepare_image
+from spai.inference import UNCALIBRATED, Calibration, PreparedImage, Scorer, prepare_image, sigmoid
 from spai.runners import Route, TorchRunner
 from spai.specs import PATCHES_INPUT
 
@@ -76,16 +76,23 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None,
                  calibration: Calibration = UNCALIBRATED) -> dict:
-    """max/mean |Δ logit|, max |Δ probability|, decision flips and the AUC delta; probabilities and decisions
-    are the model's (``calibration``: uncalibrated = sigmoid, decided at 0.5)."""
+    """max/mean |Δ logit|, max |Δ probability| (the gated one on the raw probability ``sigmoid(z)``; the
+    calibrated one beside it), decision flips at the model's operating point and the AUC delta.
+
+    Numerical parity is judged on the raw logits: a steep calibration (a small temperature, fitted on a small set)
+    multiplies every logit difference by its slope, so the calibrated probability would fail a graph that computes
+    the same logits. Decisions are what users get, so flips are counted on the calibrated probabilities at the
+    calibration's default operating point (uncalibrated: sigmoid, decided at 0.5)."""
     ref, test = np.asarray(ref_logits, np.float64).ravel(), np.asarray(test_logits, np.float64).ravel()
+    raw_ref, raw_test = (sigmoid(x).astype(np.float64) for x in (ref, test))
     p_ref, p_test = (calibration.probability(x).astype(np.float64) for x in (ref, test))
     point = calibration.operating_point()
     labels = point.decide(p_ref).astype(int) if labels is None else np.asarray(labels).astype(int)
     auc_ref, auc_test = _auc(labels, p_ref), _auc(labels, p_test)
     return {"n": int(ref.size), "max_abs_dlogit": float(np.abs(ref - test).max(initial=0.0)),
             "mean_abs_dlogit": float(np.abs(ref - test).mean()) if ref.size else 0.0,
-            "max_abs_dprob": float(np.abs(p_ref - p_test).max(initial=0.0)),
+            "max_abs_dprob": float(np.abs(raw_ref - raw_test).max(initial=0.0)),
+            "max_abs_dprob_calibrated": float(np.abs(p_ref - p_test).max(initial=0.0)),
             "decision_flips": int((point.decide(p_ref) != point.decide(p_test)).sum()),
             "operating_point": point.name,
             "auc_ref": auc_ref, "auc_test": auc_test,
@@ -143,7 +150,7 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
     if not stats["finite"]:
         fails.append(f"{name}: non-finite logits")
     if stats["max_abs_dprob"] > limit:
-        fails.append(f"{name}: max |Δp| {stats['max_abs_dprob']:.3g} > {limit:g}")
+        fails.append(f"{name}: max |Δp| (raw probability) {stats['max_abs_dprob']:.3g} > {limit:g}")
     if flips_gated and stats["decision_flips"] > max_flips:
         fails.append(f"{name}: {stats['decision_flips']} decision flip(s) at operating point "
                      f"{stats['operating_point']} (allowed {max_flips})")
@@ -168,7 +175,8 @@ def compare_backends(model: Any, routes: Sequence[Route], *,
     calibration = getattr(model, "calibration", UNCALIBRATED)  # probabilities as users get them (spai.inference)
     if calibration.calibrated:
         report.notes.append(f"probabilities calibrated ({calibration.method}, T {calibration.temperature:.4g}, "
-                            f"bias {calibration.bias:.4g}); decisions at operating point {calibration.default}")
+                            f"bias {calibration.bias:.4g}): parity judged on the raw logits and raw probability, "
+                            f"decisions at operating point {calibration.default}")
     reference = Scorer(TorchRunner(model, "patch_encoder"), TorchRunner(model, "aggregator"))
     images = [prepare_image(p, str(p), spec=model.patch_spec) for p in image_paths]
     ref_images = None
@@ -205,14 +213,15 @@ def _fmt(x: Any) -> str:
 
 def backends_table(backends: dict[str, dict]) -> list[str]:
     """The Markdown table of :attr:`ParityReport.backends` (also the benchmark report's parity table)."""
-    lines = ["| backend | set | n | max abs Δlogit | mean abs Δlogit | max abs Δp | flips | AUC Δ |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | set | n | max abs Δlogit | mean abs Δlogit | max abs Δp (raw) | max abs Δp (calibrated) "
+             "| flips | AUC Δ |", "|---|---|---|---|---|---|---|---|---|"]
     for name, entry in backends.items():
         for key in ("random_patches", "images"):
             if key in entry:
                 s = entry[key]
                 lines.append(f"| {name} ({entry['precision']}) | {key} | {s['n']} | {_fmt(s['max_abs_dlogit'])} | "
-                             f"{_fmt(s['mean_abs_dlogit'])} | {_fmt(s['max_abs_dprob'])} | {s['decision_flips']} | "
+                             f"{_fmt(s['mean_abs_dlogit'])} | {_fmt(s['max_abs_dprob'])} | "
+                             f"{_fmt(s.get('max_abs_dprob_calibrated'))} | {s['decision_flips']} | "
                              f"{_fmt(s['auc_delta'])} |")
     return lines
 

@@ -75,7 +75,7 @@ def test_compare_outputs_and_logit_parity_basics():
     assert stats["decision_flips"] == 1 and stats["auc_delta"] is not None
 
 
-def test_logit_parity_judges_the_probabilities_and_decisions_users_get():
+def test_logit_parity_gates_the_raw_probability_and_decides_where_users_do():
     from spai.inference import Calibration, OperatingPoint, sigmoid
 
     ref, test = np.array([-1.0, 0.1, 2.0]), np.array([-1.0, 0.3, 2.0])
@@ -84,4 +84,25 @@ def test_logit_parity_judges_the_probabilities_and_decisions_users_get():
     stats = logit_parity(ref, test, calibration=cal)
     assert stats["decision_flips"] == 1 and stats["operating_point"] == "fpr0.05"
     want = np.abs(cal.probability(ref).astype(np.float64) - cal.probability(test)).max()
-    assert stats["max_abs_dprob"] == pytest.approx(want)
+    assert stats["max_abs_dprob_calibrated"] == pytest.approx(want)  # reported beside the gated raw one
+    assert stats["max_abs_dprob"] == pytest.approx(np.abs(sigmoid(ref).astype(np.float64) - sigmoid(test)).max())
+
+
+def test_a_steeply_calibrated_model_is_judged_on_its_raw_logits_and_decided_at_its_operating_point(tiny_export):
+    """A weakly separating model calibrated on a small set gets a steep slope (1 / temperature): ORT fp32's ~1e-6
+    logit differences become calibrated probability differences far above the fp32 gate, although the graphs agree.
+    Numerical parity is judged on the raw logits / raw probability; decisions at the calibrated operating point."""
+    import copy
+
+    from spai.inference import Calibration, OperatingPoint
+
+    model, art = tiny_export
+    steep = copy.deepcopy(model)
+    ref = steep.score([np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8)])
+    z0 = float(np.log(ref[0] / (1 - ref[0])))  # centre the steep sigmoid on this model's logits
+    steep.calibration = Calibration("platt", 0.002, -z0 / 0.002, (OperatingPoint("fpr0.05", 0.5),), "fpr0.05")
+    report = compare_backends(steep, _backends(art)[:1], n_random=64)
+    stats = report.backends["ort-fp32"]["random_patches"]
+    assert stats["max_abs_dprob"] <= 1e-5, stats  # raw: the graphs agree
+    assert stats["max_abs_dprob_calibrated"] > 1e-5, stats  # what the old gate judged
+    assert stats["operating_point"] == "fpr0.05" and report.passed, report.failures
