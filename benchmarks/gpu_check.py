@@ -2,7 +2,7 @@
 
 In one run (at most ~8 minutes on an H100/H200-class GPU; ``--budget-s``), with ``spai-fusion-b16`` (random
 weights): the GEMM peak (fp32, tf32, fp16, bf16) measured in the same run; fp16 and bf16 autocast parity against
-fp32 on 256 random patches (max |dp|, flips; the one comparator, :mod:`export.compare`); patch-encoder throughput
+fp32 on 256 random patches (max |dp|, flips; the one comparator, :mod:`spai.parity`); patch-encoder throughput
 at batch 1, 16, 64, 256 for eager fp32, TF32, fp16, bf16, CUDA graphs and ``torch.compile`` (the step builders of
 :mod:`benchmarks.backends`), with % of the measured peak; the aggregator at 16 x 1024; ONNX Runtime with the CUDA
 provider where installed; and where ``tensorrt`` imports: the engine build (``spai export``'s pipeline, with
@@ -213,10 +213,10 @@ def autocast_runner(model: Any, graph: str, dtype: Any) -> Any:
 
 
 def autocast_parity(check: Check, model: Any, entry: dict[str, Any]) -> None:
-    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through export.compare."""
+    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through spai.parity."""
     import torch
 
-    from export.compare import compare_backends
+    from spai.parity import compare_routes
 
     from spai.runners import Route
 
@@ -224,7 +224,7 @@ def autocast_parity(check: Check, model: Any, entry: dict[str, Any]) -> None:
                     autocast_runner(model, "aggregator", dtype))
               for name, dtype in (("autocast-fp16", torch.float16), ("autocast-bf16", torch.bfloat16))]
     with tf32(False):
-        report = compare_backends(model, routes, n_random=check.sizes.patches)
+        report = compare_routes(model, routes, n_random=check.sizes.patches)
     for name, result in report.backends.items():
         stats = result["random_patches"]
         entry[name] = {"max_abs_dprob": stats["max_abs_dprob"], "flips": stats["decision_flips"],
@@ -381,7 +381,8 @@ ATTENTION_KERNELS = ("fmha", "mha", "flash", "attention", "_attn")
 def tensorrt_engines(check: Check, art: Any, label: str, entry: dict[str, Any]) -> None:
     """Build both engines with spai export's pipeline (engine.json included), gate them with the comparator,
     time them on device inputs and look for fused attention in the layer information."""
-    from export.compare import compare_backends, write_report
+    from export.compare import write_report
+    from spai.parity import compare_routes
     from export.pipeline import engine_profiles, engines_from_onnx
     from export.trt import BuildOptions, TrtRunner, engine_layer_information, tensorrt_importable
     from spai.runners import Route
@@ -399,7 +400,7 @@ def tensorrt_engines(check: Check, art: Any, label: str, entry: dict[str, Any]) 
     entry["manifest"] = json.loads(Path(engines["manifest"]).read_text())
     with Route(label, "fp16", TrtRunner(engines["patch_encoder"]), TrtRunner(engines["aggregator"])) as route:
         enc, agg = route.encoder, route.aggregator
-        report = compare_backends(art.model, [route], n_random=check.sizes.patches)
+        report = compare_routes(art.model, [route], n_random=check.sizes.patches)
         write_report(report, out, [f"GPU check: {label} engines of {art.source}"])
         stats = report.backends[label]["random_patches"]
         entry["parity"] = {"max_abs_dprob": stats["max_abs_dprob"], "flips": stats["decision_flips"],

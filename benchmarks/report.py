@@ -449,7 +449,7 @@ def write_report(json_paths: Path | list[Path], out_dir: Path) -> Path:
                 ["## CPU routes versus the original algorithm (same weights, same images, same run)",
                  "Baselines:", *baseline_lines(routes), "", *(route_table(routes) if routes else ["(none)"])],
                 ["## Chunk sizes (spai-b16, one 8-patch image)", *(chunk_table(rows) or ["(none)"])],
-                ["## Parity of the routes (export.compare gates: fp32 1e-5; bf16/int8/fp16 1e-2, no flip)",
+                ["## Parity of the routes (spai.parity gates: fp32 1e-5; bf16/int8/fp16 1e-2, no flip)",
                  *(parity_table(rows) or ["(none)"]), *precision_lines(rows)],
                 ["## Patch encoder (ratio to the model's original algorithm, same weights, same run)", *enc_lines],
                 ["## Foundation: encode_patches vs one bare CLIP pass (CPU, torch)", *foundation_table(rows)],

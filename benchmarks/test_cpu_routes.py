@@ -123,14 +123,15 @@ def test_route_chunk(benchmark, chunk_case: tuple[str, int], route_model: Callab
 
 def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route_model: Callable,
                       check_images_dir: Any, request: pytest.FixtureRequest) -> None:
-    """The comparator (export.compare) on torch-bf16 and ort-int8 against torch fp32: random patches, the generated
+    """The comparator (spai.parity) on torch-bf16 and ort-int8 against torch fp32: random patches, the generated
     corpus at native sizes (up to ``parity_max_mp``) and, for the trained spai-tiny, its labelled proxy test
     split (AUC delta against the labels)."""
     from dataclasses import asdict
 
-    from export.compare import compare_backends, load_images
+    from export.compare import load_images
     from export.quantize import precision_table_onnx
     from spai.models.precision import precision_table
+    from spai.parity import compare_routes
     from spai.runners import runners_for
 
     benchmark.group = f"parity-{parity_model}"
@@ -142,7 +143,7 @@ def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route
     entered = [runners_for(b, p, model=info["model"], onnx_dir=info["onnx_dir"]).__enter__()
                for b, p in (("torch", "bf16"), ("ort", "int8"))]
     report: list[Any] = []
-    benchmark.pedantic(lambda: report.append(compare_backends(info["model"], entered, image_paths=paths,
+    benchmark.pedantic(lambda: report.append(compare_routes(info["model"], entered, image_paths=paths,
                                                               labels=labels, n_random=bench_mode.parity_patches)),
                        rounds=1, warmup_rounds=0, iterations=1)
     import torch

@@ -8,7 +8,7 @@ patches) and outputs (float32) keep their dtypes, so the serving contract of :mo
 ``fre_fp16=True`` (``spai export --fre-fp16``) also runs the FRE's Linear layers in FP16 (its MatMul/Gemm nodes:
 about half the FLOPs of spai-fusion-b16, 99.7 of 205.1 GFLOP a patch, are the per-layer projectors); their bias
 adds, the cosine similarities, moments, LayerNorm, GELU, Softmax and gates stay FP32. Like every precision route,
-the result passes the FP16 parity gates of :mod:`export.compare` or the export fails.
+the result passes the FP16 parity gates of :mod:`spai.parity` or the export fails.
 
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.compare import Gates, ParityReport, compare_backends, enforce, load_images, write_report
+from export.compare import load_images, write_report
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
 from export.quantize import patch_encoder_int8, precision_table_onnx
+from spai.parity import Gates, ParityReport, compare_routes, enforce
 from spai.runners import CPU_CHUNKS, OrtRunner, Route, runners_for
 from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
 
@@ -95,7 +96,7 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
                             TrtRunner(engines["aggregator"], version_compatible=vc)))
     with contextlib.ExitStack() as stack:
         entered = [stack.enter_context(route) for route in routes]
-        report = compare_backends(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
+        report = compare_routes(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
                                   gates=gates, progress=log)
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
     json_path, md_path = write_report(report, out_dir, header, extra)

@@ -1,5 +1,5 @@
 """--fre-fp16: the FRE's Linear layers (MatMul/Gemm with a weight) in FP16; the spectral filter, cosine
-similarities, moments, LayerNorm and Softmax stay FP32; parity-gated through export.compare like every route."""
+similarities, moments, LayerNorm and Softmax stay FP32; parity-gated through spai.parity like every route."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 
 import pytest
 
-from export.compare import compare_backends, enforce
 from export.fp16 import FILTER_SCOPE, FP16_SCOPE, fp16_from_onnx, fre_linear_nodes
+from spai.parity import compare_routes, enforce
 from spai.runners import OrtRunner, Route
 
 FP32_ONLY = ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "Sqrt", "Div")
@@ -55,7 +55,7 @@ def test_fre_fp16_passes_the_fp16_gates(tiny_export, fre_fp16_graph, check_image
     model, art = tiny_export
     path, _, _ = fre_fp16_graph
     with OrtRunner(path) as enc, OrtRunner(art.graphs.aggregator) as agg:
-        report = compare_backends(model, [Route("ort-fre-fp16", "fp16", enc, agg)], image_paths=check_images[:4],
+        report = compare_routes(model, [Route("ort-fre-fp16", "fp16", enc, agg)], image_paths=check_images[:4],
                                   n_random=16)
     enforce(report)
     assert report.backends["ort-fre-fp16"]["images"]["decision_flips"] == 0

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.compare import Gates, compare_backends, compare_outputs, enforce, load_images, logit_parity
+from export.compare import load_images
 from spai.errors import AccuracyError
+from spai.parity import Gates, compare_outputs, compare_routes, enforce, logit_parity
 from spai.runners import OrtRunner, Route, TorchRunner
 
 SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples"
@@ -24,7 +25,7 @@ def _backends(art):
 
 def test_parity_ort_fp32_and_fp16_pass_gates_on_random_patches(tiny_export):
     model, art = tiny_export
-    report = compare_backends(model, _backends(art), n_random=64)
+    report = compare_routes(model, _backends(art), n_random=64)
     enforce(report)
     assert report.backends["ort-fp32"]["random_patches"]["max_abs_dprob"] <= 1e-5
     assert report.backends["ort-fp16"]["random_patches"]["max_abs_dprob"] <= 1e-2
@@ -32,7 +33,7 @@ def test_parity_ort_fp32_and_fp16_pass_gates_on_random_patches(tiny_export):
 
 def test_parity_on_generated_images(tiny_export, generated_images):
     model, art = tiny_export
-    report = compare_backends(model, _backends(art), image_paths=generated_images, n_random=8)
+    report = compare_routes(model, _backends(art), image_paths=generated_images, n_random=8)
     enforce(report)
     for name in ("ort-fp32", "ort-fp16"):
         assert report.backends[name]["images"]["n"] == len(generated_images)
@@ -45,7 +46,7 @@ if SAMPLES_DIR.is_dir():  # only defined where ../shared/ is present: it adds ca
         model, art = tiny_export
         paths, labels = load_images(SAMPLES_DIR)
         assert len(paths) == 18 and labels is not None
-        report = compare_backends(model, _backends(art), image_paths=paths[::3], labels=labels[::3], n_random=8)
+        report = compare_routes(model, _backends(art), image_paths=paths[::3], labels=labels[::3], n_random=8)
         enforce(report)
         for name in ("ort-fp32", "ort-fp16"):
             assert report.backends[name]["images"]["decision_flips"] == 0
@@ -53,7 +54,7 @@ if SAMPLES_DIR.is_dir():  # only defined where ../shared/ is present: it adds ca
 
 def test_gates_fail_with_accuracy_error_when_tightened(tiny_export):
     model, art = tiny_export
-    report = compare_backends(model, _backends(art), n_random=8, gates=Gates(fp16_max_dprob=0.0))
+    report = compare_routes(model, _backends(art), n_random=8, gates=Gates(fp16_max_dprob=0.0))
     assert not report.passed
     with pytest.raises(AccuracyError) as e:
         enforce(report)
@@ -101,7 +102,7 @@ def test_a_steeply_calibrated_model_is_judged_on_its_raw_logits_and_decided_at_i
     ref = steep.score([np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8)])
     z0 = float(np.log(ref[0] / (1 - ref[0])))  # centre the steep sigmoid on this model's logits
     steep.calibration = Calibration("platt", 0.002, -z0 / 0.002, (OperatingPoint("fpr0.05", 0.5),), "fpr0.05")
-    report = compare_backends(steep, _backends(art)[:1], n_random=64)
+    report = compare_routes(steep, _backends(art)[:1], n_random=64)
     stats = report.backends["ort-fp32"]["random_patches"]
     assert stats["max_abs_dprob"] <= 1e-5, stats  # raw: the graphs agree
     assert stats["max_abs_dprob_calibrated"] > 1e-5, stats  # what the old gate judged

@@ -12,9 +12,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from export.compare import Gates, _gate, compare_backends, load_images
+from export.compare import load_images
 from export.quantize import check_int8_graph, patch_encoder_int8, precision_table_onnx
 from spai.errors import ExportError
+from spai.parity import Gates, _gate, compare_routes
 from spai.runners import runners_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def test_reduced_precision_routes_pass_the_gates_on_patches_and_images(int8_expo
     model, art, path = int8_export
     routes = [runners_for("torch", "bf16", model=model).__enter__(),
               runners_for("ort", "int8", onnx_dir=path.parent).__enter__()]
-    report = compare_backends(model, routes, image_paths=generated_images, n_random=32)
+    report = compare_routes(model, routes, image_paths=generated_images, n_random=32)
     assert report.passed, report.failures
     assert set(report.backends) == {"torch-bf16", "ort-int8"}
     assert all(e["images"]["n"] == len(generated_images) for e in report.backends.values())
@@ -85,7 +86,7 @@ def test_reduced_precision_routes_pass_the_gates_on_a_trained_spai_tiny(tmp_path
     paths, labels = load_images(labelled_test_dir(data, tmp_path / "test"))
     routes = [runners_for("torch", "bf16", model=model).__enter__(),
               runners_for("ort", "int8", onnx_dir=graphs.directory).__enter__()]
-    report = compare_backends(model, routes, image_paths=paths, labels=labels, n_random=16)
+    report = compare_routes(model, routes, image_paths=paths, labels=labels, n_random=16)
     assert labels is not None and len(set(labels)) == 2
     assert report.passed, report.failures
     assert all(abs(e["images"]["auc_delta"]) <= 0.05 for e in report.backends.values())

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 
-from export.compare import compare_backends, enforce
 from export.pipeline import engine_profiles
+from spai.parity import compare_routes, enforce
 from spai.runners import OrtRunner, Route
 from spai.specs import max_shapes
 
@@ -26,7 +26,7 @@ def _profile_limited(art):
 def test_comparator_respects_production_profile_limits_on_256_random_patches(tiny_export):
     model, art = tiny_export
     with _profile_limited(art) as backends:
-        report = compare_backends(model, backends, n_random=256)
+        report = compare_routes(model, backends, n_random=256)
     enforce(report)
     assert report.backends["ort-fp32"]["random_patches"]["n"] == 58
 
@@ -35,6 +35,6 @@ def test_comparator_respects_production_profile_limits_on_images(tiny_export, ch
     model, art = tiny_export
     images = check_images * 2  # more images than the aggregator engine takes in one call (16)
     with _profile_limited(art) as backends:
-        report = compare_backends(model, backends, image_paths=images, n_random=8)
+        report = compare_routes(model, backends, image_paths=images, n_random=8)
     enforce(report)
     assert report.backends["ort-fp32"]["images"]["n"] == len(images) > 16

@@ -27,9 +27,9 @@ def test_engine_from_onnx_builds_and_matches_ort(tiny_export, tmp_path):
 @pytest.mark.slow
 def test_full_size_random_weights_export_parity(tmp_path):
     import spai
-    from export.compare import compare_backends, enforce
     from export.fp16 import patch_encoder_fp16
     from export.onnx import onnx_from_torch
+    from spai.parity import compare_routes, enforce
     from spai.runners import OrtRunner, Route
 
     torch.manual_seed(0)
@@ -37,6 +37,6 @@ def test_full_size_random_weights_export_parity(tmp_path):
     graphs = onnx_from_torch(model, tmp_path)
     fp16 = patch_encoder_fp16(model, graphs.patch_encoder)
     with OrtRunner(graphs.patch_encoder) as e32, OrtRunner(fp16) as e16, OrtRunner(graphs.aggregator) as agg:
-        report = compare_backends(model, [Route("ort-fp32", "fp32", e32, agg), Route("ort-fp16", "fp16", e16, agg)],
+        report = compare_routes(model, [Route("ort-fp32", "fp32", e32, agg), Route("ort-fp16", "fp16", e16, agg)],
                                   n_random=8)
     enforce(report)
