@@ -98,7 +98,7 @@ def build(spec: ContenderSpec) -> Callable[[np.ndarray], float]:
         base.encode(torch.rand(1, 3, 224, 224))
         return base.score
     from spai.inference import Scorer
-    from spai.runners import runners_for
+    from spai.routes import runners_for
     from spai.specs import PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
     model = _model(spec) if kind == "torch" else None

@@ -27,7 +27,7 @@ PATCH = 224
 
 def _skip_unsupported(contender: str) -> None:
     from spai.errors import ConfigError
-    from spai.runners import resolve_route
+    from spai.routes import resolve_route
 
     if contender.startswith("original"):
         return
@@ -66,7 +66,7 @@ def _device() -> str:
 
 
 def _auto_route() -> str:
-    from spai.runners import resolve_route
+    from spai.routes import resolve_route
 
     return "-".join(resolve_route(None, "auto"))
 
@@ -132,7 +132,7 @@ def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route
     from export.quantize import precision_table_onnx
     from spai.models.precision import precision_table
     from spai.parity import compare_routes
-    from spai.runners import runners_for
+    from spai.routes import runners_for
 
     benchmark.group = f"parity-{parity_model}"
     info = route_model(parity_model)

@@ -4,6 +4,7 @@ chain."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from export.compare import load_images, write_report
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
 from export.quantize import patch_encoder_int8, precision_table_onnx
+from spai.files import sha256_file
 from spai.parity import Gates, ParityReport, compare_routes, enforce
-from spai.runners import CPU_CHUNKS, OrtRunner, Route, runners_for
+from spai.routes import ROUTES, cpu_flags, cpu_identity, evidence_for, record_verdicts, runners_for
+from spai.runners import CPU_CHUNKS, OrtRunner, Route
 from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
@@ -37,6 +40,7 @@ class OnnxArtifacts:
     patch_encoder_fp16: Path
     fre_fp16: bool = False  # the FRE's Linear layers are FP16 in patch_encoder_fp16
     patch_encoder_int8: Path | None = None
+    checkpoint_sha256: str = ""  # the checkpoint file's, where the model came from one
 
 
 def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *, fp16_route: str = "convert",
@@ -57,7 +61,8 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
     for path in (graphs.patch_encoder, fp16, int8, graphs.aggregator):
         if path is not None:
             log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8)
+    sha = sha256_file(source) if Path(source).is_file() else ""
+    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha)
 
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
@@ -97,13 +102,25 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
     with contextlib.ExitStack() as stack:
         entered = [stack.enter_context(route) for route in routes]
         report = compare_routes(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
-                                  gates=gates, progress=log)
+                                gates=gates, progress=log)
+    log(f"wrote the CPU routes' verdicts to {route_evidence_from_report(art, report, out_dir)}")
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
     json_path, md_path = write_report(report, out_dir, header, extra)
     print(md_path.read_text(), flush=True)
     log(f"wrote {json_path} and {md_path}")
     enforce(report)
     return report
+
+
+def route_evidence_from_report(art: OnnxArtifacts, report: ParityReport, out_dir: str | os.PathLike) -> Path:
+    """Keep the CPU routes' gate verdicts (ORT fp32, and ORT int8 / torch bf16 where gated) beside the graphs, for
+    this checkpoint (its SHA-256 and its weights' fingerprint) on this CPU: what ``--precision auto`` reads."""
+    evidence = evidence_for(art.model, out_dir)
+    evidence.checkpoint_sha256 = art.checkpoint_sha256
+    cpu_only = dataclasses.replace(report, backends={k: v for k, v in report.backends.items()
+                                                     if tuple(k.split("-", 1)) in ROUTES})
+    record_verdicts(evidence, cpu_only, cpu_identity(cpu_flags()))
+    return evidence.save()
 
 
 def cpu_routes_to_gate(art: OnnxArtifacts, precisions: Sequence[str]) -> list[Route]:

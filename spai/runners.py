@@ -27,10 +27,6 @@ from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, P
 Feed = dict[str, np.ndarray]
 Limits = dict[str, tuple[int | None, ...]]  # input name -> largest sizes of its leading axes, batch axis first
 
-# CPU routes: (backend, precision). fp16 is a GPU (TensorRT) precision and has no route here.
-BACKENDS = ("torch", "ort")
-PRECISIONS = ("fp32", "bf16", "int8")
-ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8"))
 ENCODER_FILES = {"fp32": "patch_encoder.onnx", "fp16": "patch_encoder.fp16.onnx", "int8": "patch_encoder.int8.onnx"}
 AGGREGATOR_FILE = "aggregator.onnx"
 # Patches per encoder call on a CPU, per route: the smallest chunk within 5% of the best throughput measured on a
@@ -331,93 +327,3 @@ def preferred_providers() -> list[str]:
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-# --- CPU routes: which (backend, precision) to run, chosen per CPU at run time ----------------------------------
-
-def cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def has_bf16(flags: frozenset[str]) -> bool:
-    """Native bf16 dot products (AVX-512 BF16 or AMX): bf16 GEMMs at about twice the fp32 rate."""
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def has_vnni(flags: frozenset[str]) -> bool:
-    """Native int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8): ONNX Runtime's u8s8 GEMMs without the
-    saturating AVX2 fallback."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
-
-
-def cpu_routes(flags: frozenset[str] | None = None) -> list[tuple[str, str]]:
-    """The CPU routes worth running on this CPU, fastest first.
-
-    From our measurements (``benchmarks/``): with AMX, bf16 GEMMs through oneDNN reach about 5x the fp32 rate, so
-    torch bf16 leads; with VNNI (AMD EPYC / Intel without AMX), ORT int8 GEMMs reach about 3.6x the fp32 rate
-    and bf16 about 2.2x, so int8 leads; otherwise fp32, ONNX Runtime (MLAS) before torch.
-    """
-    flags = cpu_flags() if flags is None else flags
-    routes = [("torch", "bf16")] if "amx_bf16" in flags else []
-    routes += [("ort", "int8")] if has_vnni(flags) else []
-    routes += [("torch", "bf16")] if has_bf16(flags) and "amx_bf16" not in flags else []
-    return routes + [("ort", "fp32"), ("torch", "fp32")]
-
-
-def resolve_route(backend: str | None, precision: str, flags: frozenset[str] | None = None) -> tuple[str, str]:
-    """(backend, precision) for what a user asked: ``precision`` fp32 | bf16 | int8 | auto (the fastest route of
-    :func:`cpu_routes`, within ``backend`` if given); ``backend`` torch | ort | None (from the precision).
-    :class:`spai.errors.ConfigError` with what to use instead for a route that does not exist or would be slow."""
-    flags = cpu_flags() if flags is None else flags
-    if backend not in (None, "auto", *BACKENDS):
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    backend = None if backend == "auto" else backend
-    if precision == "auto":
-        return next(r for r in cpu_routes(flags) if backend in (None, r[0]))
-    if precision == "fp16":
-        raise ConfigError("fp16 is the GPU (TensorRT) precision; on a CPU use --precision bf16 or int8.")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} or auto.")
-    backend = backend or ("ort" if precision == "int8" else "torch")
-    if (backend, precision) == ("ort", "bf16"):
-        raise ConfigError("ONNX Runtime's CPU provider has no bf16 GEMMs; use --backend torch --precision bf16, "
-                          "or --backend ort --precision int8.")
-    if (backend, precision) == ("torch", "int8"):
-        raise ConfigError("int8 runs through ONNX Runtime: use --backend ort --precision int8 (or torch with bf16).")
-    if precision == "bf16" and not has_bf16(flags):
-        raise ConfigError("this CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower than "
-                          f"fp32; use {' or '.join(f'{b} {p}' for b, p in cpu_routes(flags)[:2])} instead.")
-    return backend, precision
-
-
-def runners_for(backend: str, precision: str, *, model: Any = None, onnx_dir: str | os.PathLike | None = None,
-                chunk: int | None = None, threads: int | None = None) -> Route:
-    """The :class:`Route` (encoder and aggregator runners) of one CPU route, by name, as :mod:`spai.inference`
-    scores through it. torch needs ``model``; ort needs ``onnx_dir`` (a
-    ``spai export`` folder: ``patch_encoder[.int8].onnx`` + ``aggregator.onnx``). ``chunk``: patches per encoder
-    call (default :data:`CPU_CHUNKS` on a CPU, the model's chunk on a GPU). The aggregator runs in fp32."""
-    if (backend, precision) not in ROUTES:
-        resolve_route(backend, precision, frozenset({"avx512_bf16"}))  # raises the explanatory error
-        raise ConfigError(f"no {backend} {precision} route; routes: {', '.join(f'{b} {p}' for b, p in ROUTES)}.")
-    if backend == "torch":
-        if model is None:
-            raise ConfigError("the torch backend needs a model (spai.create_model(...)).")
-        on_cpu = getattr(model.device, "type", "cpu") == "cpu"
-        batch = chunk or (CPU_CHUNKS[(backend, precision)] if on_cpu else None)
-        return Route(f"torch-{precision}", precision, TorchRunner(model, "patch_encoder", batch, precision),
-                     TorchRunner(model, "aggregator"))
-    if onnx_dir is None:
-        raise ConfigError("the ort backend needs the exported graphs: pass the folder `spai export` wrote.")
-    folder = Path(onnx_dir)
-    limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
-    return Route(f"ort-{precision}", precision,
-                 OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
-                 OrtRunner(folder / AGGREGATOR_FILE, threads=threads))

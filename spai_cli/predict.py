@@ -1,8 +1,9 @@
 """``spai predict``: score images in-process (no server), print a table, optionally write the scores CSV.
 
 The route is picked by name (``--backend torch|ort``, ``--precision fp32|bf16|int8|auto``,
-:func:`spai.runners.resolve_route`), and every route scores through :mod:`spai.inference` with the runners of
-:func:`spai.runners.runners_for`; ``latency_ms`` in the CSV is each image's scoring time."""
+:mod:`spai.routes`; ``auto``: the fastest route that passed its parity gate for this checkpoint on this CPU), and
+every route scores through :class:`spai.inference.Scorer` over the runners of :func:`spai.routes.runners_for`;
+``latency_ms`` in the CSV is each image's scoring time."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from spai.inference import (
     write_scores_csv,
 )
 from spai.patching import patch_spec_from_config
+from spai.routes import resolve_route
 from spai_cli.routes import add_route_arguments, chosen_route, route_runners
 
 
@@ -68,15 +70,16 @@ def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
     import spai
     from spai.config import get_config
 
-    backend, precision = chosen_route(args)
-    needs_model = backend == "torch" or not args.onnx or args.checkpoint
+    explicit = None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
+    needs_model = explicit in (None, "torch") or not args.onnx or args.checkpoint  # an ORT route needs the graphs
     model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint) \
         if needs_model else None
+    backend, precision, onnx_dir = chosen_route(args, model)
     spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
     calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
     calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
     limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
-    with route_runners(model, backend, precision, args.onnx, args.chunk_size) as route:
+    with route_runners(model, backend, precision, onnx_dir, args.chunk_size) as route:
         model = None  # an ORT route holds the graphs only: the torch weights can go
         yield Scorer.for_route(route, limits=limits, spec=spec, calibration=calibration)
 

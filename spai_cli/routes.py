@@ -1,6 +1,6 @@
 """Scoring routes on the command line: ``--backend torch|ort``, ``--precision fp32|bf16|int8|auto`` and
-``--onnx DIR``, shared by ``spai predict``, ``spai test`` and ``spai calibrate`` (:func:`spai.runners.resolve_route`
-picks the route, :func:`spai.runners.runners_for` builds its runners)."""
+``--onnx DIR``, shared by ``spai predict``, ``spai test`` and ``spai calibrate`` (:mod:`spai.routes` picks the
+route, by name or, for ``auto``, by evidence; :func:`spai.routes.runners_for` builds its runners)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from spai.errors import ConfigError
 
 if TYPE_CHECKING:
     from spai.models.spai_model import SPAIModel
@@ -29,13 +31,34 @@ def add_route_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
 
 
-def chosen_route(args: argparse.Namespace) -> tuple[str, str]:
-    """The (backend, precision) the arguments ask for, printed to stderr."""
-    from spai.runners import resolve_route
+def chosen_route(args: argparse.Namespace, model: SPAIModel | None) -> tuple[str, str, str | None]:
+    """(backend, precision, the ONNX folder to use) the arguments ask for, printed to stderr. ``auto`` takes the
+    fastest route that passed its parity gate for ``model`` on this CPU (:func:`spai.routes.choose_route`); without
+    ``--onnx`` it first exports the model's graphs (fp32 and int8) into the cache, once per model."""
+    from spai.routes import resolve_route
 
-    backend, precision = resolve_route(args.backend, args.precision)
-    print(f"route: {backend} {precision}", file=sys.stderr)
-    return backend, precision
+    if args.precision != "auto":
+        backend, precision = resolve_route(args.backend, args.precision)
+        print(f"route: {backend}-{precision}", file=sys.stderr)
+        return backend, precision, args.onnx
+    if model is None:
+        raise ConfigError("--precision auto gates the routes against the model itself: pass --checkpoint (or "
+                          "--model), or pick a route (--backend ort --precision int8).")
+    onnx_dir = args.onnx or (None if args.backend == "torch" else cached_export(model))
+    backend, precision = model.route_for(args.backend, "auto", onnx_dir)
+    return backend, precision, onnx_dir
+
+
+def cached_export(model: SPAIModel) -> str:
+    """The model's fp32 and int8 graphs in the cache (``$SPAI_CACHE_DIR/exports/<weights hash>``), exported the
+    first time ``auto`` needs them."""
+    from spai.routes import cache_dir, model_fingerprint
+    from spai.runners import AGGREGATOR_FILE, ENCODER_FILES
+
+    folder = cache_dir() / "exports" / model_fingerprint(model)[:24]
+    if not all((folder / f).is_file() for f in (ENCODER_FILES["fp32"], ENCODER_FILES["int8"], AGGREGATOR_FILE)):
+        exported(model, "int8", str(folder))
+    return str(folder)
 
 
 @contextlib.contextmanager
@@ -43,7 +66,7 @@ def route_runners(model: SPAIModel | None, backend: str, precision: str, onnx_di
                   chunk: int | None = None) -> Iterator[Route]:
     """The entered :class:`spai.runners.Route` of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
     temporary folder first (and builds its int8 encoder for int8)."""
-    from spai.runners import runners_for
+    from spai.routes import runners_for
 
     with contextlib.ExitStack() as stack:
         if backend == "ort":
@@ -57,10 +80,11 @@ def route_runners(model: SPAIModel | None, backend: str, precision: str, onnx_di
 def scoring_runners(args: argparse.Namespace, model: SPAIModel) -> Iterator[Route | None]:
     """For ``spai test`` / ``spai calibrate``: None for the default route (the model itself, on its device),
     else the entered route the arguments ask for."""
-    if args.backend in (None, "torch") and args.precision == "fp32" and not args.chunk_size:
+    if args.backend in (None, "torch") and args.precision == "fp32" and not args.chunk_size:  # the reference
         yield None
         return
-    with route_runners(model, *chosen_route(args), onnx_dir=args.onnx, chunk=args.chunk_size) as route:
+    backend, precision, onnx_dir = chosen_route(args, model)
+    with route_runners(model, backend, precision, onnx_dir=onnx_dir, chunk=args.chunk_size) as route:
         yield route
 
 

@@ -47,6 +47,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Route evidence and auto's exports go to a folder of this session, never to the user's ~/.cache/spai."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPAI_CACHE_DIR", str(tmp_path_factory.mktemp("spai_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A spai-tiny model with random weights (seeded), in eval mode. Do not mutate it."""

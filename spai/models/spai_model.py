@@ -9,6 +9,8 @@ Parameter names follow upstream SPAI / the fusion fork (``mfvit.*``, ``to_kv``, 
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +25,8 @@ from spai.models.aggregator import ClassificationHead, spectral_context_attentio
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask
 from spai.patching import PatchSpec, pad_image, patch_grid, patch_spec_from_config
-from spai.runners import CPU_MAX_CHUNK, Route, TorchRunner, resolve_route, runners_for
+from spai.routes import choose_route, resolve_route, runners_for
+from spai.runners import CPU_MAX_CHUNK, Route, TorchRunner
 
 
 def to_unit_float(patches: torch.Tensor) -> torch.Tensor:
@@ -136,23 +139,35 @@ class SPAIModel(nn.Module):
 
     @torch.no_grad()
     def score_images(self, images: Sequence[ImageSource], chunk_size: int | None = None,
-                     operating_point: str | None = None, *, backend: str = "torch", precision: str = "fp32",
+                     operating_point: str | None = None, *, backend: str | None = None, precision: str = "fp32",
                      onnx_dir: str | None = None, **limits: Any) -> list[ImageScore]:
         """Score images of any size (:meth:`spai.inference.Scorer.score_images`): patches of all images go through the
         encoder ``chunk_size`` at a time, then padded aggregator calls; probabilities and decisions (at
         ``operating_point``, default the calibration's) come from :attr:`calibration`. The route is picked by name
-        (:func:`spai.runners.resolve_route`): ``backend`` torch | ort (ort needs ``onnx_dir``, a ``spai export``
-        folder), ``precision`` fp32 | bf16 | int8 | auto. ``limits``: ``max_pixels`` / ``max_bytes`` for decoding.
-        Every image is validated first; a bad one raises :class:`spai.ImageError`."""
-        if (backend, precision) == ("torch", "fp32"):  # the reference path, on any device
+        (:mod:`spai.routes`): ``backend`` torch | ort (ort needs ``onnx_dir``, a ``spai export`` folder),
+        ``precision`` fp32 | bf16 | int8 | auto (the fastest route that passed its parity gate for this model on this
+        CPU; it says on stderr which and why). ``limits``: ``max_pixels`` / ``max_bytes`` for decoding. Every image
+        is validated first; a bad one raises :class:`spai.ImageError`."""
+        if backend in (None, "torch") and precision == "fp32":  # the reference path, on any device
             route = Route("torch-fp32", "fp32", TorchRunner(self, "patch_encoder", chunk_size),
                           TorchRunner(self, "aggregator"))
         else:
-            route = runners_for(*resolve_route(backend, precision), model=self, onnx_dir=onnx_dir, chunk=chunk_size)
+            backend, precision = self.route_for(backend, precision, onnx_dir)
+            route = runners_for(backend, precision, model=self, onnx_dir=onnx_dir, chunk=chunk_size)
         with route:
             scorer = Scorer.for_route(route, limits=InputLimits(**limits), spec=self.patch_spec,
                                       calibration=self.calibration)
             return scorer.score_images(images, operating_point)
+
+    def route_for(self, backend: str | None, precision: str, onnx_dir: str | os.PathLike | None = None
+                  ) -> tuple[str, str]:
+        """(backend, precision) of a route asked for by name; ``auto``: :func:`spai.routes.choose_route`'s
+        choice for this model on this CPU, printed with its reasons on stderr."""
+        if precision != "auto":
+            return resolve_route(backend, precision)
+        choice = choose_route(self, onnx_dir=onnx_dir, backend=backend, say=lambda line: print(line, file=sys.stderr))
+        print(choice.reason, file=sys.stderr)
+        return choice.backend, choice.precision
 
     def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **options: Any) -> np.ndarray:
         """Probabilities (1 = AI-generated; calibrated when the checkpoint is) for images of any size

@@ -3,6 +3,8 @@ exit 1 with nothing half-written; checkpoints from save_checkpoint export."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -80,6 +82,14 @@ def test_saved_checkpoint_exports_with_parity_report_and_trt_exit_code(tmp_path,
         assert name in names
     assert not [n for n in names if n.startswith(".")], names  # no temporary files left behind
     assert "PASS" in (out / "export_report.md").read_text()
+    evidence = json.loads((out / "route_evidence.json").read_text())  # what --precision auto reads
+    from spai.files import sha256_file
+    from spai.routes import cpu_flags, cpu_identity, model_fingerprint
+
+    assert evidence["checkpoint_sha256"] == sha256_file(ckpt)
+    assert evidence["weights_sha256"] == model_fingerprint(spai.create_model(checkpoint=ckpt))
+    verdict = evidence["cpus"][cpu_identity(cpu_flags())]["verdicts"]["ort-fp32"]
+    assert verdict["passed"] and verdict["random_patches"]["max_abs_dprob"] <= 1e-5
 
 
 def test_onnx_only_exits_0_and_help_works(tmp_path):

@@ -16,7 +16,7 @@ from export.compare import load_images
 from export.quantize import check_int8_graph, patch_encoder_int8, precision_table_onnx
 from spai.errors import ExportError
 from spai.parity import Gates, _gate, compare_routes
-from spai.runners import runners_for
+from spai.routes import runners_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

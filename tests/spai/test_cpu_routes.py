@@ -9,7 +9,8 @@ import torch
 
 from spai.errors import ConfigError, ExportError
 from spai.inference import Scorer
-from spai.runners import CPU_CHUNKS, ENCODER_FILES, OrtRunner, TorchRunner, cpu_routes, resolve_route, runners_for
+from spai.routes import cpu_routes, resolve_route, runners_for
+from spai.runners import CPU_CHUNKS, ENCODER_FILES, OrtRunner, TorchRunner
 from spai.specs import PATCH_FEATURES, PATCHES
 
 EPYC = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})  # our build machine: no AMX
@@ -20,10 +21,7 @@ OLD = frozenset({"avx2"})
 def test_routes_are_picked_per_cpu_from_its_features() -> None:
     assert cpu_routes(EPYC)[:2] == [("ort", "int8"), ("torch", "bf16")]
     assert cpu_routes(XEON_AMX)[0] == ("torch", "bf16")
-    assert cpu_routes(OLD) == [("ort", "fp32"), ("torch", "fp32")]
-    assert resolve_route(None, "auto", EPYC) == ("ort", "int8")
-    assert resolve_route("torch", "auto", EPYC) == ("torch", "bf16")
-    assert resolve_route(None, "auto", OLD) == ("ort", "fp32")
+    assert cpu_routes(OLD) == [("ort", "fp32"), ("ort", "int8"), ("torch", "fp32")]  # int8 is tried: the gate decides
     assert resolve_route(None, "int8", OLD) == ("ort", "int8")
     assert resolve_route(None, "bf16", EPYC) == ("torch", "bf16")
 

@@ -35,7 +35,7 @@ def test_predict_ort_int8_writes_scores_with_latency(exported_tiny, generated_im
     assert main(["predict", *images, "--checkpoint", str(exported_tiny / "tiny.pth"), "-o", str(ref)]) == 0
     assert main(["predict", *images, "--checkpoint", str(exported_tiny / "tiny.pth"), "--backend", "ort",
                  "--precision", "int8", "--onnx", str(exported_tiny), "-o", str(got)]) == 0
-    assert "route: ort int8" in capsys.readouterr().err
+    assert "route: ort-int8" in capsys.readouterr().err
     a, b = _rows(ref), _rows(got)
     assert [r["image"] for r in a] == [r["image"] for r in b] == images
     assert all(float(r["latency_ms"]) > 0 for r in b)
@@ -55,3 +55,18 @@ def test_predict_refuses_a_route_that_does_not_exist(args, message, generated_im
     assert main(["predict", str(generated_images[0]), "--model", "spai-tiny", *args]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_predict_auto_takes_a_gated_route_and_says_why(exported_tiny, generated_images, tmp_path, capsys,
+                                                       monkeypatch) -> None:
+    monkeypatch.setenv("SPAI_CPU_FLAGS", "avx2 avx512f avx512_vnni")  # a VNNI CPU without bf16
+    monkeypatch.setattr("spai.routes.GATE_PATCHES", 16)
+    monkeypatch.setattr("spai.routes.GATE_MAX_PIXELS", 200_000)
+    args = ["predict", str(generated_images[0]), "--checkpoint", str(exported_tiny / "tiny.pth"), "--onnx",
+            str(exported_tiny), "--precision", "auto", "-o", str(tmp_path / "auto.csv")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "gating ort-int8, ort-fp32" in err and "(the fastest route that passed its parity gate" in err
+    assert (exported_tiny / "route_evidence.json").is_file() and len(_rows(tmp_path / "auto.csv")) == 1
+    assert main([*args[:-1], str(tmp_path / "again.csv")]) == 0
+    assert "gating" not in capsys.readouterr().err  # the verdicts were kept
