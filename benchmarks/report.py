@@ -336,7 +336,8 @@ def route_targets(routes: list[Row], parity: dict[tuple[str, str], dict[str, Any
         out.append(f"- {model} ({run}): best parity-passing route **{contender}**: at least **{worst:.2f}x** the "
                    f"original's images/s ({sizes}; target >= 2x: {'met' if worst >= 2 else 'MISSED'}); process peak "
                    f"at most **{mem:.2f}x** the original's one-patch-per-call peak (target <= 1.25x: "
-                   f"{'met' if mem <= 1.25 else 'MISSED'}); {gated}; auto route here: {cr[0].get('auto_route', '?')}")
+                   f"{'met' if mem <= 1.25 else 'MISSED'}); {gated}; first-guess route here: "
+                   f"{cr[0].get('first_guess_route', cr[0].get('auto_route', '?'))}")
     return out
 
 

@@ -65,10 +65,11 @@ def _device() -> str:
     return device_label(torch.device("cpu"))
 
 
-def _auto_route() -> str:
-    from spai.routes import resolve_route
+def _first_guess_route() -> str:
+    """The route the CPU's flags put first (``auto`` then decides by this checkpoint's gates and speeds)."""
+    from spai.routes import cpu_routes
 
-    return "-".join(resolve_route(None, "auto"))
+    return "-".join(cpu_routes()[0])
 
 
 def _rounds(model_id: str, patches: int) -> int:
@@ -102,7 +103,7 @@ def test_cpu_route(benchmark, route_case: tuple[str, str, float], route_model: C
         kind="route", model=model_id, contender=contender, backend=backend, precision="fp32" if original else precision,
         chunk=(info["model"].cfg.MODEL.FEATURE_EXTRACTION_BATCH if precision == "cfg" else 1) if original else None,
         baseline=_baseline_name(info) if original else None, nominal_mp=mp, height=height, width=width,
-        megapixels=height * width / 1e6, patches=patches, device=_device(), auto_route=_auto_route(),
+        megapixels=height * width / 1e6, patches=patches, device=_device(), first_guess_route=_first_guess_route(),
         flops_per_patch=info["flops"]["original" if original else "route"], **measured)
 
 
