@@ -10,11 +10,15 @@ Shape (extra keys allowed)::
 
     {"format": 1, "tensorrt_version": "10.13.0.35", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
      "cuda_version": "12.9", "feature_dim": 1168, "version_compatible": false,
-     "engines": {"patch_encoder": {"file": "patch_encoder.plan", "precision": "fp16",
+     "engines": {"patch_encoder": {"file": "patch_encoder.plan", "precision": "fp16", "outputs": ["patch_features"],
                                    "profile": {"patches": [[1, 3, 224, 224], [64, ...], [256, ...]]}},
-                 "aggregator": {"file": "aggregator.plan", "precision": "fp32",
+                 "aggregator": {"file": "aggregator.plan", "precision": "fp32", "outputs": ["logits", "attention"],
                                 "profile": {"patch_features": [min, opt, max], "patch_mask": [min, opt, max]}}},
      "onnx_sha256": {"patch_encoder.fp16.onnx": "...", "aggregator.onnx": "..."}, "source": "...", "created": "..."}
+
+``outputs``: the engine's output tensors (those of the ONNX graph it was built from), so that ``spai repository``
+knows whether the aggregator has ``attention`` without reading ``aggregator.onnx`` (the Triton image has no
+``onnx`` package). Manifests written before it lack the key (:meth:`EngineManifest.aggregator_attention` is None).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from export.files import atomic_path
 from spai.errors import ExportError
-from spai.specs import PATCH_FEATURES, PATCH_MASK, ModelSpec, Shape, aggregator_spec, patch_encoder_spec
+from spai.specs import ATTENTION, PATCH_FEATURES, PATCH_MASK, ModelSpec, Shape, aggregator_spec, patch_encoder_spec
 
 FORMAT = 1
 MANIFEST_NAME = "engine.json"
@@ -38,15 +42,18 @@ GRAPHS: dict[str, Callable[[int], ModelSpec]] = {"patch_encoder": patch_encoder_
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 REQUIRED = ("tensorrt_version", "gpu", "compute_capability", "cuda_version", "feature_dim", "engines")
+OPTIONAL_OUTPUTS = frozenset({ATTENTION})  # an export may leave it out; every other output of the spec is needed
 
 
 @dataclass(frozen=True)
 class EngineEntry:
-    """One plan: its file (relative to the manifest), precision and optimisation profile 0."""
+    """One plan: its file (relative to the manifest), precision, optimisation profile 0 and output names (empty:
+    not recorded, an older manifest)."""
 
     file: str
     precision: str
     profile: Profile
+    outputs: tuple[str, ...] = ()
 
     def max_batch(self) -> int:
         """The profile's largest batch (Triton's ``max_batch_size`` of this model)."""
@@ -78,6 +85,7 @@ class EngineManifest:
 
     def to_json(self) -> dict[str, Any]:
         engines = {name: {"file": e.file, "precision": e.precision,
+                          **({"outputs": list(e.outputs)} if e.outputs else {}),
                           "profile": {k: [list(s) for s in v] for k, v in e.profile.items()}}
                    for name, e in self.engines.items()}
         return {"format": FORMAT, "tensorrt_version": self.tensorrt_version, "gpu": self.gpu,
@@ -120,12 +128,18 @@ class EngineManifest:
                 raise ExportError(f"{where}: {graph} precision {entry.precision!r} is not one of "
                                   f"{', '.join(PRECISIONS)}.")
             _check_profile(f"{where}: {graph}", entry.profile, make_spec(self.feature_dim), self.feature_dim)
+            _check_outputs(f"{where}: {graph}", entry.outputs, make_spec(self.feature_dim))
         agg = self.engines["aggregator"].profile
         for i, label in enumerate(("min", "opt", "max")):
             feats, mask = agg[PATCH_FEATURES][i], agg[PATCH_MASK][i]
             if feats[:2] != mask:
                 raise ExportError(f"{where}: aggregator {label} shapes disagree: {PATCH_FEATURES} {list(feats)} "
                                   f"has images x patches {list(feats[:2])} but {PATCH_MASK} is {list(mask)}.")
+
+    def aggregator_attention(self) -> bool | None:
+        """Whether the aggregator engine has the ``attention`` output; None where the manifest does not say."""
+        outputs = self.engines["aggregator"].outputs
+        return ATTENTION in outputs if outputs else None
 
     def plan_paths(self, directory: str | os.PathLike) -> dict[str, Path]:
         return {graph: Path(directory) / entry.file for graph, entry in self.engines.items()}
@@ -146,7 +160,21 @@ def _entry(name: str, raw: Any, where: str) -> EngineEntry:
             raise ExportError(f"{where}: {name} profile of {tensor!r} must be [min, opt, max] shapes, not {shapes!r}.")
         lo, opt, hi = (tuple(_int(d, f"{where}: {name} {tensor} dimension") for d in s) for s in shapes)
         profile[tensor] = (lo, opt, hi)
-    return EngineEntry(str(raw["file"]), str(raw["precision"]), profile)
+    outputs = raw.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ExportError(f"{where}: {name} outputs must be a list of tensor names, not {outputs!r}.")
+    return EngineEntry(str(raw["file"]), str(raw["precision"]), profile, tuple(outputs))
+
+
+def _check_outputs(what: str, outputs: tuple[str, ...], spec: ModelSpec) -> None:
+    if not outputs:
+        return
+    names = [t.name for t in spec.outputs]
+    unknown = [o for o in outputs if o not in names]
+    missing = [n for n in names if n not in outputs and n not in OPTIONAL_OUTPUTS]
+    if unknown or missing or len(set(outputs)) != len(outputs):
+        raise ExportError(f"{what}: outputs {list(outputs)} do not fit the graph's outputs {names} (unknown: "
+                          f"{unknown or 'none'}; missing: {missing or 'none'}; optional: {sorted(OPTIONAL_OUTPUTS)}).")
 
 
 def _check_profile(what: str, profile: Profile, spec: ModelSpec, feature_dim: int) -> None:
@@ -160,24 +188,37 @@ def _check_profile(what: str, profile: Profile, spec: ModelSpec, feature_dim: in
             if len(shape) != expected_rank:
                 raise ExportError(f"{what}: {tensor.name} {label} shape {list(shape)} has rank {len(shape)}, the "
                                   f"graph's input has rank {expected_rank}.")
-            for axis, (dim, fixed) in enumerate(zip(shape[1:], tensor.shape), start=1):
+            for axis, (dim, fixed) in enumerate(zip(shape[1:], tensor.shape, strict=False), start=1):
                 if fixed != -1 and dim != fixed:
                     which = "feature_dim" if tensor.name == PATCH_FEATURES and axis == expected_rank - 1 else \
                         f"the graph's axis {axis}"
                     raise ExportError(f"{what}: {tensor.name} {label} shape {list(shape)} has {dim} on axis {axis}, "
                                       f"but {which} is {fixed if which != 'feature_dim' else feature_dim}.")
-        if not all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi)):
+        if not all(1 <= a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
             raise ExportError(f"{what}: {tensor.name} needs 1 <= min <= opt <= max on every axis, got min "
                               f"{list(lo)}, opt {list(opt)}, max {list(hi)}.")
 
 
 def manifest_from_profiles(profiles: dict[str, Profile], feature_dim: int, precisions: dict[str, str],
-                           **fields: Any) -> EngineManifest:
-    """A manifest for the plans ``<graph>.plan`` built with ``profiles`` (checked before it is returned)."""
-    engines = {graph: EngineEntry(f"{graph}.plan", precisions[graph], profiles[graph]) for graph in GRAPHS}
+                           outputs: Mapping[str, tuple[str, ...]] | None = None, **fields: Any) -> EngineManifest:
+    """A manifest for the plans ``<graph>.plan`` built with ``profiles`` (checked before it is returned);
+    ``outputs`` by graph, by default all the spec's (:func:`outputs_from_onnx` reads those of the built graphs)."""
+    names = {graph: tuple(t.name for t in make_spec(feature_dim).outputs) for graph, make_spec in GRAPHS.items()}
+    names.update(outputs or {})
+    engines = {graph: EngineEntry(f"{graph}.plan", precisions[graph], profiles[graph], tuple(names[graph]))
+               for graph in GRAPHS}
     manifest = EngineManifest(feature_dim=feature_dim, engines=engines, **fields)
     manifest.check()
     return manifest
+
+
+def outputs_from_onnx(graphs: Mapping[str, str | os.PathLike]) -> dict[str, tuple[str, ...]]:
+    """Output names of each graph's ONNX file: a TensorRT engine built from it has these outputs. Needs ``onnx``
+    (imported here: this module also runs where it is absent)."""
+    import onnx
+
+    return {graph: tuple(o.name for o in onnx.load(str(path), load_external_data=False).graph.output)
+            for graph, path in graphs.items()}
 
 
 def write_manifest(directory: str | os.PathLike, manifest: EngineManifest) -> Path:

@@ -177,19 +177,20 @@ def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: 
 
 def manifest_for_engines(art: OnnxArtifacts, out_dir: Path, profiles: Profiles, sources: dict[str, Path],
                          encoder_precision: str, options: Any) -> Path:
-    """Write ``engine.json`` for plans just built here: this TensorRT, this GPU, the profiles, the ONNX hashes."""
+    """Write ``engine.json`` for plans just built here: this TensorRT, this GPU, the profiles, the ONNX hashes and
+    the engines' outputs (those of their ONNX graphs: the Triton image reads them, having no ``onnx``)."""
     import datetime
 
     import torch
 
     from export.files import sha256_file
-    from export.manifest import manifest_from_profiles, write_manifest
+    from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
     from export.trt import tensorrt_version
 
     major, minor = torch.cuda.get_device_capability()
     manifest = manifest_from_profiles(
         profiles, art.graphs.feature_dim, {"patch_encoder": encoder_precision, "aggregator": "fp32"},
-        tensorrt_version=tensorrt_version(), gpu=torch.cuda.get_device_name(),
+        outputs=outputs_from_onnx(sources), tensorrt_version=tensorrt_version(), gpu=torch.cuda.get_device_name(),
         compute_capability=f"{major}.{minor}", cuda_version=str(torch.version.cuda),
         version_compatible=options.version_compatible,
         onnx_sha256={p.name: sha256_file(p) for p in sources.values()}, source=art.source,

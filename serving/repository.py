@@ -3,9 +3,11 @@
 Three models: ``spai`` (Python/BLS entry point taking encoded image bytes), ``spai_patch_encoder`` and
 ``spai_aggregator``. Variants of the two graphs: ``trt`` (``tensorrt_plan``, GPU, production), ``onnx``
 (``onnxruntime_onnx``, full Triton containers) and ``python-ort`` (Python backend running ONNX Runtime, the
-only kind the tritonserver bundled in nvidia-pytriton can load). Tensor names, dtypes and shapes come from
-``spai.specs`` only, so configs cannot drift from the exported graphs. The ``spai`` model's code is the one file
-``serving/triton_models/spai/1/model.py``; generated repositories copy it.
+only kind the tritonserver bundled in nvidia-pytriton can load), all built from an export directory
+(:func:`build_repository`); and ``python-torch`` (Python backend running the checkpoint itself in PyTorch, KIND_GPU
+with fp16/bf16 autocast or KIND_CPU in fp32: no export, no engines; :func:`build_torch_repository`). Tensor names,
+dtypes and shapes come from ``spai.specs`` only, so configs cannot drift from the exported graphs. The ``spai``
+model's code is the one file ``serving/triton_models/spai/1/model.py``; generated repositories copy it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from export.manifest import (
     runtime_tensorrt_version,
 )
 from serving.bls import EntrySettings, calibration_parameters
+from serving.models.torch_graph import PRECISIONS
 from spai.errors import ExportError, ServingError
 from spai.inference import SERVING_LIMITS, calibration_from_export
 from spai.specs import (
@@ -39,7 +42,12 @@ from spai.specs import (
     trt_profile,
 )
 
-VARIANTS = ("trt", "onnx", "python-ort")
+VARIANTS = ("trt", "onnx", "python-ort")  # built from an export directory (build_repository)
+TORCH_VARIANT = "python-torch"  # built from a checkpoint (build_torch_repository)
+ALL_VARIANTS = (*VARIANTS, TORCH_VARIANT)
+DEVICES = ("cpu", "gpu")  # python-torch: KIND_CPU or KIND_GPU graph models
+TORCH_PRECISIONS = PRECISIONS  # python-torch: fp16 / bf16 = torch.autocast on a GPU
+TORCH_CHECKPOINT = "checkpoint.pth"  # python-torch: the repository root's one copy, read by both graph models
 ENTRY, ENCODER, AGGREGATOR = "spai", "spai_patch_encoder", "spai_aggregator"
 PRODUCTION_FEATURE_DIM = 1168  # spai-fusion-b16 (the checked-in serving/triton_models/ layout)
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -63,10 +71,10 @@ class Tuning:
     cutting the next chunk overlaps the encoder; 1 = one at a time. ``*_threads``: ONNX Runtime intra-op and
     OpenMP/BLAS threads of each Python-backend instance (0: the cores it may use, shared among the model's
     instances; :mod:`serving.instance`). ``encoder_preferred_batch``: the encoder's dynamic batcher's
-    ``preferred_batch_size`` (empty: none). ``encoder_ort_batch`` (python-ort): patches per ONNX Runtime call,
-    whatever the batcher merges (0: max_batch_size); it bounds the encoder's memory. ``entry_trim_heap_mb``:
-    each `spai` instance calls malloc_trim after every this many MiB of decoded pixels (0: never;
-    :class:`serving.instance.HeapTrimmer`). ``entry_max_batch``: requests the `spai` model's dynamic batcher
+    ``preferred_batch_size`` (empty: none). ``encoder_ort_batch`` (python-ort, python-torch): patches per ONNX
+    Runtime or PyTorch call, whatever the batcher merges (0: max_batch_size); it bounds the encoder's memory.
+    ``entry_trim_heap_mb``: each `spai` instance calls malloc_trim after every this many MiB of decoded pixels
+    (0: never; :class:`serving.instance.HeapTrimmer`). ``entry_max_batch``: requests the `spai` model's dynamic batcher
     merges into one execute, which decodes them all before it cuts: it bounds each instance's working set, and so
     its heap's high-water mark (docs/reliability.md, "Memory over time"). Defaults per variant:
     :data:`TUNING` (docs/serving.md says why).
@@ -108,13 +116,21 @@ TUNING = {
     "onnx": Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),
     "trt": Tuning(entry_instances=4, encoder_instances=2, aggregator_instances=1, in_flight=4,
                   encoder_preferred_batch=(128, 256), encoder_queue_delay_us=500),
+    TORCH_VARIANT: Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),  # KIND_CPU
 }
+# python-torch on a GPU (--device gpu): the trt defaults, each torch call as large as the batcher merges
+TORCH_GPU_TUNING = replace(TUNING["trt"], encoder_ort_batch=0)
+
+
+def default_tuning(variant: str, device: str = "cpu") -> Tuning:
+    """The variant's default :class:`Tuning` (python-torch: per ``device``)."""
+    return TORCH_GPU_TUNING if variant == TORCH_VARIANT and device == "gpu" else TUNING[variant]
 
 
 @dataclass(frozen=True)
 class RepositoryOptions:
     """Everything a generated repository depends on besides the model files (``tuning``: None = the variant's
-    :data:`TUNING`)."""
+    :func:`default_tuning`)."""
 
     variant: str
     feature_dim: int
@@ -126,17 +142,26 @@ class RepositoryOptions:
         limits=SERVING_LIMITS, aggregator_batch=DEFAULT_MAX_IMAGES))
     # trt: the engines' own (min, opt, max) profiles by graph, from their engine.json (None: the spec defaults)
     profiles: dict[str, dict[str, tuple[tuple[int, ...], ...]]] | None = None
+    device: str = "cpu"  # python-torch: where the graph models run (DEVICES)
+    precision: str = "fp32"  # python-torch: TORCH_PRECISIONS (fp16 / bf16: GPU only)
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ServingError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}.")
+        if self.variant not in ALL_VARIANTS:
+            raise ServingError(f"unknown variant {self.variant!r}; choose one of {', '.join(ALL_VARIANTS)}.")
+        if self.device not in DEVICES or self.precision not in TORCH_PRECISIONS:
+            raise ServingError(f"device {self.device!r} / precision {self.precision!r}: choose a device of "
+                               f"{', '.join(DEVICES)} and a precision of {', '.join(TORCH_PRECISIONS)}.")
+        if self.variant == TORCH_VARIANT and self.device == "cpu" and self.precision != "fp32":
+            raise ServingError(f"--precision {self.precision} is torch.autocast on a GPU; CPU graph models run "
+                               "fp32: pass --device gpu, or --precision fp32.")
         if self.tuning is None:
-            object.__setattr__(self, "tuning", TUNING[self.variant])
+            object.__setattr__(self, "tuning", default_tuning(self.variant, self.device))
 
 
-def tuning_with(variant: str, **changes: object) -> Tuning:
-    """The variant's default :class:`Tuning` with ``changes`` (None values are left at the default)."""
-    return replace(TUNING[variant], **{k: v for k, v in changes.items() if v is not None})
+def tuning_with(variant: str, device: str = "cpu", **changes: object) -> Tuning:
+    """The variant's default :class:`Tuning` (python-torch: on ``device``) with ``changes`` (None values are left
+    at the default)."""
+    return replace(default_tuning(variant, device), **{k: v for k, v in changes.items() if v is not None})
 
 
 def production_options() -> RepositoryOptions:
@@ -165,13 +190,13 @@ def _parameters(params: dict[str, str]) -> str:
 
 def _header(name: str, variant: str, max_batch: int) -> str:
     kind = {"trt": 'platform: "tensorrt_plan"', "onnx": 'platform: "onnxruntime_onnx"',
-            "python-ort": 'backend: "python"'}[variant]
+            "python-ort": 'backend: "python"', TORCH_VARIANT: 'backend: "python"'}[variant]
     return f'name: "{name}"\n{kind}\nmax_batch_size: {max_batch}'
 
 
-def _instances(variant: str, count: int) -> str:
-    kind = "KIND_GPU" if variant == "trt" else "KIND_CPU"
-    return f"instance_group [ {{ count: {count} kind: {kind} }} ]"
+def _instances(variant: str, count: int, device: str = "cpu") -> str:
+    gpu = variant == "trt" or (variant == TORCH_VARIANT and device == "gpu")
+    return f"instance_group [ {{ count: {count} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]"
 
 
 def _batching(queue_delay_us: int, preferred: tuple[int, ...] = ()) -> str:
@@ -204,14 +229,14 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
     """config.pbtxt of one exported graph (encoder or aggregator) for ``opts.variant``."""
     shapes = profile(spec, opts)
     max_batch = next(iter(shapes.values()))[2][0]
-    t = opts.tuning
+    t = opts.tuning or default_tuning(opts.variant, opts.device)  # always set by __post_init__
     encoder = name == ENCODER
     instances, threads = ((t.encoder_instances, t.encoder_threads) if encoder
                           else (t.aggregator_instances, t.aggregator_threads))
     delay = t.encoder_queue_delay_us if encoder else t.aggregator_queue_delay_us
     preferred = tuple(b for b in t.encoder_preferred_batch if b <= max_batch) if encoder else ()
     parts = [_header(name, opts.variant, max_batch), _io("input", spec.inputs), _io("output", outputs),
-             _batching(delay, preferred), _instances(opts.variant, instances)]
+             _batching(delay, preferred), _instances(opts.variant, instances, opts.device)]
     if opts.variant == "trt":
         parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
     if opts.variant == "python-ort":
@@ -219,6 +244,11 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
         parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads), **calls}))
     if opts.variant == "onnx" and threads:
         parts.append(_parameters({"intra_op_thread_count": str(threads)}))
+    if opts.variant == TORCH_VARIANT:
+        calls = {"max_torch_batch": str(min(t.encoder_ort_batch, max_batch))} if encoder and t.encoder_ort_batch else {}
+        parts.append(_parameters({"graph": "patch_encoder" if encoder else "aggregator",
+                                  "checkpoint": f"../{TORCH_CHECKPOINT}", "precision": opts.precision,
+                                  "threads": str(threads), **calls}))
     return "\n".join(parts) + "\n"
 
 
@@ -269,9 +299,10 @@ def write_configs(out: str | Path, opts: RepositoryOptions) -> Path:
     entry_model = root / ENTRY / "1" / "model.py"
     if entry_model.resolve() != ENTRY_MODEL_FILE.resolve():  # --checked-in writes beside the source itself
         shutil.copyfile(ENTRY_MODEL_FILE, entry_model)
-    if opts.variant == "python-ort":
+    graph_model = {"python-ort": "ort_model.py", TORCH_VARIANT: "torch_model.py"}.get(opts.variant)
+    if graph_model:
         for name in (ENCODER, AGGREGATOR):
-            shutil.copyfile(MODELS_DIR / "ort_model.py", root / name / "1" / "model.py")
+            shutil.copyfile(MODELS_DIR / graph_model, root / name / "1" / "model.py")
     return root
 
 
@@ -279,10 +310,16 @@ GRAPH_FILES = {"trt": ("{stem}.plan", "model.plan"), "onnx": ("{stem}.onnx", "mo
                "python-ort": ("{stem}.onnx", "model.onnx")}
 
 
-def onnx_feature_dim(path: Path) -> tuple[int, bool]:
-    """(D, has attention output) read from an exported aggregator.onnx."""
-    import onnx
-
+def onnx_feature_dim(path: Path, *, required: bool = True) -> tuple[int, bool] | None:
+    """(D, has attention output) read from an exported aggregator.onnx; None where the onnx package is absent and
+    the caller can do without it (``required=False``: the trt variant, whose engine.json says both)."""
+    try:
+        import onnx
+    except ImportError:
+        if not required:
+            return None
+        raise ServingError(f"reading {path} (its feature dimension and whether it has the {ATTENTION_OUTPUT.name} "
+                           "output) needs the onnx package: pip install onnx (it is in the serve extra).") from None
     model = onnx.load(str(path), load_external_data=False)
     dim = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     names = {o.name for o in model.graph.output}
@@ -295,12 +332,17 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                      attention: bool | None = None, tensorrt_version: str | None = None, **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
-    D and the attention output are read from ``aggregator.onnx`` when present, the model's calibration from the
-    export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`); ``overrides`` go to
-    :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json`` (:func:`trt_options`): configs follow
-    the profiles the plans were built with, and plans another TensorRT built are refused. Returns ``out``.
+    D and the attention output are read from ``engine.json`` for ``trt`` (checked against ``aggregator.onnx`` where
+    the onnx package can read it; the Triton image has none), else from ``aggregator.onnx``; the model's
+    calibration from the export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`);
+    ``overrides`` go to :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json``
+    (:func:`trt_options`): configs follow the profiles the plans were built with, and plans another TensorRT built
+    are refused. Returns ``out``.
     """
     art = Path(artifacts)
+    if variant == TORCH_VARIANT:
+        raise ServingError(f"the {TORCH_VARIANT} variant runs a checkpoint, not an export directory: `spai "
+                           f"repository --variant {TORCH_VARIANT} --checkpoint CKPT -o REPO`.")
     src_pattern, dst_name = GRAPH_FILES.get(variant, ("", ""))
     RepositoryOptions(variant=variant, feature_dim=1)  # validates the variant
     sources = {m: art / src_pattern.format(stem=stem) for m, stem in ((ENCODER, "patch_encoder"),
@@ -329,23 +371,40 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
 
 def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | None,
                  attention: bool | None) -> tuple[int, bool]:
-    """(D, has the attention output): given, else from ``aggregator.onnx``; a manifest's D must agree with both."""
-    onnx_dim = None
-    if (feature_dim is None or attention is None or manifest is not None) and (art / "aggregator.onnx").is_file():
-        onnx_dim, has_attn = onnx_feature_dim(art / "aggregator.onnx")
-        attention = has_attn if attention is None else attention
-    if manifest is not None:
-        if onnx_dim is not None and onnx_dim != manifest.feature_dim:
-            raise ServingError(f"{art}: aggregator.onnx has feature dimension {onnx_dim} but engine.json says "
+    """(D, has the attention output): given, else from the engines' engine.json (trt) or ``aggregator.onnx``.
+    engine.json must agree with both, and with aggregator.onnx where the onnx package can read it (the Triton
+    image has none: there engine.json alone answers)."""
+    graph = art / "aggregator.onnx"
+    read = graph.is_file() and (manifest is not None or feature_dim is None or attention is None)
+    facts = onnx_feature_dim(graph, required=manifest is None) if read else None
+    if manifest is None:
+        feature_dim = feature_dim or (facts[0] if facts else None)
+        if feature_dim is None:
+            raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
+        return feature_dim, bool(facts[1] if attention is None and facts else attention)
+    if feature_dim is not None and feature_dim != manifest.feature_dim:
+        raise ServingError(f"--feature-dim {feature_dim} disagrees with the engines' feature_dim "
+                           f"{manifest.feature_dim} (engine.json in {art}).")
+    recorded, outputs = manifest.aggregator_attention(), list(manifest.engines["aggregator"].outputs)
+    if facts is not None:
+        if facts[0] != manifest.feature_dim:
+            raise ServingError(f"{art}: aggregator.onnx has feature dimension {facts[0]} but engine.json says "
                                f"{manifest.feature_dim}; the plans were built from another export.")
-        if feature_dim is not None and feature_dim != manifest.feature_dim:
-            raise ServingError(f"--feature-dim {feature_dim} disagrees with the engines' feature_dim "
-                               f"{manifest.feature_dim} (engine.json in {art}).")
-        onnx_dim = manifest.feature_dim
-    feature_dim = feature_dim or onnx_dim
-    if feature_dim is None:
-        raise ServingError(f"cannot infer the feature dimension: no aggregator.onnx in {art}; pass --feature-dim.")
-    return feature_dim, bool(attention)
+        if recorded is not None and facts[1] != recorded:
+            raise ServingError(f"{art}: aggregator.onnx {'has' if facts[1] else 'lacks'} the "
+                               f"{ATTENTION_OUTPUT.name} output but engine.json's aggregator outputs are {outputs}; "
+                               "the plans were built from another export.")
+        recorded = facts[1] if recorded is None else recorded
+    if attention is None and recorded is None:
+        why = ("the onnx package that would read aggregator.onnx is not installed here (the Triton image has none)"
+               if graph.is_file() else "there is no aggregator.onnx beside it")
+        raise ServingError(f"{art / MANIFEST_NAME} does not record the aggregator engine's outputs (an older `spai "
+                           f"export` wrote it) and {why}, so whether the engine has the {ATTENTION_OUTPUT.name} "
+                           f'output is unknown. Add "outputs": ["logits", "attention"] (or ["logits"]: the outputs '
+                           "of the aggregator.onnx the plan was built from) to its engines.aggregator entry, run "
+                           "`spai repository` where the onnx package is installed, or rebuild the engines with "
+                           "`spai export`.")
+    return manifest.feature_dim, bool(recorded if attention is None else attention)
 
 
 # ---- the trt variant: configs from the engines' manifest (export/manifest.py) -------------------------------
@@ -403,3 +462,29 @@ def write_engine_records(root: Path, art: Path, manifest: EngineManifest) -> Non
         args_file.write_text(VERSION_COMPATIBLE_ARG + "\n")
     else:
         args_file.unlink(missing_ok=True)
+
+
+# ---- the python-torch variant: the checkpoint itself, in PyTorch (serving/models/torch_model.py) ----------------
+
+def build_torch_repository(checkpoint: str | Path, out: str | Path, device: str = "cpu", precision: str = "fp32",
+                           **overrides) -> Path:
+    """Assemble a ``python-torch`` repository in ``out`` for ``checkpoint`` (any format ``spai.create_model``
+    reads), copied once to the repository root and read by both graph models, so that they hold the same weights.
+
+    D and the attention output come from the model, the calibration from the checkpoint (as
+    ``model.score_images`` applies it); ``device`` gpu gives KIND_GPU graph models under ``torch.autocast`` in
+    ``precision`` (fp16 / bf16; fp32: none), cpu KIND_CPU ones in fp32. ``overrides`` go to
+    :class:`RepositoryOptions`. Returns ``out``.
+    """
+    import spai
+
+    source = Path(checkpoint)
+    base = RepositoryOptions(variant=TORCH_VARIANT, feature_dim=1, device=device, precision=precision, **overrides)
+    model = spai.create_model(checkpoint=source)  # CheckpointError (how to fix) for a missing or bad file
+    opts = dataclasses.replace(base, feature_dim=int(model.feature_dim), attention=True,
+                               settings=dataclasses.replace(base.settings, calibration=model.calibration))
+    root = write_configs(out, opts)
+    target = root / TORCH_CHECKPOINT
+    if not (target.exists() and target.samefile(source)):  # rebuilding a repository from its own copy
+        shutil.copyfile(source, target)
+    return root

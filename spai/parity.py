@@ -6,7 +6,7 @@ each runner's declared limits: (1) real images at native resolution, against the
 Numerical parity is judged on the raw logits' probability, decisions at the model's operating point.
 It lives in the library because choosing a CPU route (``--precision auto``, :mod:`spai.routes`) gates routes too;
 ``spai export`` (:mod:`export.pipeline`) gates every exported graph with it and writes the report
-(:mod:`export.compare`). Pure numpy (scikit-learn for the AUC, imported when needed); no torch at import time.
+(:mod:`export.compare`). Pure numpy; no torch at import time.
 """
 
 from __future__ import annotations
@@ -65,9 +65,19 @@ def compare_outputs(ref: np.ndarray, test: np.ndarray, *, atol: float | None = N
     return CompareResult(max_abs, float(diff.mean()) if diff.size else 0.0, float(rel.max(initial=0.0)), passed)
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties sharing their mean rank (= scikit-learn's
+    roc_auc_score): numpy only, so that ``spai export`` needs nothing of the training extra."""
+    if len(np.unique(labels)) != 2:
+        return None
+    positive = np.asarray(labels).astype(int) == 1
+    values = np.asarray(scores, np.float64)
+    order = np.argsort(values, kind="mergesort")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # 1-based ranks
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
 
 def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray | None = None,
                  calibration: Calibration = UNCALIBRATED) -> dict:

@@ -28,17 +28,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from spai.errors import ConfigError
 from spai.files import atomic_path
-from spai.runners import AGGREGATOR_FILE, CPU_CHUNKS, ENCODER_FILES, OrtRunner, Route, TorchRunner
+from spai.runners import (
+    AGGREGATOR_FILE,
+    CPU_CHUNKS,
+    ENCODER_FILES,
+    Limits,
+    OrtRunner,
+    Route,
+    ScoringModel,
+    TorchRunner,
+)
 from spai.specs import PATCHES, PATCHES_INPUT
-
-if TYPE_CHECKING:
-    from spai.models.spai_model import SPAIModel
 
 BACKENDS = ("torch", "ort")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -144,7 +150,7 @@ def resolve_route(backend: str | None, precision: str, flags: frozenset[str] | N
     return backend, precision
 
 
-def runners_for(backend: str, precision: str, *, model: SPAIModel | None = None,
+def runners_for(backend: str, precision: str, *, model: ScoringModel | None = None,
                 onnx_dir: str | os.PathLike | None = None, chunk: int | None = None,
                 threads: int | None = None) -> Route:
     """The :class:`Route` of one CPU route, by name. torch needs ``model``; ort needs ``onnx_dir`` (a ``spai
@@ -164,14 +170,14 @@ def runners_for(backend: str, precision: str, *, model: SPAIModel | None = None,
     if onnx_dir is None:
         raise ConfigError("the ort backend needs the exported graphs: pass the folder `spai export` wrote.")
     folder = Path(onnx_dir)
-    limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
+    limits: Limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
     return Route(name, precision, OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
                  OrtRunner(folder / AGGREGATOR_FILE, threads=threads))
 
 
 # --- Evidence: gate verdicts and speeds, per model and per CPU ------------------------------------------------------
 
-def model_fingerprint(model: SPAIModel) -> str:
+def model_fingerprint(model: ScoringModel) -> str:
     """SHA-256 of the model's weights (names, shapes, dtypes, bytes) and calibration: what route evidence belongs
     to, whichever file (or none) the weights came from."""
     digest = hashlib.sha256()
@@ -217,6 +223,11 @@ class RouteEvidence:
     def verdict(self, identity: str, route: str) -> dict[str, Any] | None:
         return self.cpus.get(identity, {}).get("verdicts", {}).get(route)
 
+    def passed(self, identity: str, route: str) -> bool:
+        """True where ``route`` has a verdict on this CPU and it passed."""
+        verdict = self.verdict(identity, route)
+        return bool(verdict and verdict["passed"])
+
     def speed(self, identity: str, route: str) -> float | None:
         entry = self.cpus.get(identity, {}).get("speeds", {}).get(route)
         return None if entry is None else float(entry["patches_per_s"])
@@ -229,7 +240,7 @@ class RouteEvidence:
         return self.path
 
 
-def evidence_for(model: SPAIModel, onnx_dir: str | os.PathLike | None = None) -> RouteEvidence:
+def evidence_for(model: ScoringModel, onnx_dir: str | os.PathLike | None = None) -> RouteEvidence:
     """The route evidence of ``model``: the export folder's where given (``spai export`` writes it), else the
     cache's."""
     fingerprint = model_fingerprint(model)
@@ -248,7 +259,7 @@ def record_verdicts(evidence: RouteEvidence, report: Any, identity: str) -> None
                           "date": datetime.date.today().isoformat()}
 
 
-def gate_routes(model: SPAIModel, routes: Sequence[Route], say: Say) -> Any:
+def gate_routes(model: ScoringModel, routes: Sequence[Route], say: Say) -> Any:
     """Gate entered ``routes`` against torch fp32 as ``spai export --precision`` does, smaller: random patches and
     the project's generated images up to :data:`GATE_MAX_PIXELS` (a route's gate runs once per model and CPU)."""
     from spai.data.samples import write_sample_images
@@ -299,7 +310,7 @@ def _has_graphs(onnx_dir: str | os.PathLike | None, precision: str) -> bool:
     return folder is not None and (folder / ENCODER_FILES[precision]).is_file() and (folder / AGGREGATOR_FILE).is_file()
 
 
-def choose_route(model: SPAIModel, *, onnx_dir: str | os.PathLike | None = None, backend: str | None = None,
+def choose_route(model: ScoringModel, *, onnx_dir: str | os.PathLike | None = None, backend: str | None = None,
                  flags: frozenset[str] | None = None, say: Say = lambda _line: None) -> RouteChoice:
     """The fastest route for this CPU that passed its parity gate for ``model`` (module docstring): verdicts and
     speeds come from the model's evidence, and what is missing is measured once and kept. ONNX Runtime routes are
@@ -311,7 +322,7 @@ def choose_route(model: SPAIModel, *, onnx_dir: str | os.PathLike | None = None,
     candidates = [r for r in wanted if r[0] == "torch" or _has_graphs(onnx_dir, r[1])]
     evidence = evidence_for(model, onnx_dir)
     _gate_missing(model, evidence, identity, [r for r in candidates if r != ("torch", "fp32")], onnx_dir, say)
-    passed = [r for r in candidates if r == ("torch", "fp32") or evidence.verdict(identity, route_name(*r))["passed"]]
+    passed = [r for r in candidates if r == ("torch", "fp32") or evidence.passed(identity, route_name(*r))]
     if not passed:
         raise ConfigError(f"no {backend} route passed its parity gate for this model on this CPU; use "
                           "--backend torch --precision fp32 (the reference).")
@@ -320,7 +331,7 @@ def choose_route(model: SPAIModel, *, onnx_dir: str | os.PathLike | None = None,
     return RouteChoice(*best, _reason(best, wanted, candidates, evidence, identity))
 
 
-def _gate_missing(model: SPAIModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
+def _gate_missing(model: ScoringModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
                   onnx_dir: str | os.PathLike | None, say: Say) -> None:
     missing = [r for r in routes if evidence.verdict(identity, route_name(*r)) is None]
     if not missing:
@@ -333,7 +344,7 @@ def _gate_missing(model: SPAIModel, evidence: RouteEvidence, identity: str, rout
     _save(evidence, say)
 
 
-def _probe_missing(model: SPAIModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
+def _probe_missing(model: ScoringModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
                    onnx_dir: str | os.PathLike | None, say: Say) -> None:
     missing = [r for r in routes if evidence.speed(identity, route_name(*r)) is None]
     for r in missing:

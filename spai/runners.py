@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,26 @@ AGGREGATOR_FILE = "aggregator.onnx"
 # patch a call also keeps the int8 route batch independent (its activations are quantised per call).
 CPU_CHUNKS = {("torch", "fp32"): 2, ("torch", "bf16"): 1, ("ort", "fp32"): 1, ("ort", "int8"): 1}
 CPU_MAX_CHUNK = CPU_CHUNKS[("torch", "fp32")]  # the torch fp32 path's default (SPAIModel.default_chunk_size)
+
+
+class ScoringModel(Protocol):
+    """What the runners, the routes and the comparator use of a :class:`spai.SPAIModel`: structural, because the
+    model imports them (its ``score_images`` scores through them)."""
+
+    calibration: Any  # spai.inference.Calibration
+    patch_spec: Any  # spai.patching.PatchSpec
+    feature_dim: int
+
+    @property
+    def device(self) -> Any: ...
+
+    def encode_patches(self, patches: Any) -> Any: ...
+
+    def aggregate(self, features: Any, mask: Any = None, return_attention: bool = False) -> Any: ...
+
+    def default_chunk_size(self) -> int: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def available_cores() -> int:
@@ -210,7 +230,8 @@ class TorchRunner(Runner):
     LayerNorm, softmax, the spectral filter and the statistics stay fp32); the aggregator always runs in fp32.
     """
 
-    def __init__(self, model: Any, graph: str, max_batch: int | None = None, precision: str = "fp32") -> None:
+    def __init__(self, model: ScoringModel, graph: str, max_batch: int | None = None, precision: str = "fp32"
+                 ) -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
         if precision not in ("fp32", "bf16"):
@@ -219,7 +240,7 @@ class TorchRunner(Runner):
         if precision == "bf16" and getattr(model.device, "type", "cpu") != "cpu":
             raise ConfigError("the bf16 route is a CPU route (bf16 GEMMs through oneDNN); on a GPU export a "
                               "TensorRT fp16 engine (`spai export`).")
-        limits = {PATCHES: (max_batch or model.default_chunk_size(), *PATCHES_INPUT.shape)} \
+        limits: Limits = {PATCHES: (max_batch or model.default_chunk_size(), *PATCHES_INPUT.shape)} \
             if graph == "patch_encoder" else {}
         super().__init__(limits, {PATCHES: np.dtype(np.float32)})
         self.model, self.graph, self.precision = model, graph, precision

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "serving" / "deploy" / "Dockerfile"
 CONFIG_VARIABLE = "SPAI_RESTRICTED_ENV"
 REFUSED_PREFIX = "restricted_env: refused imports: "
+SYSCONFIG_DATA = "_sysconfigdata_"  # the standard library's build configuration (sysconfig), named per platform
 # Importable in the base image without any pip install of ours (only where the project's code imports it).
 CONTAINER_PROVIDES: dict[str, dict[str, str]] = {
     # The NGC TensorRT image ships TensorRT's Python bindings: export.trt builds the plans with them. Not on this
@@ -74,7 +75,8 @@ def stage_requirements(stage: str, dockerfile: Path = DOCKERFILE) -> list[str]:
         seen = True
         if "--no-deps" not in flags:
             requirements += project["dependencies"]
-        requirements += [r for extra in filter(None, extras.split(",")) for r in project["optional-dependencies"][extra]]
+        for extra in filter(None, extras.split(",")):
+            requirements += project["optional-dependencies"][extra]
     for extra in re.findall(r"\['optional-dependencies'\]\['([\w-]+)'\]", text):
         requirements += project["optional-dependencies"][extra]
     if not seen:
@@ -116,15 +118,20 @@ def project_packages() -> set[str]:
     return {pattern.split(".")[0] for pattern in include}
 
 
+def allowed_distributions(stage: str) -> set[str]:
+    """Distributions (normalized) whose metadata a process of ``stage`` sees: the closure, the project itself and
+    what the base image provides."""
+    dists, _ = distribution_closure(stage_requirements(stage))
+    return dists | {normalize(_pyproject()["project"]["name"])} | {normalize(n) for n in CONTAINER_PROVIDES[stage]}
+
+
 def allowed_modules(stage: str, extra_names: Iterable[str] = ()) -> set[str]:
     """Top-level modules a process of ``stage`` may import (see the module docstring)."""
     import importlib.metadata as md
 
-    dists, _ = distribution_closure(stage_requirements(stage))
+    dists = allowed_distributions(stage)
     owned = {top for top, owners in md.packages_distributions().items() if dists & {normalize(o) for o in owners}}
-    import sysconfig
-
-    stdlib = {*sys.stdlib_module_names, *sys.builtin_module_names, sysconfig._get_sysconfigdata_name()}
+    stdlib = {*sys.stdlib_module_names, *sys.builtin_module_names}
     return (stdlib | project_packages() | owned
             | set(CONTAINER_PROVIDES[stage]) | set(extra_names))
 
@@ -137,6 +144,7 @@ def run_restricted(stage: str, args: Sequence[str], *, stand_ins: Sequence[Path]
     import site
 
     config = {"stage": stage, "allowed": sorted(allowed_modules(stage, [p.stem for p in stand_ins])),
+              "distributions": sorted(allowed_distributions(stage)),
               "path": [str(ROOT), *dict.fromkeys(str(p.parent) for p in stand_ins)],
               "site": site.getsitepackages(), "prefix": [sys.prefix, sys.exec_prefix]}
     child_env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONPATH"}
@@ -145,25 +153,38 @@ def run_restricted(stage: str, args: Sequence[str], *, stand_ins: Sequence[Path]
                           env=child_env, timeout=timeout)
 
 
-def refused_imports(stderr: str) -> set[str]:
-    """The top-level modules a child tried to import and was refused (its last stderr line says)."""
+def refused_imports(stderr: str) -> dict[str, list[str]]:
+    """The top-level modules a child tried to import and was refused, each with the files that tried (its last
+    stderr line says). Optional imports (``try: import x``) show up here too."""
     lines = [line for line in stderr.splitlines() if line.startswith(REFUSED_PREFIX)]
-    return set(lines[-1][len(REFUSED_PREFIX):].split(", ")) - {""} if lines else set()
+    return json.loads(lines[-1][len(REFUSED_PREFIX):]) if lines else {}
+
+
+def project_refusals(stderr: str) -> dict[str, list[str]]:
+    """:func:`refused_imports` tried by the project's own files (not by a third-party package's optional probe)."""
+    roots = tuple(str(ROOT / name) + os.sep for name in sorted(project_packages()))
+    found = {top: [str(Path(f).relative_to(ROOT)) for f in files if f.startswith(roots)]
+             for top, files in refused_imports(stderr).items()}
+    return {top: files for top, files in found.items() if files}
 
 
 # ---- the child side ------------------------------------------------------------------------------------------------
 
 class StageFinder(importlib.abc.MetaPathFinder):
-    """The only meta-path finder: it asks the interpreter's own finders, for allowed top-level modules only."""
+    """The only meta-path finder: it asks the interpreter's own finders, for allowed top-level modules and the
+    metadata of allowed distributions only (code reads versions with importlib.metadata)."""
 
-    def __init__(self, allowed: Iterable[str], finders: Sequence[object]) -> None:
-        self.allowed, self.finders, self.refused = frozenset(allowed), list(finders), []
+    def __init__(self, allowed: Iterable[str], distributions: Iterable[str], finders: Sequence[object]) -> None:
+        self.allowed, self.finders = frozenset(allowed), list(finders)
+        self.distributions = frozenset(distributions)
+        self.refused: dict[str, list[str]] = {}  # top-level module -> the files whose import was refused
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib's protocol
         top = fullname.partition(".")[0]
-        if top not in self.allowed:
-            if top not in self.refused:
-                self.refused.append(top)
+        if top not in self.allowed and not top.startswith(SYSCONFIG_DATA):
+            files = self.refused.setdefault(top, [])
+            if (importer := _importer()) not in files:
+                files.append(importer)
             return None  # the import system raises ModuleNotFoundError: No module named '<fullname>'
         for finder in self.finders:
             find = getattr(finder, "find_spec", None)
@@ -172,18 +193,37 @@ class StageFinder(importlib.abc.MetaPathFinder):
                 return spec
         return None
 
+    def find_distributions(self, context=None):  # noqa: ANN001 - importlib.metadata's protocol
+        import importlib.metadata as md
+
+        context = context or md.DistributionFinder.Context()
+        for finder in self.finders:
+            find = getattr(finder, "find_distributions", None)
+            for dist in find(context) if find else ():
+                if normalize(dist.metadata["Name"] or "") in self.distributions:
+                    yield dist
+
     def invalidate_caches(self) -> None:
         for finder in self.finders:
             getattr(finder, "invalidate_caches", lambda: None)()
 
 
+def _importer() -> str:
+    """The file whose import statement (or importlib call) is being resolved."""
+    frame = sys._getframe(2)
+    machinery = (os.path.dirname(importlib.__file__) + os.sep, __file__)
+    while frame is not None and (frame.f_code.co_filename.startswith(("<frozen", *machinery))):
+        frame = frame.f_back
+    return frame.f_code.co_filename if frame is not None else "?"
+
+
 def _child(argv: list[str]) -> None:
     config = json.loads(os.environ[CONFIG_VARIABLE])
-    finder = StageFinder(config["allowed"], sys.meta_path)
+    finder = StageFinder(config["allowed"], config["distributions"], sys.meta_path)
     sys.meta_path[:] = [finder]
     import atexit
 
-    atexit.register(lambda: print(REFUSED_PREFIX + ", ".join(finder.refused), file=sys.stderr, flush=True))
+    atexit.register(lambda: print(REFUSED_PREFIX + json.dumps(finder.refused), file=sys.stderr, flush=True))
     # -S skipped site.py, which would have made this venv the prefix and added its site-packages
     sys.prefix, sys.exec_prefix = config["prefix"]
     sys.path[:] = [*config["path"], *sys.path[1:], *config["site"]]

@@ -1,5 +1,6 @@
-"""engine.json (export/manifest.py): round trip, every refusal names both values, which TensorRT a machine has,
-and when a plan loads on it. Pure: no TensorRT, no GPU, no torch."""
+"""engine.json (export/manifest.py): round trip, every refusal names both values, the engines' outputs (and
+manifests written before they were recorded), which TensorRT a machine has, and when a plan loads on it. Pure: no
+TensorRT, no GPU, no torch."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from export.manifest import (
     EngineManifest,
     check_tensorrt_version,
     manifest_from_profiles,
+    outputs_from_onnx,
     read_manifest,
     runtime_tensorrt_version,
     write_manifest,
@@ -48,8 +50,9 @@ def test_round_trip_keeps_the_shape_and_extra_keys(tmp_path):
     assert set(data) >= {"format", "tensorrt_version", "gpu", "compute_capability", "cuda_version", "feature_dim",
                          "engines", "onnx_sha256", "source", "created"}
     assert data["engines"]["patch_encoder"] == {
-        "file": "patch_encoder.plan", "precision": "fp16",
+        "file": "patch_encoder.plan", "precision": "fp16", "outputs": ["patch_features"],
         "profile": {"patches": [[1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224]]}}
+    assert data["engines"]["aggregator"]["outputs"] == ["logits", "attention"]  # the spec's, by default
     assert data["tf32"] is False
     for entry in data["engines"].values():
         (tmp_path / entry["file"]).write_bytes(b"x")
@@ -84,12 +87,44 @@ def _edit(path: list, value) -> dict:
     (["engines", "patch_encoder", "profile", "patches"], [[1, 3, 112, 112]] * 3, ["112", "224"]),
     (["engines", "patch_encoder", "precision"], "fp12", ["fp12"]),
     (["format"], 2, ["format 2", "format 1"]),
+    (["engines", "aggregator", "outputs"], ["logits", "heatmap"], ["heatmap", "'logits', 'attention'"]),
+    (["engines", "aggregator", "outputs"], ["attention"], ["missing: ['logits']"]),
+    (["engines", "patch_encoder", "outputs"], "patch_features", ["list of tensor names", "'patch_features'"]),
 ])
 def test_inconsistent_manifests_are_refused_naming_both_values(tmp_path, path, value, names):
     with pytest.raises(ExportError) as err:
         read_manifest(_export_dir(tmp_path, _edit(path, value)))
     for name in names:
         assert name in str(err.value), str(err.value)
+
+
+def test_aggregator_attention_is_read_from_the_outputs_and_unknown_in_older_manifests(tmp_path):
+    assert _manifest().aggregator_attention() is True
+    without = _manifest(outputs={"aggregator": ("logits",)})
+    assert without.aggregator_attention() is False
+    old = json.loads(HAND_WRITTEN.read_text())
+    for entry in old["engines"].values():
+        del entry["outputs"]
+    manifest = read_manifest(_export_dir(tmp_path, old))
+    assert manifest.aggregator_attention() is None and manifest.to_json()["engines"] == old["engines"]
+
+
+def test_outputs_are_read_from_the_onnx_graphs(tmp_path):
+    """What `spai export` records for the engines it builds (export.pipeline.manifest_for_engines)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def graph(path: Path, outputs: list[str]) -> Path:
+        nodes = [helper.make_node("Identity", ["x"], [name]) for name in outputs]
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in outputs]
+        onnx.save(helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, [1])], io)), str(path))
+        return path
+
+    found = outputs_from_onnx({"patch_encoder": graph(tmp_path / "e.onnx", ["patch_features"]),
+                               "aggregator": graph(tmp_path / "a.onnx", ["logits"])})
+    assert found == {"patch_encoder": ("patch_features",), "aggregator": ("logits",)}
+    assert _manifest(outputs=found).aggregator_attention() is False
 
 
 def test_missing_manifest_and_missing_plans(tmp_path):

@@ -165,46 +165,6 @@ def test_dockerfile_builds_engines_and_serves_with_one_release(tmp_path):
     assert {".venv", ".git", "*.plan", "*.onnx"} <= set(ignore)
 
 
-BLOCKER = '''
-import importlib.abc, sys
-ALLOWED = set(sys.stdlib_module_names) | {"spai", "serving", "export", "spai_cli"} | set(sys.argv[1].split(","))
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        if top not in ALLOWED and not top.startswith("_"):
-            raise ImportError(f"{name} is not in the Triton image (pyproject extra `triton`)")
-        return None
-sys.meta_path.insert(0, Block())
-import serving.bls, spai.inference, spai.runners, spai.specs  # what serving/triton_models/spai/1/model.py imports
-from serving.deploy.tritonserver import server_command
-import spai_cli
-sys.exit(spai_cli.main(sys.argv[2:]))
-'''
-
-
-def test_the_triton_extra_is_all_the_serving_image_needs(tmp_path):
-    """The spai model's imports, `spai repository --variant trt` and the launcher run with only the stdlib, the
-    project and the `triton` extra importable (no torch, onnx, tritonclient, ...)."""
-    import subprocess
-    import sys
-
-    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml with tomllib")
-    extra = tomllib.loads((DEPLOY.parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    names = {re.split(r"[<>=\[ ]", req)[0].lower() for req in extra["triton"]}
-    assert names == {"numpy", "pillow"}
-    modules = {"numpy": "numpy", "pillow": "PIL"}
-    art = tmp_path / "export"
-    art.mkdir()
-    shutil.copyfile(Path(__file__).parent / "data" / "engine.json", art / "engine.json")
-    for plan in ("patch_encoder.plan", "aggregator.plan"):
-        (art / plan).write_bytes(b"placeholder")
-    cmd = [sys.executable, "-c", BLOCKER, ",".join(modules[n] for n in names), "repository", "--artifacts", str(art),
-           "--variant", "trt", "-o", str(tmp_path / "repo"), "--tensorrt-version", "10.13.0.35"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=DEPLOY.parents[1])
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "repo" / "spai_patch_encoder" / "1" / "model.plan").is_file()
-
-
 def test_launcher_starts_tritonserver_with_the_memory_options_spai_serve_uses(tmp_path):
     """The pod runs with the same Python-backend pools and glibc settings as `spai serve` (ServerOptions), unless
     the pod's arguments or environment set them."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from export.manifest import manifest_from_profiles, write_manifest
+from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
 from spai.specs import aggregator_spec, patch_encoder_spec, trt_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,7 @@ TRT_VERSION = "10.13.0.35"  # the NGC serving container's $TRT_VERSION in these 
 def _harness():
     if "restricted_env" not in sys.modules:
         spec = importlib.util.spec_from_file_location("restricted_env", ROOT / "tests" / "restricted_env.py")
+        assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules["restricted_env"] = module
         spec.loader.exec_module(module)
@@ -58,15 +59,20 @@ def builder_export(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trt_export(builder_export, tmp_path_factory) -> Path:
-    """The builder's export plus the engine.json of the profiles it builds with and plan bytes."""
+    """The builder's export plus what its GPU run would add (export.pipeline.manifest_for_engines): engine.json for
+    the profiles it builds with and the outputs of the graphs the plans come from, and plan files (bytes)."""
     proc, src = builder_export
-    assert proc.returncode == 0, f"the engine-builder export failed:\n{proc.stderr[-3000:]}"
+    # the ONNX files are written before the parity check: a later failure is the engine-builder test's to report
+    graphs = [src / name for name in ("patch_encoder.onnx", "patch_encoder.fp16.onnx", "aggregator.onnx")]
+    assert all(p.is_file() for p in graphs), f"the engine-builder export wrote no ONNX files:\n{proc.stderr[-3000:]}"
     art = tmp_path_factory.mktemp("trt") / "export"
     shutil.copytree(src, art)
     dim = 96  # spai-tiny
     profiles = {"patch_encoder": trt_profile(patch_encoder_spec(dim)), "aggregator": trt_profile(aggregator_spec(dim))}
+    sources = {"patch_encoder": art / "patch_encoder.fp16.onnx", "aggregator": art / "aggregator.onnx"}
     write_manifest(art, manifest_from_profiles(
-        profiles, dim, {"patch_encoder": "fp16", "aggregator": "fp32"}, tensorrt_version=TRT_VERSION,
+        profiles, dim, {"patch_encoder": "fp16", "aggregator": "fp32"}, outputs=outputs_from_onnx(sources),
+        tensorrt_version=TRT_VERSION,
         gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", cuda_version="12.9", source="spai-tiny"))
     for graph in ("patch_encoder", "aggregator"):
         (art / f"{graph}.plan").write_bytes(f"plan bytes of {graph}".encode())
@@ -78,10 +84,7 @@ def serve_repository(trt_export, tmp_path_factory):
     """(the serve-stage process, the repository): the Dockerfile's step 2, ``spai repository --artifacts /export
     --variant trt -o /repo``, in a container whose TensorRT is the plans' ($TRT_VERSION, as NGC sets it)."""
     repo = tmp_path_factory.mktemp("serve") / "repo"
-    env = {"PATH": "/usr/bin:/bin", "TRT_VERSION": TRT_VERSION}
-    proc = restricted.run_restricted("serve", ["-m", "spai_cli", "repository", "--artifacts", str(trt_export),
-                                               "--variant", "trt", "-o", str(repo)], env=env)
-    return proc, repo
+    return _serve_repository_command(trt_export, repo), repo
 
 
 def _built(serve_repository) -> Path:
@@ -95,31 +98,15 @@ def test_engine_builder_stage_exports_with_only_the_base_dependencies_and_the_ex
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("patch_encoder.onnx", "patch_encoder.fp16.onnx", "aggregator.onnx", "export_report.json"):
         assert (out / name).is_file(), name
-    # nothing of the other extras was even tried (an optional import would have been refused silently)
-    project = restricted._pyproject()["project"]["optional-dependencies"]
-    other = [r for extra in ("train", "serve", "bench", "dev", "trt") for r in project[extra]]
-    import importlib.metadata as md
-
-    dists, _ = restricted.distribution_closure(r for r in other if _installed(r))
-    theirs = {top for top, owners in md.packages_distributions().items()
-              if dists & {restricted.normalize(o) for o in owners}}
-    builder = restricted.allowed_modules("engine-builder")
-    assert not (restricted.refused_imports(proc.stderr) & (theirs - builder)), proc.stderr[-2000:]
-
-
-def _installed(requirement: str) -> bool:
-    import importlib.metadata as md
-
-    name = re.split(r"[<>=~!\[; ]", requirement)[0]
-    try:
-        md.distribution(name)
-    except md.PackageNotFoundError:
-        return False
-    return True
+    # and no file of the project tried an import the stage lacks (an optional one would fail silently)
+    assert restricted.project_refusals(proc.stderr) == {}, proc.stderr[-2000:]
 
 
 def test_serve_stage_builds_the_trt_repository_from_a_real_export(serve_repository, trt_export):
     repo = _built(serve_repository)
+    # only the deliberate probes: onnx for the cross-check with aggregator.onnx, tensorrt for the runtime's version
+    assert restricted.project_refusals(serve_repository[0].stderr) == {"onnx": ["serving/repository.py"],
+                                                                       "tensorrt": ["export/trt.py"]}
     for model in ("spai", "spai_patch_encoder", "spai_aggregator"):
         assert (repo / model / "config.pbtxt").is_file(), model
     assert (repo / "spai_aggregator" / "1" / "model.plan").read_bytes() == b"plan bytes of aggregator"
@@ -129,9 +116,38 @@ def test_serve_stage_builds_the_trt_repository_from_a_real_export(serve_reposito
     assert "name: \"attention\"" in (repo / "spai_aggregator" / "config.pbtxt").read_text()
 
 
+def _serve_repository_command(art: Path, out: Path, variant: str = "trt"):
+    return restricted.run_restricted("serve", ["-m", "spai_cli", "repository", "--artifacts", str(art), "--variant",
+                                               variant, "-o", str(out)],
+                                     env={"PATH": "/usr/bin:/bin", "TRT_VERSION": TRT_VERSION})
+
+
+def test_serve_stage_refuses_an_older_manifest_without_outputs_saying_how_to_fix(trt_export, tmp_path):
+    """engine.json of an export made before it recorded the engines' outputs, in an image that cannot read
+    aggregator.onnx: a message with the fix, no traceback (with onnx installed it falls back to aggregator.onnx:
+    tests/serving/test_trt_repository.py)."""
+    art = tmp_path / "export"
+    shutil.copytree(trt_export, art)
+    data = json.loads((art / "engine.json").read_text())
+    for entry in data["engines"].values():
+        del entry["outputs"]
+    (art / "engine.json").write_text(json.dumps(data))
+    proc = _serve_repository_command(art, tmp_path / "repo")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "the onnx package that would read aggregator.onnx is not installed here" in proc.stderr
+    assert '"outputs": ["logits", "attention"]' in proc.stderr and not (tmp_path / "repo").exists()
+
+
+def test_serve_stage_says_the_onnx_variants_need_the_onnx_package(trt_export, tmp_path):
+    proc = _serve_repository_command(trt_export, tmp_path / "repo", "python-ort")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "needs the onnx package: pip install onnx" in proc.stderr
+
+
 def _commands() -> dict[str, list[str]]:
     """The launcher's command lines in the image and the manifests, ``/models`` / ``/mnt/models`` kept."""
     cmd = re.search(r"^CMD (\[.*\])$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert cmd, "serving/deploy/Dockerfile has no CMD [...]"
     (dep,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "deployment.yaml").read_text()) if d]
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     (isvc,) = [d for d in yaml.safe_load_all((DEPLOY / "kserve" / "inferenceservice.yaml").read_text()) if d]

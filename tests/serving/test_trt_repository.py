@@ -97,6 +97,35 @@ def test_feature_dim_disagreements_are_refused(tmp_path, tiny_onnx_dir):
         build_repository(art, "trt", tmp_path / "repo3", tensorrt_version="10.13.0.35")
 
 
+def test_attention_comes_from_engine_json_and_must_agree_with_aggregator_onnx(tmp_path, tiny_onnx_dir):
+    """The Triton image cannot read aggregator.onnx (no onnx package): engine.json's aggregator outputs say whether
+    the engine has `attention`; where aggregator.onnx can be read, the two must agree."""
+    art = export_dir(tmp_path, lambda d: d["engines"]["aggregator"].update(outputs=["logits"]))
+    root = build_repository(art, "trt", tmp_path / "repo", tensorrt_version="10.13.0.35")
+    assert [o.name for o in parse(root / AGGREGATOR / "config.pbtxt").output] == ["logits"]
+    entry = parse(root / ENTRY / "config.pbtxt")
+    assert entry.parameters["aggregator_attention"].string_value == "False"
+    shutil.copyfile(tiny_onnx_dir / "aggregator.onnx", art / "aggregator.onnx")  # it has attention
+    with pytest.raises(ServingError, match=r"aggregator.onnx has the attention output but engine.json's aggregator "
+                                           r"outputs are \['logits'\]"):
+        build_repository(art, "trt", tmp_path / "repo2", tensorrt_version="10.13.0.35")
+
+
+def test_an_old_manifest_without_outputs_falls_back_to_aggregator_onnx_or_says_how_to_fix(tmp_path, tiny_onnx_dir):
+    def old(data):
+        for entry in data["engines"].values():
+            del entry["outputs"]
+
+    art = export_dir(tmp_path, old)
+    with pytest.raises(ServingError) as err:
+        build_repository(art, "trt", tmp_path / "repo", tensorrt_version="10.13.0.35")
+    assert "no aggregator.onnx" in str(err.value) and '"outputs": ["logits", "attention"]' in str(err.value)
+    assert not (tmp_path / "repo").exists()
+    shutil.copyfile(tiny_onnx_dir / "aggregator.onnx", art / "aggregator.onnx")
+    root = build_repository(art, "trt", tmp_path / "repo", tensorrt_version="10.13.0.35")
+    assert [o.name for o in parse(root / AGGREGATOR / "config.pbtxt").output] == ["logits", "attention"]
+
+
 def test_max_patches_beyond_the_engine_is_refused(tmp_path):
     from spai.inference import InputLimits
 
