@@ -5,10 +5,13 @@ weights): the GEMM peak (fp32, tf32, fp16, bf16) measured in the same run; fp16 
 fp32 on 256 random patches (max |dp|, flips; the one comparator, :mod:`spai.parity`); patch-encoder throughput
 at batch 1, 16, 64, 256 for eager fp32, TF32, fp16, bf16, CUDA graphs and ``torch.compile`` (the step builders of
 :mod:`benchmarks.backends`), with % of the measured peak; the aggregator at 16 x 1024; ONNX Runtime with the CUDA
-provider where installed; and where ``tensorrt`` imports: the engine build (``spai export``'s pipeline, with
+provider where installed; where ``tensorrt`` imports: the engine build (``spai export``'s pipeline, with
 ``--fre-fp16`` and without), its parity report, its throughput on device inputs (engine memory in the peak) and
-whether attention runs as a fused kernel. Writes ``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.png`` under
-DIR and prints where. A phase that fails is recorded with its error; the others still run.
+whether attention runs as a fused kernel; and, where nvidia-pytriton brings its tritonserver, the served rate:
+a ``python-torch`` repository of the model (KIND_GPU, fp16 autocast) on the bundled server, patches/s through the
+``spai`` model at concurrency 1, 16 and 64 beside the in-process rate of the same route. Writes
+``gpu_check.json``, ``gpu_check.md`` and ``gpu_check.png`` under DIR and prints where. A phase that fails is
+recorded with its error; the others still run.
 
 ``--dry-run`` runs the same code path on the CPU with ``spai-tiny`` and tiny sizes (a test runs it: < 2 minutes).
 Missing packages are named exactly (which import failed, which wheel brings it): see docs/benchmarks.md.
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -38,8 +42,9 @@ REQUIRED = {"torch": "torch", "numpy": "numpy", "PIL": "pillow", "yaml": "pyyaml
             "tqdm": "tqdm", "open_clip": "open_clip_torch", "ftfy": "ftfy", "wcwidth": "wcwidth", "regex": "regex",
             "huggingface_hub": "huggingface_hub", "safetensors": "safetensors", "timm": "timm",
             "torchvision": "torchvision", "onnx": "onnx", "onnxruntime": "onnxruntime",
-            "onnxconverter_common": "onnxconverter-common", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+            "onnxconverter_common": "onnxconverter-common", "matplotlib": "matplotlib"}
 OPTIONAL = {"tensorrt": "tensorrt (or the NGC TensorRT container)"}
+SERVED = {"pytriton": "nvidia-pytriton", "tritonclient.http": "tritonclient[http]"}  # the served phase's
 MODES = ("fp32", "tf32", "fp16", "bf16", "cudagraph-fp16", "compile-fp16")
 PEAK_OF = {"fp32": "fp32", "tf32": "tf32", "fp16": "fp16", "bf16": "bf16", "cudagraph-fp16": "fp16",
            "compile-fp16": "fp16", "trt-fp16": "fp16", "trt-fre-fp16": "fp16", "ort-cuda-fp16": "fp16"}
@@ -58,23 +63,33 @@ class Sizes:
     iters: int
     engine_max_batch: int
     compile_batches: tuple[int, ...]  # torch.compile: every batch on a GPU; one on the CPU (compiling is slow)
+    served: dict[int, int]  # served phase: concurrency -> requests (448 x 448 images: 4 patches each)
+    served_warmup: int  # requests before the timed ones (they also give the served-vs-in-process parity)
+    served_tuning: dict[str, int]  # changes to the python-torch repository's default tuning
 
 
-GPU = Sizes("spai-fusion-b16", (1, 16, 64, 256), 256, 8192, (16, 1024), 3, 10, 256, (1, 16, 64, 256))
-DRY = Sizes("spai-tiny", (1, 2), 8, 256, (2, 16), 1, 2, 2, (2,))
+GPU = Sizes("spai-fusion-b16", (1, 16, 64, 256), 256, 8192, (16, 1024), 3, 10, 256, (1, 16, 64, 256),
+            {1: 64, 16: 256, 64: 512}, 64, {})
+# the dry run's server: one `spai` instance (two cores start and run every stub)
+DRY = Sizes("spai-tiny", (1, 2), 8, 256, (2, 16), 1, 2, 2, (2,), {1: 2, 4: 4, 8: 8}, 4, {"entry_instances": 1})
+SERVED_IMAGE = 448  # pixels a side: a 2 x 2 patch grid, no padding
+SERVED_DISTINCT = 16  # distinct images at most (and at most the warm-up's requests), cycled through the requests
 
 
-def missing_imports() -> list[str]:
-    """One line per required module that does not import: the import, why, the wheel to bring."""
+def missing_imports(modules: dict[str, str] = REQUIRED) -> list[str]:
+    """One line per module of ``modules`` (import name -> wheel) that does not import: the import, why, the
+    wheel to bring."""
     lines = []
-    for module, wheel in REQUIRED.items():
+    for module, wheel in modules.items():
         try:
             importlib.import_module(module)
         except Exception as e:  # ImportError, or a broken install raising something else
-            lacking = getattr(e, "name", None)
+            lacking = str(getattr(e, "name", None) or "")
             why = f"needs `{lacking}`" if lacking and lacking != module else f"{type(e).__name__}: {e}"
+            # a package of the module itself (tritonclient of tritonclient.http) is the wheel already named
+            needed = lacking and lacking != module and not module.startswith(f"{lacking}.")
             lines.append(f"`import {module}` failed ({why}): pip install {wheel}"
-                         + (f" {REQUIRED.get(lacking, lacking)}" if lacking and lacking != module else ""))
+                         + (f" {REQUIRED.get(lacking, lacking)}" if needed else ""))
     return lines
 
 
@@ -196,33 +211,15 @@ def tf32(allowed: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def autocast_runner(model: Any, graph: str, dtype: Any) -> Any:
-    """A torch runner computing under ``torch.autocast(dtype)`` (fp32 weights, low-precision matmuls)."""
-    import torch
-
-    from spai.runners import TorchRunner
-
-    class AutocastRunner(TorchRunner):
-        def _infer(self, feed: dict[str, Any]) -> dict[str, Any]:
-            with torch.autocast(self.model.device.type, dtype=dtype):
-                return super()._infer(feed)
-
-    runner = AutocastRunner(model, graph)
-    runner.name = f"autocast-{dtype}:{graph}"
-    return runner
-
-
 def autocast_parity(check: Check, model: Any, entry: dict[str, Any]) -> None:
-    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through spai.parity."""
-    import torch
-
+    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through spai.parity (the autocast runner
+    the python-torch graph models serve with)."""
+    from serving.models.torch_graph import torch_runner
     from spai.parity import compare_routes
-
     from spai.runners import Route
 
-    routes = [Route(name, "fp16", autocast_runner(model, "patch_encoder", dtype),
-                    autocast_runner(model, "aggregator", dtype))
-              for name, dtype in (("autocast-fp16", torch.float16), ("autocast-bf16", torch.bfloat16))]
+    routes = [Route(f"autocast-{p}", p, torch_runner(model, "patch_encoder", p), torch_runner(model, "aggregator", p))
+              for p in ("fp16", "bf16")]
     with tf32(False):
         report = compare_routes(model, routes, n_random=check.sizes.patches)
     for name, result in report.backends.items():
@@ -382,9 +379,9 @@ def tensorrt_engines(check: Check, art: Any, label: str, entry: dict[str, Any]) 
     """Build both engines with spai export's pipeline (engine.json included), gate them with the comparator,
     time them on device inputs and look for fused attention in the layer information."""
     from export.compare import write_report
-    from spai.parity import compare_routes
     from export.pipeline import engine_profiles, engines_from_onnx
     from export.trt import BuildOptions, TrtRunner, engine_layer_information, tensorrt_importable
+    from spai.parity import compare_routes
     from spai.runners import Route
 
     if not tensorrt_importable() or check.device.type != "cuda":
@@ -445,6 +442,128 @@ def fused_attention(layer_json: str, out: Path) -> dict[str, Any]:
             "layer_information": str(out / "patch_encoder.layers.json")}
 
 
+def served_throughput(check: Check, model: Any, entry: dict[str, Any]) -> None:
+    """The python-torch repository of ``model`` (its weights saved to a checkpoint under DIR/served) on the bundled
+    tritonserver: patches/s through the ``spai`` model (``spai score``'s client) per concurrency, beside the
+    in-process rate of the same route (the same torch runners through spai.inference); the server is stopped on
+    every path."""
+    import spai
+    from serving.repository import ENTRY, TORCH_VARIANT, build_torch_repository, tuning_with
+    from serving.server import TritonServer, bundled_triton_dir, describe_repository
+
+    lacking = missing_imports(SERVED)
+    if lacking or (bundled_triton_dir() is None and not shutil.which("tritonserver")):
+        raise Skip("no tritonserver to serve with: " + ("; ".join(lacking) or "nvidia-pytriton imports but has no "
+                   "bundled tritonserver: pip install --force-reinstall nvidia-pytriton"))
+    cuda = check.device.type == "cuda"
+    out = check.out / "served"
+    checkpoint = spai.save_checkpoint(model, out / "checkpoint.pth")
+    device = "gpu" if cuda else "cpu"
+    repo = build_torch_repository(checkpoint, out / "repo", device=device, precision="fp16" if cuda else "fp32",
+                                  tuning=tuning_with(TORCH_VARIANT, device, **check.sizes.served_tuning))
+    models = describe_repository(repo)
+    precision, chunk = ("fp16" if cuda else "fp32"), int(models[ENTRY]["encoder_chunk"])
+    entry["route"] = {"precision": precision, "kind": models["spai_patch_encoder"]["kind"], "encoder_chunk": chunk,
+                      "model": check.sizes.model, "image": f"{SERVED_IMAGE}x{SERVED_IMAGE}", "repository": str(repo)}
+    images = served_images(out / "images", min(SERVED_DISTINCT, check.sizes.served_warmup))
+    reference = in_process_rate(check, model, images, precision, chunk, entry)
+    server = TritonServer(repo)
+    try:
+        t0 = time.perf_counter()
+        server.start(timeout=max(30.0, min(240.0, check.left() - 20)))
+        entry["server_start_s"] = round(time.perf_counter() - t0, 1)
+        entry["levels"] = served_levels(check, server.http_url, images, reference,
+                                        entry["in_process"]["patches_per_s"])
+        entry["log"] = str(server.log_path)
+    finally:
+        t0 = time.perf_counter()
+        server.stop()
+        entry["server_stop_s"] = round(time.perf_counter() - t0, 1)
+
+
+def served_images(folder: Path, count: int) -> list[Path]:
+    """``count`` random JPEGs of :data:`SERVED_IMAGE` pixels a side (seeded)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, (SERVED_IMAGE, SERVED_IMAGE, 3), dtype=np.uint8)
+        paths.append(folder / f"served_{i:02d}.jpg")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+def cycled(images: list[Path], n: int) -> list[Path]:
+    return [images[i % len(images)] for i in range(n)]
+
+
+def in_process_rate(check: Check, model: Any, images: list[Path], precision: str, chunk: int,
+                    entry: dict[str, Any]) -> dict[str, float]:
+    """Patches/s of the served route in this process (the autocast runner pair, chunks of the ``spai`` model's
+    encoder requests) on as many images as the largest concurrency level sends; returns image -> probability."""
+    import torch
+
+    from serving.models.torch_graph import torch_runner
+    from spai.inference import Scorer
+
+    with torch_runner(model, "patch_encoder", precision, chunk) as enc, \
+            torch_runner(model, "aggregator", precision) as agg:
+        scorer = Scorer(enc, agg, spec=model.patch_spec, calibration=model.calibration)
+        reference = {s.image: float(s.probability or 0) for s in scorer.score_images(images)}  # also a warm-up
+        paths = cycled(images, max(check.sizes.served.values()))
+        t0 = time.perf_counter()
+        scores = scorer.score_images(paths)
+        seconds = time.perf_counter() - t0
+    patches = sum(s.num_patches for s in scores)
+    entry["in_process"] = {"images": len(paths), "patches_per_s": round(patches / seconds, 2),
+                           "images_per_s": round(len(paths) / seconds, 2), "seconds": round(seconds, 2)}
+    if check.device.type == "cuda":
+        torch.cuda.empty_cache()  # the server's instances share this GPU
+    return reference
+
+
+def served_levels(check: Check, url: str, images: list[Path], reference: dict[str, float], rate: float
+                  ) -> dict[str, Any]:
+    """Per concurrency level: its requests' patches/s, images/s, latency percentiles and ratio to the in-process
+    ``rate``; the warm-up's probabilities against the in-process ``reference`` (max |dp|)."""
+    import numpy as np
+
+    from serving.client import SpaiClient
+
+    client = SpaiClient(url, retries=0)
+    levels: dict[str, Any] = {}
+    warm = client.score_paths(cycled(images, check.sizes.served_warmup), concurrency=max(check.sizes.served),
+                              progress=False)
+    failed(warm)
+    levels["max_abs_dprob"] = float(max(abs(float(r.probability or 0) - reference[r.image]) for r in warm))
+    for concurrency, requests in check.sizes.served.items():
+        if check.left() < 10:
+            levels[str(concurrency)] = {"skipped": "time budget"}
+            continue
+        t0 = time.perf_counter()
+        rows = client.score_paths(cycled(images, requests), concurrency=concurrency, progress=False)
+        seconds = time.perf_counter() - t0
+        failed(rows)
+        latency = np.array([r.latency_ms for r in rows])
+        patches = sum(r.num_patches for r in rows)
+        levels[str(concurrency)] = {"requests": requests, "patches_per_s": round(patches / seconds, 2),
+                                    "images_per_s": round(requests / seconds, 2),
+                                    "p50_ms": round(float(np.percentile(latency, 50)), 1),
+                                    "p99_ms": round(float(np.percentile(latency, 99)), 1),
+                                    "served_over_in_process": round(patches / seconds / rate, 3)}
+    return levels
+
+
+def failed(rows: list[Any]) -> None:
+    """RuntimeError naming the first request the server failed (a measured rate must count answered requests)."""
+    errors = [r.error for r in rows if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(rows)} served requests failed; first: {errors[0]}")
+
+
 def write_markdown(check: Check) -> Path:
     """gpu_check.md: every phase, with the numbers of the JSON."""
     r = check.results
@@ -458,6 +577,8 @@ def write_markdown(check: Check) -> Path:
             continue
         if name.startswith("encoder"):
             lines += encoder_table(entry)
+        elif name == "served":
+            lines += served_table(entry)
         else:
             lines += ["```json", json.dumps({k: v for k, v in entry.items() if k != "seconds"}, indent=1,
                                             default=str)[:4000], "```"]
@@ -481,6 +602,21 @@ def encoder_table(entry: dict[str, Any]) -> list[str]:
     return rows + ["", "patches/s (% of the measured GEMM peak of the same dtype)"]
 
 
+def served_table(entry: dict[str, Any]) -> list[str]:
+    route, inproc, levels = entry.get("route", {}), entry.get("in_process", {}), entry.get("levels", {})
+    rows = [f"{route.get('model')} python-torch ({route.get('kind')}, {route.get('precision')}), "
+            f"{route.get('image')} images; in-process, same route: {inproc.get('patches_per_s')} patches/s; "
+            f"served vs in-process max |dp| {levels.get('max_abs_dprob')}", "",
+            "| concurrency | requests | patches/s | images/s | served / in-process | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|"]
+    for level, row in levels.items():
+        if isinstance(row, dict):
+            cells = [row.get(k, row.get("skipped", "-")) for k in ("requests", "patches_per_s", "images_per_s",
+                                                                    "served_over_in_process", "p50_ms", "p99_ms")]
+            rows.append(f"| {level} | " + " | ".join(map(str, cells)) + " |")
+    return rows
+
+
 def plot(check: Check) -> Path:
     """gpu_check.png: encoder patches/s versus batch, one line per mode (and TensorRT engine)."""
     import matplotlib
@@ -499,7 +635,7 @@ def plot(check: Check) -> Path:
             continue
         pts = sorted((int(b), c["patches_per_s"]) for b, c in rows.items() if b.isdigit() and "patches_per_s" in c)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=mode)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=mode)
     ax.set_xscale("log")
     ax.set_xticks(list(check.sizes.batches), [str(b) for b in check.sizes.batches])
     ax.set(yscale="log", xlabel="patches per call", ylabel="patches / s",
@@ -544,6 +680,8 @@ def run(check: Check) -> None:
         if False not in arts:
             raise Skip("the ONNX export did not complete")
         ort_cuda(check, arts[False], entry)
+    with phase(check, "served", 90) as entry:
+        served_throughput(check, model, entry)
     with phase(check, "encoder_compile", 60) as entry:
         encoder_throughput(check, model, MODES[-1:], entry)
 

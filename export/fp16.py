@@ -193,15 +193,17 @@ def drop_noop_casts(model: Any) -> Any:
 
 
 def _with_io_identities(model: Any) -> Any:
-    """Put one FP32 Identity right after every graph input and before every output.
+    """Put one FP32 Identity right after every FP32 graph input and before every output (all FP32).
 
     onnxconverter-common's cast clean-up crashes when a kept-FP32 graph input feeds several nodes; with a single
-    consumer per IO tensor it only ever sees simple cast pairs.
+    consumer per IO tensor it only ever sees simple cast pairs. Other inputs (the uint8 ``patches``) get none: the
+    converter leaves non-float IO alone, and TensorRT accepts UINT8 only as a network input read by a Cast (an
+    Identity would be a UINT8 intermediate tensor, which its ONNX parser refuses).
     """
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     graph = model.graph
-    for inp in graph.input:
+    for inp in [i for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT]:
         inner = f"{inp.name}__fp32"
         for node in graph.node:
             node.input[:] = [inner if i == inp.name else i for i in node.input]

@@ -1,10 +1,13 @@
 """``spai repository --artifacts DIR --variant trt|onnx|python-ort -o REPO``: a Triton model repository from an
-export directory; ``--checked-in`` rewrites the production layout in serving/triton_models/. Instance counts,
-BLS calls in flight, batching and threads default to the variant's (serving.repository.TUNING)."""
+export directory; ``spai repository --variant python-torch --checkpoint CKPT [--device gpu --precision fp16] -o
+REPO``: one that runs the checkpoint itself in PyTorch; ``--checked-in`` rewrites the production layout in
+serving/triton_models/. Instance counts, BLS calls in flight, batching and threads default to the variant's
+(serving.repository.default_tuning)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 TUNING_FLAGS = {  # flag -> (Tuning field, help)
     "--entry-instances": ("entry_instances", "instances of the `spai` model (each decodes and cuts on one core)"),
@@ -17,20 +20,29 @@ TUNING_FLAGS = {  # flag -> (Tuning field, help)
     "--encoder-queue-delay-us": ("encoder_queue_delay_us", "dynamic batcher delay of the encoder"),
     "--aggregator-queue-delay-us": ("aggregator_queue_delay_us", "dynamic batcher delay of the aggregator"),
     "--entry-threads": ("entry_threads", "OpenMP/BLAS threads of each `spai` instance"),
-    "--encoder-threads": ("encoder_threads", "ONNX Runtime + OpenMP threads of each python-ort encoder instance "
-                                             "(0: the cores shared among its instances)"),
+    "--encoder-threads": ("encoder_threads", "ONNX Runtime / PyTorch + OpenMP threads of each python-ort / "
+                                             "python-torch CPU encoder instance (0: the cores shared among its "
+                                             "instances)"),
     "--aggregator-threads": ("aggregator_threads", "the same for the aggregator"),
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from serving.repository import VARIANTS
+    from serving.repository import ALL_VARIANTS, DEVICES, TORCH_PRECISIONS
 
-    p = sub.add_parser("repository", help="build a Triton model repository from an export directory")
+    p = sub.add_parser("repository", help="build a Triton model repository from an export directory (or, "
+                                          "python-torch, from a checkpoint)")
     p.add_argument("--artifacts", help="export directory (patch_encoder/aggregator .onnx, .plan)")
-    p.add_argument("--variant", choices=VARIANTS, default="python-ort",
+    p.add_argument("--variant", choices=ALL_VARIANTS, default="python-ort",
                    help="trt: TensorRT plans (GPU); onnx: onnxruntime backend; python-ort: Python backend + ONNX "
-                        "Runtime (the only one the nvidia-pytriton server loads)")
+                        "Runtime; python-torch: Python backend + PyTorch on the checkpoint, no export (the "
+                        "nvidia-pytriton server loads these two)")
+    p.add_argument("--checkpoint", help="python-torch: the checkpoint to serve (copied into the repository)")
+    p.add_argument("--device", choices=DEVICES,
+                   help="python-torch: gpu = KIND_GPU graph models, cpu = KIND_CPU (default: cpu)")
+    p.add_argument("--precision", choices=TORCH_PRECISIONS,
+                   help="python-torch: fp16 / bf16 = torch.autocast on the GPU (default: fp16 with --device gpu, "
+                        "fp32 on the cpu, the only precision there)")
     p.add_argument("-o", "--output", help="repository directory to write")
     p.add_argument("--feature-dim", type=int, help="D (default: read from aggregator.onnx)")
     p.add_argument("--tensorrt-version", metavar="X.Y.Z",
@@ -56,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.repository import (
         CHECKED_IN,
         SERVER_ARGS_FILE,
+        TORCH_VARIANT,
         build_repository,
         production_options,
         tuning_with,
@@ -71,13 +84,35 @@ def run(args: argparse.Namespace) -> int:
                                "a repository of your own with --artifacts and -o.")
         print(write_configs(CHECKED_IN, production_options()))
         return 0
-    if not args.artifacts or not args.output:
-        raise ServingError("--artifacts and -o/--output are required (or --checked-in).")
-    root = build_repository(args.artifacts, args.variant, args.output, feature_dim=args.feature_dim,
-                            tensorrt_version=args.tensorrt_version, tuning=tuning_with(args.variant, **changes))
+    if args.variant == TORCH_VARIANT:
+        root = _torch_repository(args, changes)
+    else:
+        if args.checkpoint or args.device or args.precision:
+            raise ServingError(f"--checkpoint, --device and --precision are for --variant {TORCH_VARIANT}; "
+                               f"--variant {args.variant} is built from an export directory (--artifacts).")
+        if not args.artifacts or not args.output:
+            raise ServingError("--artifacts and -o/--output are required (or --checked-in).")
+        root = build_repository(args.artifacts, args.variant, args.output, feature_dim=args.feature_dim,
+                                tensorrt_version=args.tensorrt_version, tuning=tuning_with(args.variant, **changes))
     print(root)
     args_file = root / SERVER_ARGS_FILE
     if args_file.is_file():
         print(f"serve with: tritonserver --model-repository={root} {' '.join(args_file.read_text().split())} "
               "(serving/deploy/tritonserver.py reads them from " + SERVER_ARGS_FILE + ")")
     return 0
+
+
+def _torch_repository(args: argparse.Namespace, changes: dict[str, object]) -> Path:
+    """The python-torch repository of ``args.checkpoint`` (the export-only flags are refused)."""
+    from serving.repository import TORCH_VARIANT, build_torch_repository, tuning_with
+    from spai.errors import ServingError
+
+    if args.artifacts or args.feature_dim or args.tensorrt_version:
+        raise ServingError(f"--variant {TORCH_VARIANT} runs the checkpoint itself: pass --checkpoint CKPT instead "
+                           "of --artifacts (D comes from the model; no --feature-dim or --tensorrt-version).")
+    if not args.checkpoint or not args.output:
+        raise ServingError(f"--variant {TORCH_VARIANT} needs --checkpoint CKPT and -o/--output REPO.")
+    device = args.device or "cpu"
+    precision = args.precision or ("fp16" if device == "gpu" else "fp32")
+    return build_torch_repository(args.checkpoint, args.output, device, precision,
+                                  tuning=tuning_with(TORCH_VARIANT, device, **changes))

@@ -1,8 +1,10 @@
 """benchmarks/gpu_check.py: the dry run executes the GPU check's code path on the CPU (spai-tiny, tiny sizes) and
-writes its JSON / Markdown / plot; a missing import is named exactly. (No GPU numbers here: no GPU is lent.)"""
+writes its JSON / Markdown / plot, the served phase included (a python-torch repository on the bundled
+tritonserver, stopped afterwards); a missing import is named exactly. (No GPU numbers here: no GPU is lent.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,8 +40,30 @@ def test_dry_run_runs_every_phase_on_the_cpu(tmp_path):
     assert phases["onnxruntime"]["ort-cuda-fp16"]["patches_per_s"] > 0
     assert (tmp_path / "onnx-fre-fp16" / "patch_encoder.fp16.onnx").is_file()
     assert "## encoder" in (tmp_path / "gpu_check.md").read_text()
+    served = phases["served"]
+    if importlib.util.find_spec("pytriton") is None:
+        assert "pip install nvidia-pytriton" in served["skipped"]
+    else:
+        assert served["route"]["kind"] == "KIND_CPU" and served["route"]["precision"] == "fp32"
+        assert served["in_process"]["patches_per_s"] > 0 and served["levels"]["max_abs_dprob"] < 1e-5
+        for level in ("1", "4", "8"):
+            assert served["levels"][level]["patches_per_s"] > 0 < served["levels"][level]["served_over_in_process"]
+        assert "| 8 | 8 |" in (tmp_path / "gpu_check.md").read_text()
+        assert not _processes_naming(str(tmp_path / "served" / "repo"))  # the server was stopped
     assert (tmp_path / "gpu_check.png").stat().st_size > 1000
     assert elapsed < 120, f"dry run took {elapsed:.0f} s (budget: 2 minutes)"
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds ``text``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
 
 
 BLOCK_FTFY = """
@@ -61,3 +85,23 @@ def test_a_missing_import_is_named_exactly(tmp_path):
     assert "`import open_clip` failed (needs `ftfy`): pip install open_clip_torch ftfy" in r.stderr
     assert "`import ftfy` failed" in r.stderr and "docs/benchmarks.md" in r.stderr
     assert not (tmp_path / "out").exists()  # nothing measured, nothing written
+
+
+BLOCK_PYTRITON = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] == 'pytriton':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+from benchmarks.gpu_check import SERVED, missing_imports
+print(missing_imports(SERVED))
+"""
+
+
+def test_the_served_phase_names_the_wheel_of_the_bundled_server():
+    r = subprocess.run([sys.executable, "-c", BLOCK_PYTRITON, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "`import pytriton` failed" in r.stdout and "pip install nvidia-pytriton" in r.stdout
+    assert "tritonclient" not in r.stdout  # what imports is not named
