@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.baseline import OriginalAlgorithm, original_baseline
 from benchmarks.common import cpu_threads
+from spai.specs import ENCODER_FILES, PLAN_FILES
 
 Step = Callable[[], Any]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -93,7 +94,7 @@ def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
     from spai.runners import OrtRunner
     from spai.specs import PATCHES
 
-    path = onnx_dir / ("patch_encoder.onnx" if precision == "fp32" else f"patch_encoder.{precision}.onnx")
+    path = onnx_dir / ENCODER_FILES[precision]
     if not path.is_file():
         err = onnx_dir / "fp16_error.txt"
         why = err.read_text() if err.is_file() else f"files: {sorted(p.name for p in onnx_dir.iterdir())}"
@@ -144,10 +145,10 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> TrtStep:
     from spai.specs import PATCHES, patch_encoder_spec, trt_profile
 
     batch = x.shape[0]
-    onnx = onnx_dir / "patch_encoder.fp16.onnx"
-    onnx = onnx if onnx.is_file() else onnx_dir / "patch_encoder.onnx"
+    onnx = onnx_dir / ENCODER_FILES["fp16"]
+    onnx = onnx if onnx.is_file() else onnx_dir / ENCODER_FILES["fp32"]
     spec = patch_encoder_spec(_feature_dim_of(onnx))
-    plan = engine_from_onnx(onnx, work_dir / "patch_encoder.plan", trt_profile(spec, 1, batch, batch))
+    plan = engine_from_onnx(onnx, work_dir / PLAN_FILES["patch_encoder"], trt_profile(spec, 1, batch, batch))
     runner = TrtRunner(plan).__enter__()  # one engine per test; freed by close() at test teardown
     patches = torch.from_numpy(graph_patches(x)).to(x.device if x.is_cuda else torch.device("cuda"))
     return TrtStep(runner, {PATCHES: patches})

@@ -340,12 +340,13 @@ def onnx_export(check: Check, model: Any, fre_fp16: bool, entry: dict[str, Any],
     from export.fp16 import fp16_from_onnx
     from export.onnx import onnx_from_torch
     from export.pipeline import OnnxArtifacts
+    from spai.specs import ENCODER_FILES
 
     out = check.out / ("onnx-fre-fp16" if fre_fp16 else "onnx")
     out.mkdir(exist_ok=True)
     # traced on the CPU, as `spai export` does; the fp32 graphs are shared by both FP16 variants
     graphs = base.graphs if base is not None else onnx_from_torch(copy.deepcopy(model).cpu(), out)
-    fp16 = fp16_from_onnx(graphs.patch_encoder, out / "patch_encoder.fp16.onnx", fre_fp16=fre_fp16)
+    fp16 = fp16_from_onnx(graphs.patch_encoder, out / ENCODER_FILES["fp16"], fre_fp16=fre_fp16)
     entry["directory"] = str(out)
     return OnnxArtifacts(model, f"{check.sizes.model} (random weights)", graphs, fp16, fre_fp16)
 

@@ -21,6 +21,7 @@ from benchmarks.baseline import FORK, UPSTREAM
 from benchmarks.common import ROUTE_IMAGES, BenchMode, device_label, matmul_probe
 from benchmarks.conftest import TRAINED_TINY
 from benchmarks.route_worker import ContenderSpec
+from spai.specs import ENCODER_FILES
 
 PATCH = 224
 
@@ -149,7 +150,7 @@ def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route
                        rounds=1, warmup_rounds=0, iterations=1)
     import torch
 
-    tables = {"ort-int8": precision_table_onnx(info["onnx_dir"] / "patch_encoder.int8.onnx"),
+    tables = {"ort-int8": precision_table_onnx(info["onnx_dir"] / ENCODER_FILES["int8"]),
               "torch-bf16": precision_table(info["model"], torch.rand(1, 3, 224, 224))}
     benchmark.extra_info.update(kind="parity", model=parity_model, images=len(paths),
                                 labelled=labels is not None, random_patches=bench_mode.parity_patches,

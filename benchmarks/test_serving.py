@@ -69,10 +69,11 @@ def measure_inprocess(export: Path, paths: list[Path]) -> dict[str, float]:
     """Images/s of the same inference path with both ONNX graphs in this process (one image at a time)."""
     from spai.inference import Scorer
     from spai.runners import OrtRunner
+    from spai.specs import AGGREGATOR_FILE, ENCODER_FILES
 
     lat = []
     blobs = [p.read_bytes() for p in paths]
-    with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
+    with OrtRunner(export / ENCODER_FILES["fp32"]) as enc, OrtRunner(export / AGGREGATOR_FILE) as agg:
         scorer = Scorer(enc, agg)
         scorer.score_requests([blobs[:1]])  # warm-up
         start = time.perf_counter()

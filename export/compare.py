@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from export.files import atomic_path
+from spai.files import atomic_path
 from spai.images import IMAGE_EXTENSIONS
 from spai.parity import ParityReport
 

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.onnx import atomic_path, check_graph, example_inputs, export_graph
+from export.onnx import check_graph, example_inputs, export_graph
 from spai.errors import ExportError
+from spai.files import atomic_path
 from spai.models.spai_model import to_unit_float
 from spai.specs import patch_encoder_spec
 

@@ -32,12 +32,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.files import atomic_path
 from spai.errors import ExportError
-from spai.specs import ATTENTION, PATCH_FEATURES, PATCH_MASK, ModelSpec, Shape, aggregator_spec, patch_encoder_spec
+from spai.files import atomic_path
+from spai.specs import (
+    ATTENTION,
+    MANIFEST_FILE,
+    PATCH_FEATURES,
+    PATCH_MASK,
+    PLAN_FILES,
+    ModelSpec,
+    Shape,
+    aggregator_spec,
+    patch_encoder_spec,
+)
 
 FORMAT = 1
-MANIFEST_NAME = "engine.json"
 GRAPHS: dict[str, Callable[[int], ModelSpec]] = {"patch_encoder": patch_encoder_spec, "aggregator": aggregator_spec}
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
@@ -95,7 +104,7 @@ class EngineManifest:
                 "created": self.created, **self.extra}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = MANIFEST_NAME) -> EngineManifest:
+    def from_json(cls, data: Any, where: str = MANIFEST_FILE) -> EngineManifest:
         """Parse (structure and types only; :meth:`check` validates the shapes)."""
         if not isinstance(data, dict):
             raise ExportError(f"{where}: not a JSON object; rebuild the engines with `spai export`.")
@@ -116,7 +125,7 @@ class EngineManifest:
                    onnx_sha256=dict(data.get("onnx_sha256") or {}), source=str(data.get("source", "")),
                    created=str(data.get("created", "")), extra={k: v for k, v in data.items() if k not in known})
 
-    def check(self, where: str = MANIFEST_NAME) -> None:
+    def check(self, where: str = MANIFEST_FILE) -> None:
         """Both engines present, profiles complete and ordered (min <= opt <= max), shapes agreeing with the
         tensor spec, with each other and with ``feature_dim``; :class:`ExportError` naming both values."""
         missing = [g for g in GRAPHS if g not in self.engines]
@@ -205,7 +214,7 @@ def manifest_from_profiles(profiles: dict[str, Profile], feature_dim: int, preci
     ``outputs`` by graph, by default all the spec's (:func:`outputs_from_onnx` reads those of the built graphs)."""
     names = {graph: tuple(t.name for t in make_spec(feature_dim).outputs) for graph, make_spec in GRAPHS.items()}
     names.update(outputs or {})
-    engines = {graph: EngineEntry(f"{graph}.plan", precisions[graph], profiles[graph], tuple(names[graph]))
+    engines = {graph: EngineEntry(PLAN_FILES[graph], precisions[graph], profiles[graph], tuple(names[graph]))
                for graph in GRAPHS}
     manifest = EngineManifest(feature_dim=feature_dim, engines=engines, **fields)
     manifest.check()
@@ -224,7 +233,7 @@ def outputs_from_onnx(graphs: Mapping[str, str | os.PathLike]) -> dict[str, tupl
 def write_manifest(directory: str | os.PathLike, manifest: EngineManifest) -> Path:
     """``DIR/engine.json``, validated and written atomically."""
     manifest.check()
-    path = Path(directory) / MANIFEST_NAME
+    path = Path(directory) / MANIFEST_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
     return path
@@ -232,7 +241,7 @@ def write_manifest(directory: str | os.PathLike, manifest: EngineManifest) -> Pa
 
 def read_manifest(directory: str | os.PathLike, *, require_plans: bool = True) -> EngineManifest:
     """``DIR/engine.json`` parsed and checked; with ``require_plans`` its plan files must exist."""
-    path = Path(directory) / MANIFEST_NAME
+    path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise ExportError(f"missing export outputs: {path} (the TensorRT engine manifest); build the engines with "
                           f"`spai export CKPT -o {Path(directory)}` on a GPU machine, which writes it beside the "

@@ -22,10 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.files import atomic_path  # noqa: F401  (re-exported: export.onnx.atomic_path)
 from spai.errors import CheckpointError, ExportError
+from spai.files import atomic_path
 from spai.inference import UNCALIBRATED, write_export_calibration
-from spai.specs import OPSET, PATCHES_INPUT, ModelSpec, aggregator_spec, patch_encoder_spec
+from spai.specs import (
+    AGGREGATOR_FILE,
+    ENCODER_FILES,
+    OPSET,
+    PATCHES_INPUT,
+    ModelSpec,
+    aggregator_spec,
+    patch_encoder_spec,
+)
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
 Progress = Callable[[str], None]
@@ -166,10 +174,10 @@ def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int 
     try:
         say(f"exporting patch encoder (D={dim}) to ONNX opset {opset or OPSET} ...")
         enc = export_graph(PatchEncoderGraph(model), inputs["patch_encoder"], patch_encoder_spec(dim),
-                           out / "patch_encoder.onnx", opset)
+                           out / ENCODER_FILES["fp32"], opset)
         say("exporting aggregator to ONNX ...")
         agg = export_graph(AggregatorGraph(model), inputs["aggregator"], aggregator_spec(dim),
-                           out / "aggregator.onnx", opset)
+                           out / AGGREGATOR_FILE, opset)
     finally:
         model.train(was_training)
     calibration = write_export_calibration(getattr(model, "calibration", UNCALIBRATED), out)

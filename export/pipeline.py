@@ -20,7 +20,7 @@ from spai.files import sha256_file
 from spai.parity import Gates, ParityReport, compare_routes, enforce
 from spai.routes import ROUTES, cpu_flags, cpu_identity, evidence_for, record_verdicts, runners_for
 from spai.runners import CPU_CHUNKS, OrtRunner, Route
-from spai.specs import PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
+from spai.specs import PLAN_FILES, PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
@@ -162,10 +162,10 @@ def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: 
     out = Path(out_dir)
     enc_onnx = art.graphs.patch_encoder if fp32 else art.patch_encoder_fp16
     log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {profiles['patch_encoder']}) ...")
-    enc = engine_from_onnx(enc_onnx, out / "patch_encoder.plan", profiles["patch_encoder"],
+    enc = engine_from_onnx(enc_onnx, out / PLAN_FILES["patch_encoder"], profiles["patch_encoder"],
                            timing_cache=timing_cache, options=options)
     log("building TensorRT aggregator (FP32) ...")
-    agg = engine_from_onnx(art.graphs.aggregator, out / "aggregator.plan", profiles["aggregator"],
+    agg = engine_from_onnx(art.graphs.aggregator, out / PLAN_FILES["aggregator"], profiles["aggregator"],
                            timing_cache=timing_cache, options=dataclasses.replace(options, tf32=False))
     sources = {"patch_encoder": enc_onnx, "aggregator": art.graphs.aggregator}
     manifest = manifest_for_engines(art, out, profiles, sources, "fp32" if fp32 else "fp16", options)
@@ -183,7 +183,7 @@ def manifest_for_engines(art: OnnxArtifacts, out_dir: Path, profiles: Profiles, 
 
     import torch
 
-    from export.files import sha256_file
+    from spai.files import sha256_file
     from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
     from export.trt import tensorrt_version
 

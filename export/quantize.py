@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from spai.errors import ExportError
-from spai.runners import ENCODER_FILES
-from spai.specs import PATCHES_INPUT
+from spai.specs import ENCODER_FILES, PATCHES_INPUT
 
 FP32_SCOPES = ("/mfvit/filter/",)  # node-name scopes (torch module paths) never quantised
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
@@ -60,7 +59,7 @@ def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | No
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.onnx import atomic_path
+    from spai.files import atomic_path
 
     src = Path(fp32_onnx)
     dst = Path(out) if out is not None else src.with_name(ENCODER_FILES["int8"])

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.files import atomic_path
 from spai.errors import ExportError
+from spai.files import atomic_path
 from spai.runners import Runner
 
 if TYPE_CHECKING:  # TensorRT's own types (tensorrt-stubs under pyright); never imported at run time here

@@ -12,19 +12,19 @@ gives each image's real length); its patches are in :func:`spai.patching.patch_g
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from spai.errors import CalibrationError, ImageError, ServingError, SPAIError, detached
 from spai.inference import (
+    SERVING_LIMITS,
     UNCALIBRATED,
     Calibration,
     ImageScore,
     InputLimits,
     OperatingPoint,
-    SERVING_LIMITS,
     Scorer,
     prepare_requests,
 )
@@ -32,9 +32,17 @@ from spai.patching import PatchSpec
 from spai.runners import Limits, Runner
 from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
-INTEGER_PARAMETERS = ("max_bytes", "max_pixels", "max_patches", "encoder_chunk", "aggregator_batch", "patch_size",
-                      "patch_stride", "minimum_patches", "in_flight", "threads", "trim_heap_mb", "encoder_min_batch",
-                      "aggregator_min_images", "aggregator_min_patches")
+# config.pbtxt integer parameter -> the EntrySettings field it sets ("limits.x" / "patch.x": a nested field)
+INTEGER_PARAMETERS = {"encoder_chunk": "encoder_chunk", "aggregator_batch": "aggregator_batch",
+                      "max_bytes": "limits.max_bytes", "max_pixels": "limits.max_pixels",
+                      "max_patches": "limits.max_patches", "patch_size": "patch.size", "patch_stride": "patch.stride",
+                      "minimum_patches": "patch.minimum_patches", "in_flight": "in_flight", "threads": "threads",
+                      "trim_heap_mb": "trim_heap_mb", "encoder_min_batch": "encoder_min_batch",
+                      "aggregator_min_images": "aggregator_min_images",
+                      "aggregator_min_patches": "aggregator_min_patches"}
+AT_LEAST_ONE = ("encoder_chunk", "aggregator_batch", "in_flight", "encoder_min_batch", "aggregator_min_images",
+                "aggregator_min_patches")
+DEFAULT_TRIM_HEAP_MB = 64  # the repository's default too (serving.repository.Tuning.entry_trim_heap_mb)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class EntrySettings:
     calibration: Calibration = UNCALIBRATED  # probabilities and decisions (calibration_parameters)
     in_flight: int = 1  # K: encoder requests one execute keeps pending (BLS async_exec); 1 = one at a time
     threads: int = 1  # OMP/BLAS threads of each instance (decode and cutting are single-threaded)
-    trim_heap_mb: int = 0  # malloc_trim after every this many MiB of decoded pixels (0: never)
+    trim_heap_mb: int = DEFAULT_TRIM_HEAP_MB  # malloc_trim after every this many MiB of decoded pixels (0: never)
     # The engines' profile minimums (TensorRT refuses a smaller batch): requests are padded up to them
     encoder_min_batch: int = 1
     aggregator_min_images: int = 1
@@ -60,33 +68,41 @@ class EntrySettings:
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> EntrySettings:
         """Build from Triton string parameters; a bad integer raises :class:`ServingError` naming the key."""
-        ints: dict[str, int] = {}
-        for key in INTEGER_PARAMETERS:
-            if key in params:
-                try:
-                    ints[key] = int(params[key])
-                except ValueError as e:
-                    raise ServingError(f"config.pbtxt parameter {key}={params[key]!r} is not an integer.") from e
         base = cls()
-        limits = InputLimits(ints.get("max_bytes", base.limits.max_bytes),
-                             ints.get("max_pixels", base.limits.max_pixels),
-                             ints.get("max_patches", base.limits.max_patches))
-        patch = PatchSpec(ints.get("patch_size", 224), ints.get("patch_stride", 224), ints.get("minimum_patches", 4))
-        settings = cls(limits, patch, ints.get("encoder_chunk", base.encoder_chunk),
-                       ints.get("aggregator_batch", base.aggregator_batch),
-                       params.get("encoder_model", base.encoder_model),
-                       params.get("aggregator_model", base.aggregator_model),
-                       params.get("aggregator_attention", "False").lower() == "true",
-                       calibration_from_parameters(params),
-                       ints.get("in_flight", base.in_flight), ints.get("threads", base.threads),
-                       ints.get("trim_heap_mb", base.trim_heap_mb),
-                       ints.get("encoder_min_batch", 1), ints.get("aggregator_min_images", 1),
-                       ints.get("aggregator_min_patches", 1))
-        for key in ("encoder_chunk", "aggregator_batch", "in_flight", "encoder_min_batch", "aggregator_min_images",
-                    "aggregator_min_patches"):
+        fields: dict[str, Any] = {"encoder_model": params.get("encoder_model", base.encoder_model),
+                                  "aggregator_model": params.get("aggregator_model", base.aggregator_model),
+                                  "attention": params.get("aggregator_attention", "False").lower() == "true",
+                                  "calibration": calibration_from_parameters(params)}
+        nested: dict[str, dict[str, int]] = {"limits": {}, "patch": {}}
+        for key, field in INTEGER_PARAMETERS.items():
+            if key not in params:
+                continue
+            try:
+                value = int(params[key])
+            except ValueError as e:
+                raise ServingError(f"config.pbtxt parameter {key}={params[key]!r} is not an integer.") from e
+            outer, _, inner = field.partition(".")
+            if inner:
+                nested[outer][inner] = value
+            else:
+                fields[field] = value
+        settings = cls(limits=replace(base.limits, **nested["limits"]), patch=replace(base.patch, **nested["patch"]),
+                       **fields)
+        for key in AT_LEAST_ONE:
             if getattr(settings, key) < 1:
                 raise ServingError(f"config.pbtxt parameter {key}={getattr(settings, key)} must be at least 1.")
         return settings
+
+    def to_parameters(self) -> dict[str, str]:
+        """The config.pbtxt parameters that :meth:`from_parameters` reads back into these settings."""
+        params = {"encoder_model": self.encoder_model, "aggregator_model": self.aggregator_model,
+                  "aggregator_attention": str(self.attention)}
+        for key, field in INTEGER_PARAMETERS.items():
+            outer, _, inner = field.partition(".")
+            value = getattr(getattr(self, outer), inner) if inner else getattr(self, field)
+            if value is not None:
+                params[key] = str(value)
+        return {**params, **calibration_parameters(self.calibration)}
 
     def encoder_dtypes(self) -> dict[str, np.dtype]:
         return {PATCHES: PATCHES_INPUT.np_dtype}

@@ -18,21 +18,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export.manifest import (
-    MANIFEST_NAME,
     EngineManifest,
     check_tensorrt_version,
     read_manifest,
     runtime_tensorrt_version,
 )
-from serving.bls import EntrySettings, calibration_parameters
+from serving.bls import DEFAULT_TRIM_HEAP_MB, EntrySettings
 from serving.models.torch_graph import PRECISIONS
 from spai.errors import ExportError, ServingError
 from spai.inference import SERVING_LIMITS, calibration_from_export
 from spai.specs import (
+    AGGREGATOR_FILE,
     ATTENTION,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PATCHES,
+    MANIFEST_FILE,
     PATCH_FEATURES,
     PATCHES,
     ModelSpec,
@@ -93,7 +94,7 @@ class Tuning:
     encoder_threads: int = 0
     aggregator_threads: int = 1
     encoder_ort_batch: int = 32
-    entry_trim_heap_mb: int = 64
+    entry_trim_heap_mb: int = DEFAULT_TRIM_HEAP_MB
 
     def __post_init__(self) -> None:
         for name in ("entry_instances", "encoder_instances", "aggregator_instances", "in_flight", "entry_max_batch",
@@ -273,16 +274,10 @@ def entry_config(opts: RepositoryOptions) -> str:
     """``spai``: encoded image bytes [+ operating_point] -> probability, logit, decision, operating_point_name,
     num_patches [, patch_attention] (Python BLS); a calibrated model's calibration rides in its parameters."""
     s = opts.settings
-    params = {"encoder_model": ENCODER, "aggregator_model": AGGREGATOR, "aggregator_attention": str(opts.attention),
-              "encoder_chunk": str(min(s.encoder_chunk, opts.max_batch)),
-              "aggregator_batch": str(min(s.aggregator_batch, opts.max_images)), "max_bytes": str(s.limits.max_bytes),
-              "max_pixels": str(s.limits.max_pixels), "max_patches": str(s.limits.max_patches),
-              "patch_size": str(s.patch.size), "patch_stride": str(s.patch.stride),
-              "minimum_patches": str(s.patch.minimum_patches), "in_flight": str(opts.tuning.in_flight),
-              "threads": str(opts.tuning.entry_threads), "trim_heap_mb": str(opts.tuning.entry_trim_heap_mb),
-              "encoder_min_batch": str(s.encoder_min_batch), "aggregator_min_images": str(s.aggregator_min_images),
-              "aggregator_min_patches": str(s.aggregator_min_patches),
-              **calibration_parameters(s.calibration)}
+    params = replace(s, encoder_model=ENCODER, aggregator_model=AGGREGATOR, attention=opts.attention,
+                     encoder_chunk=min(s.encoder_chunk, opts.max_batch),
+                     aggregator_batch=min(s.aggregator_batch, opts.max_images), in_flight=opts.tuning.in_flight,
+                     threads=opts.tuning.entry_threads, trim_heap_mb=opts.tuning.entry_trim_heap_mb).to_parameters()
     parts = [_header(ENTRY, "python-ort", opts.tuning.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
              _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
              f"instance_group [ {{ count: {opts.tuning.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
@@ -374,7 +369,7 @@ def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | 
     """(D, has the attention output): given, else from the engines' engine.json (trt) or ``aggregator.onnx``.
     engine.json must agree with both, and with aggregator.onnx where the onnx package can read it (the Triton
     image has none: there engine.json alone answers)."""
-    graph = art / "aggregator.onnx"
+    graph = art / AGGREGATOR_FILE
     read = graph.is_file() and (manifest is not None or feature_dim is None or attention is None)
     facts = onnx_feature_dim(graph, required=manifest is None) if read else None
     if manifest is None:
@@ -398,7 +393,7 @@ def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | 
     if attention is None and recorded is None:
         why = ("the onnx package that would read aggregator.onnx is not installed here (the Triton image has none)"
                if graph.is_file() else "there is no aggregator.onnx beside it")
-        raise ServingError(f"{art / MANIFEST_NAME} does not record the aggregator engine's outputs (an older `spai "
+        raise ServingError(f"{art / MANIFEST_FILE} does not record the aggregator engine's outputs (an older `spai "
                            f"export` wrote it) and {why}, so whether the engine has the {ATTENTION_OUTPUT.name} "
                            f'output is unknown. Add "outputs": ["logits", "attention"] (or ["logits"]: the outputs '
                            "of the aggregator.onnx the plan was built from) to its engines.aggregator entry, run "
@@ -456,7 +451,7 @@ def write_engine_records(root: Path, art: Path, manifest: EngineManifest) -> Non
     """Copy ``engine.json`` to the repository root (Triton reads only model folders) and, for version-compatible
     plans, ``tritonserver.args`` with the backend option that loads them
     (serving/deploy/tritonserver.py passes it to tritonserver)."""
-    shutil.copyfile(art / MANIFEST_NAME, root / MANIFEST_NAME)
+    shutil.copyfile(art / MANIFEST_FILE, root / MANIFEST_FILE)
     args_file = root / SERVER_ARGS_FILE
     if manifest.version_compatible:
         args_file.write_text(VERSION_COMPATIBLE_ARG + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,39 +16,27 @@ from typing import Any
 import torch
 
 from spai.errors import CheckpointError
+from spai.files import atomic_path
 
 NATIVE_FORMAT = "spai-deploy/1"
 
 
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a reader never sees a half-written file."""
-    path = Path(path)
+def save_payload(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` onto ``path`` through :func:`spai.files.atomic_path` (fsynced: a checkpoint must survive a
+    power cut); an unwritable folder is a :class:`CheckpointError` that says what to do."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        with atomic_path(path, fsync=True) as tmp:
+            torch.save(payload, tmp)
     except OSError as e:
-        raise CheckpointError(f"Cannot write to {path.parent}: {e.strerror}. Choose a writable output "
-                              "directory.") from e
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        raise CheckpointError(f"Failed to write checkpoint {path}: {e}. The previous checkpoint (if any) is "
+                              "untouched; choose a writable output directory with free space.") from e
+    return Path(path)
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, **state: Any) -> Path:
     """Write ``model`` (weights + plain config) and training ``state`` (epoch, optimizer, ...) atomically."""
     payload = {"format": NATIVE_FORMAT, "model": model.state_dict(), "config": model.cfg.to_dict(), **state}
-    try:
-        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    except OSError as e:
-        raise CheckpointError(f"Failed to write checkpoint {path}: {e}. The previous checkpoint (if any) is "
-                              "untouched.") from e
+    return save_payload(payload, path)
 
 
 def refuse_torchscript(path: str | Path) -> None:

@@ -29,7 +29,16 @@ from spai.errors import CalibrationError, ImageError, SPAIError, detached
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
 from spai.runners import Feed, Route, Runner
-from spai.specs import ATTENTION, DEFAULT_MAX_PATCHES, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
+from spai.specs import (
+    ATTENTION,
+    CALIBRATION_FILE,
+    DEFAULT_MAX_PATCHES,
+    LOGITS,
+    PATCH_FEATURES,
+    PATCH_MASK,
+    PATCHES,
+    PATCHES_INPUT,
+)
 
 T = TypeVar("T")
 CSV_FIELDS = ("image", "probability", "logit", "decision", "operating_point", "num_patches", "latency_ms", "error")
@@ -127,7 +136,7 @@ class Calibration:
     ``sigmoid(z / temperature + bias)`` (temperature or Platt scaling, fitted by ``spai calibrate``) and decisions
     at named operating points (thresholds on that probability). The default instance is an uncalibrated model:
     ``sigmoid(z)``, decided at 0.5. Built from a checkpoint's plain-data ``calibration`` entry with
-    :meth:`from_entry`; the fitting is :mod:`spai.calibration`."""
+    :meth:`from_entry`; the fitting is :mod:`spai.train.calibration`."""
 
     method: str = "none"
     temperature: float = 1.0
@@ -195,13 +204,12 @@ class Calibration:
 
 
 UNCALIBRATED = Calibration()
-EXPORT_CALIBRATION_FILE = "calibration.json"  # beside the exported graphs; the graphs' logits stay raw
 
 
 def write_export_calibration(calibration: Calibration, directory: str | Path) -> Path | None:
     """Write a calibrated model's :class:`Calibration` beside its exported graphs (where ``spai repository``
     reads it); an uncalibrated model removes a stale file instead. Returns the file written, if any."""
-    path = Path(directory) / EXPORT_CALIBRATION_FILE
+    path = Path(directory) / CALIBRATION_FILE
     if not calibration.calibrated:
         path.unlink(missing_ok=True)
         return None
@@ -211,7 +219,7 @@ def write_export_calibration(calibration: Calibration, directory: str | Path) ->
 
 def calibration_from_export(directory: str | Path) -> Calibration:
     """The calibration an export directory carries (uncalibrated when it has no calibration file)."""
-    path = Path(directory) / EXPORT_CALIBRATION_FILE
+    path = Path(directory) / CALIBRATION_FILE
     if not path.is_file():
         return UNCALIBRATED
     try:

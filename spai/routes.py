@@ -33,24 +33,23 @@ from typing import Any
 import numpy as np
 
 from spai.errors import ConfigError
-from spai.files import atomic_path
+from spai.files import atomic_path, sha256_file
 from spai.runners import (
-    AGGREGATOR_FILE,
     CPU_CHUNKS,
-    ENCODER_FILES,
     Limits,
     OrtRunner,
     Route,
     ScoringModel,
     TorchRunner,
 )
-from spai.specs import PATCHES, PATCHES_INPUT
+from spai.specs import AGGREGATOR_FILE, ENCODER_FILES, EVIDENCE_FILE, PATCHES, PATCHES_INPUT
 
 BACKENDS = ("torch", "ort")
 PRECISIONS = ("fp32", "bf16", "int8")
 ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8"))  # fp16 is TensorRT's (GPU)
+# The graph files each ONNX Runtime route runs: its verdicts hold while these files are the ones it was gated on.
+ROUTE_GRAPHS = {f"ort-{p}": (ENCODER_FILES[p], AGGREGATOR_FILE) for p in ("fp32", "int8")}
 FLAGS_VARIABLE, CACHE_VARIABLE = "SPAI_CPU_FLAGS", "SPAI_CACHE_DIR"
-EVIDENCE_FILE = "route_evidence.json"
 EVIDENCE_FORMAT = 1
 # The flags that decide the kernels of our routes: a CPU is known by its model name and these.
 KERNEL_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
@@ -205,17 +204,27 @@ class RouteEvidence:
     fingerprint: str
     checkpoint_sha256: str = ""
     cpus: dict[str, dict[str, Any]] = field(default_factory=dict)
+    graphs: dict[str, dict[str, Any]] = field(default_factory=dict)  # ONNX file -> sha256, size, mtime_ns
 
     @classmethod
-    def load(cls, path: Path, fingerprint: str) -> RouteEvidence:
-        """The evidence at ``path`` if it is this model's (another model's or an unreadable file: none yet)."""
+    def load(cls, path: Path, fingerprint: str | None) -> RouteEvidence:
+        """The evidence at ``path`` if it is this model's (another model's or an unreadable file: none yet;
+        ``fingerprint`` None: whichever model's it is, for readers that hold only the graphs). ONNX Runtime
+        verdicts and speeds of graphs that changed since they were measured are dropped (:func:`changed_graphs`)."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
-            return cls(path, fingerprint)
-        if data.get("format") != EVIDENCE_FORMAT or data.get("weights_sha256") != fingerprint:
-            return cls(path, fingerprint)
-        return cls(path, fingerprint, str(data.get("checkpoint_sha256", "")), dict(data.get("cpus") or {}))
+            return cls(path, fingerprint or "")
+        if data.get("format") != EVIDENCE_FORMAT or fingerprint not in (None, data.get("weights_sha256")):
+            return cls(path, fingerprint or "")
+        evidence = cls(path, str(data.get("weights_sha256", "")), str(data.get("checkpoint_sha256", "")),
+                       dict(data.get("cpus") or {}), dict(data.get("graphs") or {}))
+        changed = changed_graphs(path.parent, evidence.graphs) if path.name == EVIDENCE_FILE else set()
+        for cpu in evidence.cpus.values():
+            for kind in ("verdicts", "speeds"):
+                for route in [r for r in cpu.get(kind, {}) if changed & set(ROUTE_GRAPHS.get(r, ()))]:
+                    del cpu[kind][route]
+        return evidence
 
     def cpu(self, identity: str) -> dict[str, Any]:
         return self.cpus.setdefault(identity, {"verdicts": {}, "speeds": {}})
@@ -234,10 +243,35 @@ class RouteEvidence:
 
     def save(self) -> Path:
         data = {"format": EVIDENCE_FORMAT, "weights_sha256": self.fingerprint,
-                "checkpoint_sha256": self.checkpoint_sha256, "cpus": self.cpus}
+                "checkpoint_sha256": self.checkpoint_sha256, "graphs": self.graphs, "cpus": self.cpus}
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
         return self.path
+
+
+def graph_records(folder: Path, known: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """SHA-256, size and mtime of each ONNX graph in ``folder``, so that a verdict is known to be about these
+    files (re-hashed only where size or mtime differ from ``known``)."""
+    records: dict[str, dict[str, Any]] = {}
+    for name in sorted({f for files in ROUTE_GRAPHS.values() for f in files}):
+        path = folder / name
+        if not path.is_file():
+            continue
+        stat = path.stat()
+        old = (known or {}).get(name)
+        if old and (old.get("size"), old.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+            records[name] = old
+        else:
+            records[name] = {"sha256": sha256_file(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return records
+
+
+def changed_graphs(folder: Path, recorded: dict[str, dict[str, Any]]) -> set[str]:
+    """The graph files whose ONNX Runtime verdicts no longer hold: changed or gone since ``recorded``, or present
+    and never recorded (evidence written without the graphs' hashes)."""
+    now = graph_records(folder, recorded)
+    return {name for name in {*now, *recorded}
+            if now.get(name, {}).get("sha256") != recorded.get(name, {}).get("sha256")}
 
 
 def evidence_for(model: ScoringModel, onnx_dir: str | os.PathLike | None = None) -> RouteEvidence:
@@ -251,6 +285,8 @@ def evidence_for(model: ScoringModel, onnx_dir: str | os.PathLike | None = None)
 def record_verdicts(evidence: RouteEvidence, report: Any, identity: str) -> None:
     """Keep each route's verdict of a :class:`spai.parity.ParityReport` (max |dp|, flips, AUC delta per set)."""
     verdicts = evidence.cpu(identity)["verdicts"]
+    if evidence.path.name == EVIDENCE_FILE:  # beside the graphs the ONNX Runtime verdicts were measured on
+        evidence.graphs = graph_records(evidence.path.parent, evidence.graphs)
     for name, entry in report.backends.items():
         failures = [f for f in report.failures if f.startswith(f"{name}/")]
         sets = {k: {s: entry[k].get(s) for s in ("n", "max_abs_dprob", "decision_flips", "auc_delta")}

@@ -22,13 +22,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from spai.errors import ConfigError, ExportError
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
+from spai.specs import ATTENTION, ENCODER_FILES, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
 Feed = dict[str, np.ndarray]
 Limits = dict[str, tuple[int | None, ...]]  # input name -> largest sizes of its leading axes, batch axis first
 
-ENCODER_FILES = {"fp32": "patch_encoder.onnx", "fp16": "patch_encoder.fp16.onnx", "int8": "patch_encoder.int8.onnx"}
-AGGREGATOR_FILE = "aggregator.onnx"
 # Patches per encoder call on a CPU, per route: the smallest chunk within 5% of the best throughput measured on a
 # 2-core AMD EPYC (spai-b16, chunks 1-8; docs/benchmarks.md, "Chunk sizes"), and within the memory goal (1.25x the
 # original's one-patch-per-call peak: torch bf16 at 2 patches would exceed it). Memory follows the chunk. One

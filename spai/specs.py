@@ -89,6 +89,15 @@ DEFAULT_OPT_PATCHES = 16  # typical patches per image (a 1024 x 896 photo) the a
 
 Shape = tuple[int, ...]
 
+# The files of an export folder (`spai export`), named once: exporters write, runners, the repository builder and
+# the benchmarks read these names.
+ENCODER_FILES = {"fp32": "patch_encoder.onnx", "fp16": "patch_encoder.fp16.onnx", "int8": "patch_encoder.int8.onnx"}
+AGGREGATOR_FILE = "aggregator.onnx"
+PLAN_FILES = {"patch_encoder": "patch_encoder.plan", "aggregator": "aggregator.plan"}
+MANIFEST_FILE = "engine.json"  # the engines' profiles, precisions and outputs
+CALIBRATION_FILE = "calibration.json"  # the checkpoint's calibration: the graphs' logits stay raw
+EVIDENCE_FILE = "route_evidence.json"  # each route's parity verdict and speed for the exported checkpoint
+
 
 def trt_profile(spec: ModelSpec, min_batch: int | None = None, opt_batch: int | None = None,
                 max_batch: int | None = None, max_patches: int | None = None,

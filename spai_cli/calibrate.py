@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
+from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
 from spai_cli.routes import scoring_runners
 from spai_cli.test import add_scoring_arguments
 
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import spai
-    from spai.calibration import calibrated_checkpoint_from_checkpoint, calibration_summary
     from spai.errors import CheckpointError
+    from spai.train.calibration import calibrated_checkpoint_from_checkpoint, calibration_summary
     from spai.train.testing import calibration_entry, labelled_scores, resolve_model_path
 
     output = Path(args.output)

@@ -53,7 +53,7 @@ def cached_export(model: SPAIModel) -> str:
     """The model's fp32 and int8 graphs in the cache (``$SPAI_CACHE_DIR/exports/<weights hash>``), exported the
     first time ``auto`` needs them."""
     from spai.routes import cache_dir, model_fingerprint
-    from spai.runners import AGGREGATOR_FILE, ENCODER_FILES
+    from spai.specs import AGGREGATOR_FILE, ENCODER_FILES
 
     folder = cache_dir() / "exports" / model_fingerprint(model)[:24]
     if not all((folder / f).is_file() for f in (ENCODER_FILES["fp32"], ENCODER_FILES["int8"], AGGREGATOR_FILE)):

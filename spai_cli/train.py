@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
+from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("spai", "spai_cli", "export", "serving", "benchmarks")
+PACKAGES = ("spai", "export", "serving", "spai_cli", "benchmarks")  # the layers, bottom first
 LIGHT = ("spai", "spai.errors", "spai.inference", "spai.runners", "spai.specs", "spai.images", "spai.patching",
          "serving.client", "serving.bls", "serving.repository", "export.cli")
 
@@ -60,11 +60,13 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
-def test_the_library_imports_neither_export_serving_nor_the_cli():
-    outside = ("export", "serving", "spai_cli", "benchmarks")
-    bad = {m: sorted(n for n in deps if n.split(".")[0] in outside)
-           for m, deps in _graph().items() if m.split(".")[0] == "spai"}
-    assert not {m: d for m, d in bad.items() if d}
+def test_each_layer_imports_only_the_layers_below_it():
+    """spai < export < serving < spai_cli < benchmarks: the library imports none of the others, the command line
+    no benchmark, and so on (in-function imports count)."""
+    rank = {pkg: i for i, pkg in enumerate(PACKAGES)}
+    upward = {m: sorted(n for n in deps if rank[n.split(".")[0]] > rank[m.split(".")[0]])
+              for m, deps in _graph().items()}
+    assert not {m: d for m, d in upward.items() if d}
 
 
 def test_light_modules_load_no_torch():

@@ -25,12 +25,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from export.manifest import MANIFEST_NAME, check_tensorrt_version, read_manifest, runtime_tensorrt_version
+from export.manifest import check_tensorrt_version, read_manifest, runtime_tensorrt_version
 from serving.instance import POD_SHARE_VARIABLE
 from serving.instance import THREAD_VARIABLES as INSTANCE_THREAD_VARIABLES
 from serving.repository import SERVER_ARGS_FILE
 from serving.server import ServerOptions, check_shm_space
 from spai.errors import SPAIError
+from spai.specs import MANIFEST_FILE
 
 THREAD_VARIABLES = (*INSTANCE_THREAD_VARIABLES, POD_SHARE_VARIABLE)
 CPU_REQUEST_VARIABLE = "SPAI_CPU_REQUEST_MILLI"
@@ -68,7 +69,7 @@ def thread_environment(repo: Path, env: Mapping[str, str]) -> dict[str, str]:
 
 def check_engines(repo: Path, env: Mapping[str, str]) -> str | None:
     """None if the repository's plans load on this container's TensorRT (or it cannot tell), else why not."""
-    if not (repo / MANIFEST_NAME).is_file():
+    if not (repo / MANIFEST_FILE).is_file():
         return None
     found = runtime_tensorrt_version(env)
     if found is None:

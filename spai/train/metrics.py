@@ -111,7 +111,7 @@ def save_roc_curve(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLik
 def save_reliability_diagram(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLike, title: str) -> Path:
     """Reliability diagram PNG: fraction of AI-generated images per probability bin (15 uniform bins, sized by
     their image count) against the diagonal, with the ECE in the legend."""
-    from spai.calibration import ECE_BINS, expected_calibration_error, reliability_bins
+    from spai.train.calibration import ECE_BINS, expected_calibration_error, reliability_bins
 
     plt = _pyplot()
     prob_true, prob_pred, counts = reliability_bins(labels, probs, ECE_BINS)

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from spai.calibration import calibration_from_scores, detection_metrics, file_sha256
 from spai.data.csv_dataset import CSVImageDataset, read_split_csv
 from spai.errors import CheckpointError, DataError
+from spai.files import sha256_file
 from spai.inference import Calibration
 from spai.runners import Route
+from spai.train.calibration import calibration_from_scores, detection_metrics
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.metrics import save_reliability_diagram, save_roc_curve
 from spai.train.state import list_epoch_checkpoints
@@ -87,7 +88,7 @@ def calibration_entry(scores: dict[str, Any], csv_path: str | os.PathLike, split
     """The checkpoint's ``calibration`` entry fitted on labelled scores of ``csv_path``'s ``split`` rows (with
     the CSV's path and SHA-256)."""
     return calibration_from_scores(scores["logits"], scores["labels"], method=method, fprs=fprs,
-                                   csv=str(csv_path), csv_sha256=file_sha256(csv_path), split=split,
+                                   csv=str(csv_path), csv_sha256=sha256_file(csv_path), split=split,
                                    n_images=int(len(scores["labels"])))
 
 

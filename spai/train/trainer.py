@@ -18,13 +18,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from spai.calibration import DEFAULT_FPRS, DEFAULT_METHOD, calibration_summary
-from spai.checkpoint import atomic_write, load_state_dict_strict, read_checkpoint_file, save_checkpoint
+from spai.checkpoint import load_state_dict_strict, read_checkpoint_file, save_checkpoint, save_payload
 from spai.config import Config
 from spai.data.csv_dataset import CSVImageDataset, EpochTaggedSampler, collate_train, read_split_csv
 from spai.data.transforms import TrainTransform
 from spai.errors import CalibrationError, ConfigError, DataError, SPAIError
+from spai.files import atomic_path
 from spai.train import distributed as dist_utils
+from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, calibration_summary
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.losses import total_loss
 from spai.train.metrics import MetricsLog
@@ -376,7 +377,8 @@ def save_epoch(trainer: Trainer, epoch: int, row: dict[str, Any]) -> Path:
                         epoch=epoch, stage=trainer.stage, rng=rng, metrics=row, history=trainer.history,
                         best_score=trainer.best_score)
         if improved:
-            atomic_write(trainer.output / "best.pth", lambda tmp: shutil.copyfile(path, tmp))
+            with atomic_path(trainer.output / "best.pth", fsync=True) as tmp:
+                shutil.copyfile(path, tmp)
     dist_utils.barrier()
     trainer.last_checkpoint = path
     return path
@@ -403,7 +405,7 @@ def calibrate_best(trainer: Trainer) -> dict[str, Any] | None:
         return None
     if dist_utils.rank() == 0:
         entry["checkpoint"] = str(best)
-        atomic_write(best, lambda tmp: torch.save({**data, "calibration": entry}, tmp))
+        save_payload({**data, "calibration": entry}, best)
         log.info("calibrated best.pth (epoch %s) on the validation split:\n%s", data.get("epoch"),
                  calibration_summary(entry))
     dist_utils.barrier()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from export.manifest import (
-    MANIFEST_NAME,
     EngineManifest,
     check_tensorrt_version,
     manifest_from_profiles,
@@ -22,7 +21,7 @@ from export.manifest import (
     write_manifest,
 )
 from spai.errors import ExportError
-from spai.specs import aggregator_spec, patch_encoder_spec, trt_profile
+from spai.specs import MANIFEST_FILE, aggregator_spec, patch_encoder_spec, trt_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 HAND_WRITTEN = ROOT / "tests" / "serving" / "data" / "engine.json"
@@ -37,7 +36,7 @@ def _manifest(**fields) -> EngineManifest:
 
 
 def _export_dir(tmp_path: Path, data: dict, plans: bool = True) -> Path:
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
     if plans:  # placeholders: no plan can be built without TensorRT and a GPU
         for entry in data["engines"].values():
             (tmp_path / entry["file"]).write_bytes(b"placeholder plan")

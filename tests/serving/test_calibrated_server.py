@@ -18,12 +18,12 @@ pytestmark = pytest.mark.triton
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_model, check_images, tmp_path_factory):
-    """(calibrated model, repository): the seeded spai-tiny model calibrated by spai.calibration on labels that
+    """(calibrated model, repository): the seeded spai-tiny model calibrated by spai.train.calibration on labels that
     follow its own (noisy) ranking, so that its decisions split the images."""
     import spai
     from export.onnx import onnx_from_torch
     from serving.repository import build_repository
-    from spai.calibration import calibration_from_scores
+    from spai.train.calibration import calibration_from_scores
     from spai.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("calibrated")

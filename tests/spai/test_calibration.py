@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from spai.calibration import (
+from spai.train.calibration import (
     BALANCED,
     balanced_threshold,
     calibration_from_scores,

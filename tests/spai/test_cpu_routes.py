@@ -10,7 +10,8 @@ import torch
 from spai.errors import ConfigError, ExportError
 from spai.inference import Scorer
 from spai.routes import cpu_routes, resolve_route, runners_for
-from spai.runners import CPU_CHUNKS, ENCODER_FILES, OrtRunner, TorchRunner
+from spai.runners import CPU_CHUNKS, OrtRunner, TorchRunner
+from spai.specs import ENCODER_FILES
 from spai.specs import PATCH_FEATURES, PATCHES
 
 EPYC = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})  # our build machine: no AMX

@@ -11,7 +11,6 @@ calibration, so a separable set cannot drive the temperature to 0), metrics scik
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -297,29 +296,18 @@ def calibration_summary(entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes: which labelled set a calibration came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def calibrated_checkpoint_from_checkpoint(source: str | os.PathLike, out: str | os.PathLike,
                                           entry: dict[str, Any]) -> Path:
     """Write a copy of checkpoint ``source`` with the ``calibration`` entry, atomically, to ``out``. Ours is
     copied entry for entry; an upstream/fork checkpoint is written in our format (its imported weights and
     config), so it loads with ``weights_only=True`` like ours."""
-    import torch
-
-    from spai.checkpoint import NATIVE_FORMAT, atomic_write, read_checkpoint_file, save_checkpoint
+    from spai.checkpoint import NATIVE_FORMAT, read_checkpoint_file, save_checkpoint, save_payload
     from spai.factory import load_checkpoint
 
     data = read_checkpoint_file(source)
     if data.get("format") == NATIVE_FORMAT:
         payload = {**data, "calibration": entry}
-        return atomic_write(out, lambda tmp: torch.save(payload, tmp))
+        return save_payload(payload, out)
     model, state = load_checkpoint(source)
     state.pop("calibration", None)
     return save_checkpoint(model, out, **state, imported_from=str(source), calibration=entry)
