@@ -17,7 +17,10 @@ import torch
 
 from benchmarks.baseline import OriginalAlgorithm, original_baseline
 from benchmarks.common import cpu_threads
+from spai.lazy import lazy_import
 from spai.specs import ENCODER_FILES, PLAN_FILES
+
+onnx_lib = lazy_import("onnx")
 
 Step = Callable[[], Any]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -156,7 +159,5 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> TrtStep:
 
 def _feature_dim_of(onnx: Path) -> int:
     """The feature dimension stored in an exported patch encoder's output shape."""
-    import onnx as onnx_lib
-
     out = onnx_lib.load(str(onnx), load_external_data=False).graph.output[0]
     return int(out.type.tensor_type.shape.dim[-1].dim_value)

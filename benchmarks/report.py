@@ -16,6 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from spai.lazy import lazy_import
+
+matplotlib = lazy_import("matplotlib")
+plt = lazy_import("matplotlib.pyplot")
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: export.compare formats the parity tables
     sys.path.insert(0, str(ROOT))
@@ -343,8 +348,6 @@ def route_targets(routes: list[Row], parity: dict[tuple[str, str], dict[str, Any
 
 def plot_routes(routes: list[Row], out_dir: Path) -> Path | None:
     """Images/s per contender and image size, one panel per model (log y)."""
-    import matplotlib.pyplot as plt
-
     models = sorted({r["model"] for r in routes})
     if not models:
         return None
@@ -361,8 +364,6 @@ def plot_routes(routes: list[Row], out_dir: Path) -> Path | None:
 
 def plot_throughput(enc: list[Row], out_dir: Path) -> Path | None:
     """Bar chart: patches/s per backend, one panel per (device, model), bars grouped by batch."""
-    import matplotlib.pyplot as plt
-
     panels = sorted({(r["device"], r["model"]) for r in enc})
     if not panels:
         return None
@@ -383,8 +384,6 @@ def plot_throughput(enc: list[Row], out_dir: Path) -> Path | None:
 
 def plot_resolution(res: dict[str, list[Row]], out_dir: Path) -> Path | None:
     """Seconds per image and seconds per megapixel versus megapixels (log x)."""
-    import matplotlib.pyplot as plt
-
     if not res:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -400,8 +399,6 @@ def plot_resolution(res: dict[str, list[Row]], out_dir: Path) -> Path | None:
 
 def plot_concurrency(rows: list[Row], out_dir: Path) -> Path | None:
     """Latency versus concurrency for serving results (benchmarks with ``extra_info['concurrency']``)."""
-    import matplotlib.pyplot as plt
-
     serving = [r for r in rows if "concurrency" in r]
     if not serving:
         return None
@@ -417,7 +414,6 @@ def plot_concurrency(rows: list[Row], out_dir: Path) -> Path | None:
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
@@ -426,8 +422,6 @@ def _save(fig: Any, path: Path) -> Path:
 def write_report(json_paths: Path | list[Path], out_dir: Path) -> Path:
     """Write ``report.md`` and the plots for one or more pytest-benchmark JSONs (one per run: every ratio is
     taken within its run); returns the Markdown path."""
-    import matplotlib
-
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in (json_paths if isinstance(json_paths, list) else [json_paths])]

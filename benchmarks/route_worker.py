@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from spai.lazy import lazy_import
+
+torch = lazy_import("torch")
+
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
@@ -65,7 +69,6 @@ def reset_peak() -> None:
 
 
 def _model(spec: ContenderSpec) -> Any:
-    import torch
 
     import spai
 
@@ -89,7 +92,6 @@ def build(spec: ContenderSpec) -> Callable[[np.ndarray], float]:
     """The contender as ``score(image) -> logit`` (warmed up on one patch)."""
     kind, _, variant = spec.contender.partition("-")
     if kind == "original":
-        import torch
 
         from benchmarks.baseline import original_baseline
 

@@ -32,8 +32,12 @@ from torch import nn
 from export.onnx import check_graph, example_inputs, export_graph
 from spai.errors import ExportError
 from spai.files import atomic_path
+from spai.lazy import lazy_import
 from spai.models.spai_model import to_unit_float
 from spai.specs import patch_encoder_spec
+
+onnx = lazy_import("onnx")
+onnxconverter_common = lazy_import("onnxconverter_common")
 
 FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
 FILTER_SCOPE = "/mfvit/filter/"  # the spectral filter's DFT matmuls: always FP32
@@ -56,8 +60,6 @@ def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | N
                    fre_fp16: bool = False) -> Path:
     """Route ``convert``: FP32 ``patch_encoder.onnx`` -> mixed-precision ``patch_encoder.fp16.onnx`` (with
     ``fre_fp16`` the FRE's Linear layers in FP16 too)."""
-    import onnx
-    from onnxconverter_common import float16
 
     src = Path(onnx_path)
     dst = Path(out_path) if out_path else src.with_name(src.stem + ".fp16.onnx")
@@ -67,9 +69,10 @@ def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | N
     split_shared_initializers(model, set(fp32_nodes))
     fp16_casts = {n.name for n in model.graph.node if n.op_type == "Cast" and n.name.startswith(FP16_SCOPE)}
     try:
-        with _own_cast_cleanup(float16):
-            mixed = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS),
-                                                     node_block_list=fp32_nodes, disable_shape_infer=False)
+        with _own_cast_cleanup(onnxconverter_common.float16):
+            mixed = onnxconverter_common.float16.convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=fp32_nodes,
+                disable_shape_infer=False)
     except Exception as e:  # the converter raises bare Exceptions/ValueErrors on malformed graphs
         raise ExportError(f"FP16 conversion of {src} failed: {e}") from e
     retarget_casts(mixed, fp16_casts)
@@ -92,16 +95,14 @@ def _own_cast_cleanup(float16: Any) -> Iterator[None]:
 
 def fold_cast_pairs(graph: Any) -> None:
     """Remove FP32 -> FP16 -> FP32 round trips between two FP32 nodes (they would only lose precision)."""
-    from onnx import TensorProto
-
     def cast_to(node: Any) -> int | None:
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
     producer = {o: n for n in graph.node for o in n.output}
     rewire = {}
     for node in graph.node:
-        up = producer.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
-        if up is not None and cast_to(up) == TensorProto.FLOAT16 and _is_fp32(graph, producer, up.input[0]):
+        up = producer.get(node.input[0]) if cast_to(node) == onnx.TensorProto.FLOAT else None
+        if up is not None and cast_to(up) == onnx.TensorProto.FLOAT16 and _is_fp32(graph, producer, up.input[0]):
             rewire[node.output[0]] = up.input[0]
     outputs = {o.name for o in graph.output}
     for node in graph.node:
@@ -110,47 +111,41 @@ def fold_cast_pairs(graph: Any) -> None:
     for node in dead:
         graph.node.remove(node)
     used = {i for n in graph.node for i in n.input} | outputs
-    for node in [n for n in graph.node if cast_to(n) == TensorProto.FLOAT16 and n.output[0] not in used]:
+    for node in [n for n in graph.node if cast_to(n) == onnx.TensorProto.FLOAT16 and n.output[0] not in used]:
         graph.node.remove(node)
 
 
 def _is_fp32(graph: Any, producer: dict[str, Any], name: str) -> bool:
     """The Cast(to FP16) pairs we fold are the converter's own, inserted only on FP32 tensors; double-check
     what we can (graph inputs / value_info)."""
-    from onnx import TensorProto
-
     for vi in list(graph.input) + list(graph.value_info):
         if vi.name == name:
-            return vi.type.tensor_type.elem_type == TensorProto.FLOAT
+            return vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     return name in producer
 
 
 def retarget_casts(model: Any, names: set[str]) -> None:
     """The converter retypes a Cast's output to FP16 but leaves its ``to`` attribute at FLOAT (e.g. the
     shape-derived attention scale); make ``to`` agree with the declared output type."""
-    from onnx import TensorProto
-
     declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
     for node in model.graph.node:
-        if node.name not in names or declared.get(node.output[0]) != TensorProto.FLOAT16:
+        if node.name not in names or declared.get(node.output[0]) != onnx.TensorProto.FLOAT16:
             continue
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == TensorProto.FLOAT:
-                attr.i = TensorProto.FLOAT16
+            if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.FLOAT16
 
 
 def restore_fp32_outputs(model: Any) -> None:
     """keep_io_types: graph outputs are FLOAT, so the Casts producing them must cast to FLOAT."""
-    from onnx import TensorProto
-
     outputs = {o.name for o in model.graph.output}
     for out in model.graph.output:
-        out.type.tensor_type.elem_type = TensorProto.FLOAT
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     for node in model.graph.node:
         if node.op_type == "Cast" and node.output[0] in outputs:
             for attr in node.attribute:
                 if attr.name == "to":
-                    attr.i = TensorProto.FLOAT
+                    attr.i = onnx.TensorProto.FLOAT
 
 
 def split_shared_initializers(model: Any, fp32_nodes: set[str]) -> None:
@@ -175,8 +170,6 @@ def split_shared_initializers(model: Any, fp32_nodes: set[str]) -> None:
 def drop_noop_casts(model: Any) -> Any:
     """Remove Casts to the dtype their input already has (open_clip's LayerNorm ends in ``x.to(orig_type)``);
     left in, the converter keeps them as FP32 casts inside the FP16 region."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
     dtypes = {v.name: v.type.tensor_type.elem_type for v in
               list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
@@ -201,26 +194,22 @@ def _with_io_identities(model: Any) -> Any:
     converter leaves non-float IO alone, and TensorRT accepts UINT8 only as a network input read by a Cast (an
     Identity would be a UINT8 intermediate tensor, which its ONNX parser refuses).
     """
-    from onnx import TensorProto, helper
-
     graph = model.graph
-    for inp in [i for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT]:
+    for inp in [i for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]:
         inner = f"{inp.name}__fp32"
         for node in graph.node:
             node.input[:] = [inner if i == inp.name else i for i in node.input]
-        graph.node.insert(0, helper.make_node("Identity", [inp.name], [inner], name=f"io_in_{inp.name}"))
+        graph.node.insert(0, onnx.helper.make_node("Identity", [inp.name], [inner], name=f"io_in_{inp.name}"))
     for out in graph.output:
         inner = f"{out.name}__fp32"
         for node in graph.node:
             node.output[:] = [inner if o == out.name else o for o in node.output]
             node.input[:] = [inner if i == out.name else i for i in node.input]
-        graph.node.append(helper.make_node("Identity", [inner], [out.name], name=f"io_out_{out.name}"))
+        graph.node.append(onnx.helper.make_node("Identity", [inner], [out.name], name=f"io_out_{out.name}"))
     return model
 
 
 def _save_checked(model: Any, dst: Path) -> None:
-    import onnx
-
     check_graph(model, dst.name)
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))

@@ -30,10 +30,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spai.errors import ExportError
 from spai.files import atomic_path
+from spai.lazy import lazy_import
 from spai.specs import (
     ATTENTION,
     MANIFEST_FILE,
@@ -45,6 +46,12 @@ from spai.specs import (
     aggregator_spec,
     patch_encoder_spec,
 )
+
+onnx = lazy_import("onnx")
+if TYPE_CHECKING:
+    import tensorrt
+else:
+    tensorrt = lazy_import("tensorrt")
 
 FORMAT = 1
 GRAPHS: dict[str, Callable[[int], ModelSpec]] = {"patch_encoder": patch_encoder_spec, "aggregator": aggregator_spec}
@@ -224,8 +231,6 @@ def manifest_from_profiles(profiles: dict[str, Profile], feature_dim: int, preci
 def outputs_from_onnx(graphs: Mapping[str, str | os.PathLike]) -> dict[str, tuple[str, ...]]:
     """Output names of each graph's ONNX file: a TensorRT engine built from it has these outputs. Needs ``onnx``
     (imported here: this module also runs where it is absent)."""
-    import onnx
-
     return {graph: tuple(o.name for o in onnx.load(str(path), load_external_data=False).graph.output)
             for graph, path in graphs.items()}
 
@@ -284,8 +289,6 @@ def runtime_tensorrt_version(env: Mapping[str, str] | None = None,
     from export.trt import tensorrt_importable
 
     if tensorrt_importable():
-        import tensorrt
-
         return str(tensorrt.__version__), "the tensorrt Python module"
     variables: Mapping[str, str] = os.environ if env is None else env
     for key in VERSION_ENV:

@@ -25,6 +25,7 @@ from torch import nn
 from spai.errors import CheckpointError, ExportError
 from spai.files import atomic_path
 from spai.inference import UNCALIBRATED, write_export_calibration
+from spai.lazy import lazy_import
 from spai.specs import (
     AGGREGATOR_FILE,
     ENCODER_FILES,
@@ -34,6 +35,8 @@ from spai.specs import (
     aggregator_spec,
     patch_encoder_spec,
 )
+
+onnx = lazy_import("onnx")
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
 Progress = Callable[[str], None]
@@ -123,8 +126,6 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], spec: ModelS
                  opset: int | None = None) -> Path:
     """Export ``module`` (put in eval mode) with ``spec``'s names/dynamic axes; checked, then renamed onto
     ``path``."""
-    import onnx
-
     module.eval()
     with atomic_path(path) as tmp, _quiet_legacy_exporter(), torch.no_grad():
         try:
@@ -141,8 +142,6 @@ def export_graph(module: nn.Module, args: tuple[torch.Tensor, ...], spec: ModelS
 
 def check_graph(model: Any, name: str) -> None:
     """Refuse graphs with FFT ops or complex tensors (TensorRT < 11.2 cannot parse them)."""
-    import onnx
-
     bad = sorted({n.op_type for n in model.graph.node} & FORBIDDEN_OPS)
     complex_types = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
     values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)

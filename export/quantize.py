@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from spai.errors import ExportError
+from spai.lazy import lazy_import
 from spai.specs import ENCODER_FILES, PATCHES_INPUT
+
+onnx = lazy_import("onnx")
+ort_quantization = lazy_import("onnxruntime.quantization")
 
 FP32_SCOPES = ("/mfvit/filter/",)  # node-name scopes (torch module paths) never quantised
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
@@ -56,8 +60,6 @@ def fold_weight_identities(model: Any) -> Any:
 def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None = None,
                        progress: Callable[[str], None] | None = None) -> Path:
     """Write ``patch_encoder.int8.onnx`` (next to ``fp32_onnx`` unless ``out`` is given) and return its path."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from spai.files import atomic_path
 
@@ -69,8 +71,8 @@ def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | No
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice concerns static ranges
     try:
         with atomic_path(dst) as tmp:
-            quantize_dynamic(model, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=fp32_nodes(model),
+            ort_quantization.quantize_dynamic(model, tmp, op_types_to_quantize=["MatMul"], per_channel=True,
+                             weight_type=ort_quantization.QuantType.QInt8, nodes_to_exclude=fp32_nodes(model),
                              extra_options={"MatMulConstBOnly": True})
             check_int8_graph(tmp)
     except (ValueError, RuntimeError, onnx.checker.ValidationError) as e:
@@ -82,8 +84,6 @@ def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | No
 
 def check_int8_graph(path: str | os.PathLike) -> None:
     """The int8 graph keeps the uint8 patches input and holds int8 GEMMs (ExportError otherwise)."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     inp = model.graph.input[0]
     elem = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
@@ -102,8 +102,6 @@ def _scope(name: str) -> str:
 
 def precision_table_onnx(path: str | os.PathLike) -> dict[str, Any]:
     """Which layers of an encoder graph run in int8 and which GEMMs and precision-critical ops stay fp32."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
                                                              for o in n.output}

@@ -24,11 +24,15 @@ import numpy as np
 
 from spai.errors import ExportError
 from spai.files import atomic_path
+from spai.lazy import lazy_import
 from spai.runners import Runner
 
-if TYPE_CHECKING:  # TensorRT's own types (tensorrt-stubs under pyright); never imported at run time here
+if TYPE_CHECKING:  # TensorRT's own types (tensorrt-stubs under pyright); imported at first use at run time
     import tensorrt as trt
     import torch
+else:
+    trt = lazy_import("tensorrt")
+    torch = lazy_import("torch")
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]
@@ -66,7 +70,6 @@ def tensorrt_available() -> bool:
     """True where TensorRT imports and a CUDA GPU is visible."""
     if not tensorrt_importable():
         return False
-    import torch
 
     return torch.cuda.is_available()
 
@@ -74,7 +77,6 @@ def tensorrt_available() -> bool:
 def tensorrt_version() -> str:
     """The installed TensorRT's version string (after :func:`import_tensorrt`)."""
     import_tensorrt()
-    import tensorrt as trt
 
     return str(trt.__version__)
 
@@ -93,8 +95,6 @@ class BuildOptions:
 
 def _network(builder: trt.Builder, onnx_path: Path, logger: trt.ILogger) -> tuple[trt.INetworkDefinition,
                                                                                    trt.OnnxParser]:
-    import tensorrt as trt
-
     flags = 0
     # STRONGLY_TYPED: TensorRT >= 9. TensorRT 11 keeps the enum value but ignores it (always strongly typed).
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -137,8 +137,6 @@ def builder_flag_changes(flag_names: set[str], options: BuildOptions) -> tuple[l
 
 def _config(builder: trt.Builder, network: trt.INetworkDefinition, profile: Profile,
             options: BuildOptions) -> trt.IBuilderConfig:
-    import tensorrt as trt
-
     config = builder.create_builder_config()
     if options.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
@@ -180,7 +178,6 @@ def engine_from_onnx(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
     (input name -> (min, opt, max) shapes, see :func:`spai.specs.trt_profile`). The timing cache, if given, is
     loaded and written back. Nothing is left at ``plan_path`` if the build fails."""
     import_tensorrt()
-    import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -213,7 +210,6 @@ def engine_layer_information(plan_path: str | os.PathLike, version_compatible: b
     """The engine inspector's JSON layer information (per-layer precision, tactic/kernel names with
     ``detailed_profiling`` builds): how to see that attention runs as one fused kernel."""
     import_tensorrt()
-    import tensorrt as trt
 
     engine = _deserialize(Path(plan_path), version_compatible)
     inspector = engine.create_engine_inspector()
@@ -221,8 +217,6 @@ def engine_layer_information(plan_path: str | os.PathLike, version_compatible: b
 
 
 def _deserialize(path: Path, version_compatible: bool) -> trt.ICudaEngine:
-    import tensorrt as trt
-
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     if version_compatible:  # a version-compatible plan carries its lean runtime: host code to trust and run
         runtime.engine_host_code_allowed = True
@@ -263,8 +257,6 @@ class BufferPool:
 
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
     """The torch dtype of a numpy dtype (uint8, bool, float16, float32, int32, int64)."""
-    import torch
-
     return torch.from_numpy(np.zeros(0, np_dtype)).dtype
 
 
@@ -292,8 +284,6 @@ class TrtRunner(Runner):
 
     def __enter__(self) -> TrtRunner:
         import_tensorrt()
-        import tensorrt as trt
-        import torch
 
         engine = _deserialize(self.path, self.version_compatible)
         context = engine.create_execution_context()
@@ -347,8 +337,6 @@ class TrtRunner(Runner):
     def infer_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors already on the device in, device tensors out (the runner's buffers: valid until the next call;
         ordered after this call on the caller's current stream). No host copy."""
-        import torch
-
         assert self.stream is not None, f"{self.name}: use it as a context manager"
         for name in self.inputs:
             want = torch_dtype(self.dtypes[name])
@@ -362,8 +350,6 @@ class TrtRunner(Runner):
         return outputs
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         stream = self.stream
         if stream is None:
             raise RuntimeError(f"{self.name}: use it as a context manager (with TrtRunner(...) as r:)")

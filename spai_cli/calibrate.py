@@ -7,9 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spai.lazy import lazy_import
 from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
 from spai_cli.routes import scoring_runners
 from spai_cli.test import add_scoring_arguments
+
+torch = lazy_import("torch")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     import spai
     from spai.errors import CheckpointError

@@ -8,7 +8,10 @@ import argparse
 import json
 from pathlib import Path
 
+from spai.lazy import lazy_import
 from spai_cli.routes import add_route_arguments, scoring_runners
+
+torch = lazy_import("torch")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +64,6 @@ def print_metrics(name: str, m: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     import spai
     from spai.errors import DataError

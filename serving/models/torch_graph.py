@@ -17,8 +17,11 @@ from typing import Any
 from serving.instance import instance_threads, limit_threads
 from serving.models.batching import infer_in_slices
 from spai.errors import ServingError
+from spai.lazy import lazy_import
 from spai.runners import GRAPHS, Feed, TorchRunner
 from spai.specs import PATCH_FEATURES, PATCHES
+
+torch = lazy_import("torch")
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # torch dtype names of the autocast precisions
@@ -36,8 +39,6 @@ class AutocastRunner(TorchRunner):
         self.name = f"autocast-{precision}:{graph}"
 
     def _infer(self, feed: Feed) -> Feed:
-        import torch
-
         dtype = getattr(torch, AUTOCAST_DTYPES[self.autocast])
         with torch.autocast(self.model.device.type, dtype=dtype):
             return super()._infer(feed)
@@ -93,7 +94,6 @@ def device_from_instance(kind: str, device_id: int | str = 0) -> str:
     "GPU"), else the CPU; :class:`ServingError` for a GPU instance where torch sees no CUDA device."""
     if kind.upper() != "GPU":
         return "cpu"
-    import torch
 
     if not torch.cuda.is_available():
         raise ServingError("a KIND_GPU instance, but torch.cuda.is_available() is False here (no CUDA device, or a "
@@ -112,7 +112,6 @@ class TorchGraph:
     """One graph of the checkpoint's model on one instance's device, running a dynamic batch's feeds."""
 
     def __init__(self, settings: GraphSettings, device: str, instances: int = 1) -> None:
-        import torch
 
         import spai
 

@@ -1,9 +1,9 @@
 """The SPAI model: patch encoder (spectral split + frozen backbone + FRE) and the image-level aggregator.
 
-Deployment split used by export, serving, benchmarks and tests:
-``encode_patches`` (N x 3 x 224 x 224 in [0, 1] -> N x D) and ``aggregate`` (B x L x D + B x L mask -> B x 1).
-``score_images`` / ``score`` run :mod:`spai.inference` (the one inference path, also behind the server and the
-export parity check) with torch runners, for images of any size.
+The deployment split is two graphs, so that a patch encoder batches patches of any image while the aggregator
+sees one image's patches at once: ``encode_patches`` (N x 3 x 224 x 224 in [0, 1] -> N x D) and ``aggregate``
+(B x L x D + B x L mask -> B x 1). ``score_images`` / ``score`` run :mod:`spai.inference` (the one inference
+path) with torch runners, for images of any size.
 Parameter names follow upstream SPAI / the fusion fork (``mfvit.*``, ``to_kv``, ``patch_aggregator``, ...).
 """
 
@@ -20,7 +20,8 @@ from torch import nn
 
 from spai.config import Config
 from spai.images import ImageSource
-from spai.inference import UNCALIBRATED, Calibration, ImageScore, InputLimits, Scorer
+from spai.inference import UNCALIBRATED, Calibration, InputLimits, Scorer
+from spai.scores import ImageScore
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
 from spai.models.spectral import SpectralFilter, circular_mask

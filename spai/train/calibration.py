@@ -21,6 +21,13 @@ import numpy as np
 
 from spai.errors import CalibrationError
 from spai.inference import Calibration, OperatingPoint
+from spai.lazy import lazy_import
+
+sp_optimize = lazy_import("scipy.optimize")
+sp_special = lazy_import("scipy.special")
+sp_stats = lazy_import("scipy.stats")
+sk_calibration = lazy_import("sklearn.calibration")
+sk_metrics = lazy_import("sklearn.metrics")
 
 METHODS = ("temperature", "platt")
 DEFAULT_METHOD = "platt"  # a bias too: SPAI's logits need not be centred at 0 (docs/training.md, "Calibration")
@@ -64,12 +71,10 @@ def checked_scores(logits: Sequence[float], labels: Sequence[int], what: str = "
 
 
 def _nll_and_grad(params: np.ndarray, z: np.ndarray, t: np.ndarray, platt: bool) -> tuple[float, np.ndarray]:
-    from scipy.special import expit, log_expit
-
     log_t, bias = params[0], (params[1] if platt else 0.0)
     s = z * np.exp(-log_t) + bias
-    nll = -np.mean(t * log_expit(s) + (1 - t) * log_expit(-s))
-    residual = expit(s) - t  # d nll / d s (per sample, before the mean)
+    nll = -np.mean(t * sp_special.log_expit(s) + (1 - t) * sp_special.log_expit(-s))
+    residual = sp_special.expit(s) - t  # d nll / d s (per sample, before the mean)
     grad = [np.mean(residual * -z * np.exp(-log_t))] + ([np.mean(residual)] if platt else [])
     return float(nll), np.array(grad)
 
@@ -77,8 +82,6 @@ def _nll_and_grad(params: np.ndarray, z: np.ndarray, t: np.ndarray, platt: bool)
 def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str = DEFAULT_METHOD) -> tuple[float, float]:
     """(temperature, bias) minimising the NLL of ``sigmoid(z / temperature + bias)``: temperature scaling (Guo
     et al. 2017; bias 0) or Platt scaling. Targets are Platt's ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)``."""
-    from scipy.optimize import minimize
-
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}; use {' or '.join(METHODS)}.")
     z, y = checked_scores(logits, labels)
@@ -86,8 +89,8 @@ def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str = DEFAULT_ME
     targets = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     platt = method == "platt"
     start = np.array([math.log(max(float(np.std(z)), 1e-6))] + ([0.0] if platt else []))
-    result = minimize(_nll_and_grad, start, args=(z, targets, platt), jac=True, method="L-BFGS-B",
-                      bounds=[(-20.0, 20.0)] + ([(None, None)] if platt else []))
+    result = sp_optimize.minimize(_nll_and_grad, start, args=(z, targets, platt), jac=True, method="L-BFGS-B",
+                                  bounds=[(-20.0, 20.0)] + ([(None, None)] if platt else []))
     if not np.isfinite(result.x).all():
         raise CalibrationError(f"the {method} fit did not converge ({result.message}).")
     temperature = float(np.exp(result.x[0]))
@@ -99,10 +102,8 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BI
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per non-empty uniform bin: (fraction of positives, mean probability, count): scikit-learn's
     ``calibration_curve`` plus the counts of the same bins."""
-    from sklearn.calibration import calibration_curve
-
     probs = np.asarray(probs, np.float64)
-    prob_true, prob_pred = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
+    prob_true, prob_pred = sk_calibration.calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
     bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], probs)  # calibration_curve's binning
     counts = np.bincount(bins, minlength=n_bins)
     return prob_true, prob_pred, counts[counts > 0]
@@ -116,10 +117,9 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
 
 def probability_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """NLL (log loss), Brier score and ECE (15 bins) of probabilities of class 1."""
-    from sklearn.metrics import brier_score_loss, log_loss
-
     p = np.asarray(probs, np.float64)
-    return {"nll": float(log_loss(labels, p, labels=[0, 1])), "brier": float(brier_score_loss(labels, p)),
+    return {"nll": float(sk_metrics.log_loss(labels, p, labels=[0, 1])),
+            "brier": float(sk_metrics.brier_score_loss(labels, p)),
             "ece": expected_calibration_error(labels, p)}
 
 
@@ -132,15 +132,13 @@ def rates(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[floa
 def proportion_interval(flags: np.ndarray) -> list[float] | None:
     """Percentile bootstrap 95% interval of the mean of 0/1 ``flags`` (a rate at a fixed threshold); a
     constant sample gives [rate, rate], an empty one None."""
-    from scipy.stats import bootstrap
-
     flags = np.asarray(flags, np.float64)
     if not len(flags):
         return None
     if flags.min() == flags.max():
         return [float(flags[0])] * 2
-    ci = bootstrap((flags,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                   rng=np.random.default_rng(SEED)).confidence_interval
+    ci = sp_stats.bootstrap((flags,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                            rng=np.random.default_rng(SEED)).confidence_interval
     return [float(ci.low), float(ci.high)]
 
 
@@ -149,20 +147,16 @@ def threshold_at_fpr(labels: np.ndarray, probs: np.ndarray, target_fpr: float) -
     lowest threshold within the target, i.e. the (1 - target) quantile of the real images' scores (Neyman-Pearson),
     so that new real images are flagged at about the target rate; above every score when no image can be flagged
     within the target."""
-    from sklearn.metrics import roc_curve
-
     probs = np.asarray(probs, np.float64)
-    fpr, _, thresholds = roc_curve(labels, probs, drop_intermediate=False)
+    fpr, _, thresholds = sk_metrics.roc_curve(labels, probs, drop_intermediate=False)
     k = int(np.flatnonzero(fpr <= target_fpr + 1e-12)[-1])  # the lowest threshold within the target
     return float(thresholds[k]) if k > 0 else float(np.nextafter(probs.max(), np.inf))
 
 
 def balanced_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """The threshold of best balanced accuracy, midway between the lowest flagged score and the next lower one."""
-    from sklearn.metrics import roc_curve
-
     probs = np.asarray(probs, np.float64)
-    fpr, tpr, thresholds = roc_curve(labels, probs)
+    fpr, tpr, thresholds = sk_metrics.roc_curve(labels, probs)
     k = int(np.argmax(tpr - fpr))
     if k == 0:
         return float(np.nextafter(probs.max(), np.inf))
@@ -179,11 +173,9 @@ def tpr_at_fpr(labels: np.ndarray, probs: np.ndarray, target_fpr: float) -> floa
 
 def tpr_at_fpr_interval(labels: np.ndarray, probs: np.ndarray, target_fpr: float) -> list[float]:
     """Percentile bootstrap 95% interval of :func:`tpr_at_fpr`, re-selecting the threshold in every resample."""
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((labels, np.asarray(probs, np.float64)), lambda y, p: tpr_at_fpr(y, p, target_fpr),
-                   paired=True, vectorized=False, n_resamples=RESELECT_RESAMPLES, confidence_level=CONFIDENCE,
-                   method="percentile", rng=np.random.default_rng(SEED)).confidence_interval
+    ci = sp_stats.bootstrap((labels, np.asarray(probs, np.float64)), lambda y, p: tpr_at_fpr(y, p, target_fpr),
+                            paired=True, vectorized=False, n_resamples=RESELECT_RESAMPLES, confidence_level=CONFIDENCE,
+                            method="percentile", rng=np.random.default_rng(SEED)).confidence_interval
     return [float(ci.low), float(ci.high)]
 
 
@@ -223,12 +215,10 @@ def calibration_from_scores(logits: Sequence[float], labels: Sequence[int], *, m
     """The ``calibration`` entry for a model that gave ``logits`` on images labelled ``labels`` (1 =
     AI-generated): the fitted scaling, operating points, before/after NLL, Brier and ECE, plus ``provenance``
     (e.g. ``csv``, ``csv_sha256``, ``split``). :class:`CalibrationError` if no target FPR can be set."""
-    from sklearn.metrics import roc_auc_score
-
     z, y = checked_scores(logits, labels)
     if len(set(fprs)) != len(fprs) or not fprs:
         raise CalibrationError(f"give one or more distinct target false-positive rates (got {list(fprs)}).")
-    auc = float(roc_auc_score(y, z))
+    auc = float(sk_metrics.roc_auc_score(y, z))
     if auc < 0.5:
         raise CalibrationError(f"the model ranks this set backwards (AUC {auc:.3f} < 0.5: AI-generated images "
                                "score lower than real ones); calibration cannot fix that. Check the labels (1 = "

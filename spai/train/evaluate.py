@@ -10,16 +10,18 @@ from torch.utils.data import DataLoader, Subset
 
 from spai.data.csv_dataset import CSVImageDataset, collate_list
 from spai.inference import UNCALIBRATED, Calibration, Scorer
+from spai.lazy import lazy_import
 from spai.models.spai_model import SPAIModel
 from spai.runners import Route
 from spai.train import distributed as dist_utils
+
+dist = lazy_import("torch.distributed")
+tqdm_module = lazy_import("tqdm")
 
 
 def make_eval_loader(dataset: CSVImageDataset, batch_size: int, workers: int, shard: bool = True) -> DataLoader:
     """Original-resolution list batches; under DDP each rank gets every world_size-th image."""
     if shard and dist_utils.is_distributed():
-        import torch.distributed as dist
-
         dataset = Subset(dataset, list(range(dist.get_rank(), len(dataset), dist.get_world_size())))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_list, persistent_workers=False,
@@ -32,14 +34,12 @@ def score_loader(model: SPAIModel, loader: DataLoader, progress: bool = False, d
     """Logits of every decodable image (gathered over ranks, ordered by dataset index) plus decode errors;
     scored by ``model`` itself, or through :mod:`spai.inference` on another entered ``route`` (ONNX Runtime,
     bf16, int8)."""
-    from tqdm import tqdm
-
     scorer = None if route is None else Scorer.for_route(route, spec=model.patch_spec)
 
     was_training = model.training
     model.eval()
     indices, labels, logits, errors = [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
+    for batch in tqdm_module.tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
         errors.extend(batch["errors"])
         if not batch["images"]:
             continue

@@ -12,21 +12,25 @@ from typing import Any
 
 import numpy as np
 
+from spai.lazy import lazy_import
+
+matplotlib = lazy_import("matplotlib")
+plt = lazy_import("matplotlib.pyplot")
+sk_metrics = lazy_import("sklearn.metrics")
+
 METRIC_COLUMNS = ["epoch", "stage", "lr", "train_loss", "val_loss", "val_auc", "val_ap", "val_acc",
                   "train_images", "skipped_images", "epoch_seconds", "images_per_s"]
 
 
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
     """AUC, AP and accuracy at 0.5; AUC is None when only one class is present, AP None without positives."""
-    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
-
     labels, probs = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
     if len(labels) == 0:
         return {"auc": None, "ap": None, "acc": None, "n": 0, "positives": 0}
     two_classes = len(np.unique(labels)) == 2
-    return {"auc": float(roc_auc_score(labels, probs)) if two_classes else None,
-            "ap": float(average_precision_score(labels, probs)) if labels.sum() > 0 else None,
-            "acc": float(accuracy_score(labels, probs >= 0.5)), "n": int(len(labels)),
+    return {"auc": float(sk_metrics.roc_auc_score(labels, probs)) if two_classes else None,
+            "ap": float(sk_metrics.average_precision_score(labels, probs)) if labels.sum() > 0 else None,
+            "acc": float(sk_metrics.accuracy_score(labels, probs >= 0.5)), "n": int(len(labels)),
             "positives": int(labels.sum())}
 
 
@@ -75,10 +79,7 @@ class MetricsLog:
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt
 
@@ -89,12 +90,11 @@ def save_roc_curve(labels: np.ndarray, probs: np.ndarray, path: str | os.PathLik
     None when it is undefined (one class)."""
     if len(np.unique(np.asarray(labels).astype(int))) < 2:
         return None
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
-    fpr, tpr, _ = roc_curve(labels, probs)
+    fpr, tpr, _ = sk_metrics.roc_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(fpr, tpr, label=f"AUC = {roc_auc_score(labels, probs):.4f}")
+    ax.plot(fpr, tpr, label=f"AUC = {sk_metrics.roc_auc_score(labels, probs):.4f}")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     for point in points:
         if point.get("fpr") is not None and point.get("tpr") is not None:

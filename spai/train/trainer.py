@@ -24,6 +24,7 @@ from spai.data.csv_dataset import CSVImageDataset, EpochTaggedSampler, collate_t
 from spai.data.transforms import TrainTransform
 from spai.errors import CalibrationError, ConfigError, DataError, SPAIError
 from spai.files import atomic_path
+from spai.lazy import lazy_import
 from spai.train import distributed as dist_utils
 from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, calibration_summary
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
@@ -32,6 +33,8 @@ from spai.train.metrics import MetricsLog
 from spai.train.params import build_optimizer, set_stage, stage_for_epoch
 from spai.train.schedule import CosineWarmupSchedule
 from spai.train.state import capture_rng, latest_checkpoint, restore_rng
+
+tqdm_module = lazy_import("tqdm")
 
 log = logging.getLogger("spai.train")
 
@@ -289,15 +292,14 @@ def _report_errors(trainer: Trainer, errors: list[tuple[int, str]]) -> None:
 
 def train_one_epoch(trainer: Trainer, epoch: int) -> dict[str, Any]:
     """One pass over the training data; returns loss, image count, skipped count, seconds and images/s."""
-    from tqdm import tqdm
-
     accumulation = max(1, int(trainer.cfg.TRAIN.ACCUMULATION_STEPS))
     trainer.model.train()
     trainer.sampler.set_epoch(epoch)
     total, images, skipped, start = 0.0, 0, 0, time.perf_counter()
     usable = trainer.steps_per_epoch * accumulation
-    bar = tqdm(trainer.train_loader, total=usable, desc=f"epoch {epoch} (stage {trainer.stage})", unit="batch",
-               disable=not (trainer.opts.progress and dist_utils.rank() == 0), dynamic_ncols=True)
+    bar = tqdm_module.tqdm(trainer.train_loader, total=usable, desc=f"epoch {epoch} (stage {trainer.stage})",
+                           unit="batch", disable=not (trainer.opts.progress and dist_utils.rank() == 0),
+                           dynamic_ncols=True)
     lr = trainer.schedule.lr_at(epoch * trainer.steps_per_epoch)
     for i, batch in enumerate(bar):
         if i >= usable:

@@ -131,7 +131,7 @@ def test_spai_test_measures_the_operating_points_and_the_calibration(labelled, c
     assert (tmp_path / "labelled_roc.png").stat().st_size > 1000
     assert (tmp_path / "labelled_reliability.png").stat().st_size > 1000
     scores = list(csv.DictReader(open(tmp_path / "labelled_scores.csv")))
-    assert {"score", "logit", "decision", "operating_point"} <= set(scores[0])
+    assert {"probability", "logit", "decision", "operating_point"} <= set(scores[0])
     out = capsys.readouterr().out
     assert "fpr0.1 (default)" in out and "TPR at 5% FPR: n/a" in out and "ECE" in out
 

@@ -98,7 +98,7 @@ def test_spai_test_writes_scores_metrics_roc(run_dir: Path, proxy_csv: Path, tmp
                      "--workers", "0", "--no-progress"])
     assert code == 0
     scores = list(csv.DictReader(open(tmp_path / "data_scores.csv")))
-    assert scores and {"image", "class", "split", "score"} <= set(scores[0]) and {r["split"] for r in scores} == {"test"}
+    assert scores and {"image", "class", "split", "probability"} <= set(scores[0]) and {r["split"] for r in scores} == {"test"}
     metrics = json.loads((tmp_path / "data_metrics.json").read_text())
     assert metrics["n"] == len(scores) and 0 <= metrics["auc"] <= 1
     assert (tmp_path / "data_roc.png").stat().st_size > 1000
