@@ -9,6 +9,7 @@ else
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 endif
 EXTRAS := export,train,serve,bench,dev
+EXTRAS := $(EXTRAS),corpus
 
 # pyright checks the TensorRT code against TensorRT 10.13's type stubs (tensorrt-stubs, installed with --no-deps
 # into .typings/: its `tensorrt` dependency cannot be installed here, and in site-packages the stub-only package
@@ -16,7 +17,7 @@ EXTRAS := export,train,serve,bench,dev
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 TYPINGS := .typings
 
-.PHONY: install demo test test-fast typecheck bench clean
+.PHONY: install demo test test-slow typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,12 +37,13 @@ $(TYPINGS)/tensorrt/__init__.pyi:
 typecheck: install $(TYPINGS)/tensorrt/__init__.pyi
 	$(PY) -m pyright -p pyrightconfig.json
 
+# `slow` tests (full-size b16 exports, ViT-B-16) each have a fast twin on spai-tiny that runs here: `make test-slow`.
 test: install typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 	$(PY) -m pytest benchmarks/ -q -rs -p no:cacheprovider
 
-test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 # One run per part (each fits in ~25 min on 2 cores; a ratio is only taken within one run), then one report.
 # Run it on an otherwise idle machine: the report refuses the ratios of a run whose matmul probe dropped.

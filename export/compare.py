@@ -57,16 +57,17 @@ def backends_table(backends: dict[str, dict]) -> list[str]:
     return lines
 
 
-def summary_markdown(report: ParityReport, header: Iterable[str] = ()) -> str:
-    """A short human summary of ``report``."""
+def summary_markdown(report: ParityReport, header: Iterable[str] = (), sections: Iterable[str] = ()) -> str:
+    """A short human summary of ``report``, then ``sections`` (Markdown lines: the TensorRT compatibility)."""
     lines = ["# Export parity report", "", *header, "", *backends_table(report.backends)]
     lines += ["", f"Gates: {report.gates}", "", "Result: " + ("PASS" if report.passed else "FAIL")]
     lines += [f"- {f}" for f in report.failures] + [f"- note: {n}" for n in report.notes]
-    return "\n".join(lines) + "\n"
+    extra = list(sections)
+    return "\n".join(lines + ([""] + extra if extra else [])) + "\n"
 
 
 def write_report(report: ParityReport, out_dir: str | os.PathLike, header: Iterable[str] = (),
-                 extra: dict | None = None) -> tuple[Path, Path]:
+                 extra: dict | None = None, sections: Iterable[str] = ()) -> tuple[Path, Path]:
     """``export_report.json`` and ``export_report.md`` in ``out_dir`` (written atomically)."""
     out = Path(out_dir)
     data = {"passed": report.passed, **asdict(report), **(extra or {})}
@@ -74,7 +75,7 @@ def write_report(report: ParityReport, out_dir: str | os.PathLike, header: Itera
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
     with atomic_path(md_path) as tmp:
-        tmp.write_text(summary_markdown(report, header))
+        tmp.write_text(summary_markdown(report, header, sections))
     return json_path, md_path
 
 

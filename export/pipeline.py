@@ -8,7 +8,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from export.compare import load_images, write_report
 from export.fp16 import patch_encoder_fp16
 from export.onnx import OnnxExport, ensure_writable_dir, model_from_source, onnx_from_torch
 from export.quantize import patch_encoder_int8, precision_table_onnx
+from export.trt_rules import TrtVerdict, check_graph, verdicts_markdown
+from export.trt_rules import enforce as enforce_trt_rules
 from spai.files import sha256_file
 from spai.parity import Gates, ParityReport, compare_routes, enforce
 from spai.routes import ROUTES, cpu_flags, cpu_identity, evidence_for, record_verdicts, runners_for
@@ -41,6 +43,7 @@ class OnnxArtifacts:
     fre_fp16: bool = False  # the FRE's Linear layers are FP16 in patch_encoder_fp16
     patch_encoder_int8: Path | None = None
     checkpoint_sha256: str = ""  # the checkpoint file's, where the model came from one
+    trt_verdicts: dict[str, TrtVerdict] = field(default_factory=dict)  # ONNX path -> TensorRT rules' verdict
 
 
 def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *, fp16_route: str = "convert",
@@ -62,7 +65,31 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
         if path is not None:
             log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     sha = sha256_file(source) if Path(source).is_file() else ""
-    return OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha)
+    art = OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha)
+    for verdict in trt_verdicts_from_onnx(art):
+        log(f"TensorRT rules: {verdict.summary()}")
+    return art
+
+
+def trt_verdicts_from_onnx(art: OnnxArtifacts, paths: Sequence[Path] | None = None) -> list[TrtVerdict]:
+    """The TensorRT parser rules' verdict on ``paths`` (default: every graph an engine can be built from: both
+    encoders, ``--fp32`` building the fp32 one, and the aggregator), each checked once per export. The int8 graph
+    is ONNX Runtime's, never TensorRT's, so it is not among them."""
+    paths = paths or [art.graphs.patch_encoder, art.patch_encoder_fp16, art.graphs.aggregator]
+    for path in paths:
+        if str(path) not in art.trt_verdicts:
+            art.trt_verdicts[str(path)] = check_graph(path)
+    return [art.trt_verdicts[str(path)] for path in paths]
+
+
+def trt_report_from_verdicts(art: OnnxArtifacts, verdicts: Sequence[TrtVerdict]) -> tuple[dict[str, Any], list[str]]:
+    """The "TensorRT compatibility" entry of ``export_report.json`` and its Markdown section."""
+    notes = ["checked on CPU before any engine build (export/trt_rules.py); TensorRT never builds "
+             "patch_encoder.int8.onnx (ONNX Runtime's CPU graph), so it is not checked"]
+    if art.patch_encoder_int8 is not None:
+        notes.append(f"{art.patch_encoder_int8.name}: not built by TensorRT, not checked")
+    entry = {"graphs": [v.to_dict() for v in verdicts], "notes": notes}
+    return {"tensorrt_compatibility": entry}, verdicts_markdown(verdicts, notes)
 
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
@@ -91,7 +118,9 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
                     OrtRunner(art.graphs.aggregator, limits=agg_limits, minimums=agg_min))
               for precision, encoder in (("fp32", art.graphs.patch_encoder), ("fp16", art.patch_encoder_fp16))]
     routes += cpu_routes_to_gate(art, precisions)
-    extra = {**(extra or {}), **precision_tables(art, precisions)}
+    verdicts = trt_verdicts_from_onnx(art)
+    trt_entry, trt_section = trt_report_from_verdicts(art, verdicts)
+    extra = {**(extra or {}), **precision_tables(art, precisions), **trt_entry}
     if engines:
         from export.trt import TrtRunner
 
@@ -105,9 +134,11 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
                                 gates=gates, progress=log)
     log(f"wrote the CPU routes' verdicts to {route_evidence_from_report(art, report, out_dir)}")
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
-    json_path, md_path = write_report(report, out_dir, header, extra)
+    json_path, md_path = write_report(report, out_dir, header, extra, sections=trt_section)
     print(md_path.read_text(), flush=True)
     log(f"wrote {json_path} and {md_path}")
+    if not engines:  # no TensorRT here (or --onnx-only): refuse graphs no engine could be built from, report kept
+        enforce_trt_rules(verdicts)
     enforce(report)
     return report
 
@@ -154,13 +185,13 @@ def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: 
     """``patch_encoder.plan`` (from the fp16 ONNX, or the fp32 one with ``fp32``), ``aggregator.plan`` and the
     ``engine.json`` manifest that records what built them (:mod:`export.manifest`). ``options``:
     :class:`export.trt.BuildOptions` (workspace, TF32, version compatibility, ...)."""
-    import dataclasses
-
+    enc_onnx = art.graphs.patch_encoder if fp32 else art.patch_encoder_fp16
+    # TensorRT's parser rules, checked before TensorRT is even imported: a refusal names the node and the fix
+    enforce_trt_rules(trt_verdicts_from_onnx(art, [enc_onnx, art.graphs.aggregator]))
     from export.trt import BuildOptions, engine_from_onnx
 
     options = options or BuildOptions()
     out = Path(out_dir)
-    enc_onnx = art.graphs.patch_encoder if fp32 else art.patch_encoder_fp16
     log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {profiles['patch_encoder']}) ...")
     enc = engine_from_onnx(enc_onnx, out / PLAN_FILES["patch_encoder"], profiles["patch_encoder"],
                            timing_cache=timing_cache, options=options)

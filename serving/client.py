@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from spai.errors import ServingError
-from spai.inference import ImageScore
+from spai.corpus import InputRef, map_bounded, read_input
+from spai.errors import ImageError, ServingError
+from spai.inference import InputLimits
+from spai.lazy import lazy_import
+from spai.scores import ImageScore
+
+tqdm = lazy_import("tqdm")
+# What the client reads of one input: the server refuses more (spai.inference.SERVING_LIMITS) anyway.
+CLIENT_LIMITS = InputLimits(max_bytes=64 * 2**20)
 
 # Server answers worth a retry: INTERNAL (an encoder/aggregator failure), UNAVAILABLE (loading, overloaded).
 RETRYABLE_STATUS = ("500", "503", "StatusCode.INTERNAL", "StatusCode.UNAVAILABLE")
@@ -88,35 +94,45 @@ class SpaiClient:
                 raise ServingError(msg or repr(e)) from e
         raise AssertionError("unreachable")
 
-    def score_file(self, path: str | Path, with_attention: bool = False, operating_point: str | None = None
-                   ) -> ImageScore:
-        """Score one file; failures become the score's ``error`` (never raised)."""
+    def score_file(self, path: str | Path | InputRef, with_attention: bool = False,
+                   operating_point: str | None = None) -> ImageScore:
+        """Score one file or URL; failures become the score's ``error`` (never raised)."""
+        ref = path if isinstance(path, InputRef) else InputRef(str(path))
         start = time.perf_counter()
         try:
-            out = self.infer(Path(path).read_bytes(), with_attention, operating_point)
-        except (ServingError, OSError) as e:
-            return ImageScore(str(path), latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip())
+            out = self.infer(read_input(ref, CLIENT_LIMITS), with_attention, operating_point)
+        except (ServingError, ImageError) as e:
+            return ImageScore(ref.key, latency_ms=(time.perf_counter() - start) * 1e3, error=str(e).strip(),
+                              size_bytes=ref.size, mtime=ref.mtime)
         n = int(out["num_patches"][0, 0])
         point = out["operating_point_name"][0, 0]
-        return ImageScore(str(path), float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
+        return ImageScore(ref.key, float(out["probability"][0, 0]), float(out["logit"][0, 0]), n,
                           (time.perf_counter() - start) * 1e3,
                           attention=out["patch_attention"][0, :n] if with_attention else None,
                           decision=bool(out["decision"][0, 0]),
-                          operating_point=point.decode() if isinstance(point, bytes) else str(point))
+                          operating_point=point.decode() if isinstance(point, bytes) else str(point),
+                          size_bytes=ref.size, mtime=ref.mtime)
+
+    def score_stream(self, refs: Iterable[InputRef | str | Path], concurrency: int = 1,
+                     with_attention: bool = False, operating_point: str | None = None,
+                     window: int | None = None) -> Iterator[ImageScore]:
+        """Scores in input order, ``concurrency`` requests in flight and at most ``window`` (default twice that)
+        inputs taken from ``refs`` ahead: bounded memory however long ``refs`` is."""
+        def task(ref: InputRef | str | Path) -> ImageScore:
+            return self.score_file(ref, with_attention, operating_point)
+        for _, future in map_bounded(task, refs, window or 2 * max(1, concurrency), concurrency):
+            yield future.result()
 
     def score_paths(self, paths: Sequence[str | Path], concurrency: int = 1, with_attention: bool = False,
                     progress: bool = True, on_row: Callable[[ImageScore], None] | None = None,
                     operating_point: str | None = None) -> list[ImageScore]:
         """Score files with ``concurrency`` requests in flight (decisions at ``operating_point``, None: the
         model's default); results in input order."""
-        from tqdm import tqdm
-
-        def task(p: str | Path) -> ImageScore:
-            row = self.score_file(p, with_attention, operating_point)
-            if on_row:
-                on_row(row)
-            return row
-
-        with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            it = pool.map(task, paths)
-            return list(tqdm(it, total=len(paths), disable=not progress, unit="img", desc="scoring"))
+        rows = []
+        with tqdm.tqdm(total=len(paths), disable=not progress, unit="img", desc="scoring") as bar:
+            for row in self.score_stream(paths, concurrency, with_attention, operating_point):
+                if on_row:
+                    on_row(row)
+                rows.append(row)
+                bar.update()
+        return rows

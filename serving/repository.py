@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,11 +26,14 @@ from export.manifest import (
 )
 from serving.bls import DEFAULT_TRIM_HEAP_MB, EntrySettings
 from serving.models.torch_graph import PRECISIONS
-from spai.errors import ExportError, ServingError
+from spai.errors import ConfigError, ExportError, ServingError
 from spai.inference import SERVING_LIMITS, calibration_from_export
+from spai.routes import ORT_SERVED, served_ort_route
+from spai.runners import CPU_CHUNKS
 from spai.specs import (
     AGGREGATOR_FILE,
     ATTENTION,
+    ENCODER_FILES,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PATCHES,
@@ -48,6 +52,9 @@ TORCH_VARIANT = "python-torch"  # built from a checkpoint (build_torch_repositor
 ALL_VARIANTS = (*VARIANTS, TORCH_VARIANT)
 DEVICES = ("cpu", "gpu")  # python-torch: KIND_CPU or KIND_GPU graph models
 TORCH_PRECISIONS = PRECISIONS  # python-torch: fp16 / bf16 = torch.autocast on a GPU
+# --precision per variant: python-ort serves the fp32 or the int8 encoder graph (auto: the route that passed, by the
+# export's route evidence, spai.routes.served_ort_route); trt's engines carry the precision `spai export` built.
+VARIANT_PRECISIONS = {"trt": (), "onnx": ("fp32",), "python-ort": ORT_SERVED, TORCH_VARIANT: TORCH_PRECISIONS}
 TORCH_CHECKPOINT = "checkpoint.pth"  # python-torch: the repository root's one copy, read by both graph models
 ENTRY, ENCODER, AGGREGATOR = "spai", "spai_patch_encoder", "spai_aggregator"
 PRODUCTION_FEATURE_DIM = 1168  # spai-fusion-b16 (the checked-in serving/triton_models/ layout)
@@ -144,14 +151,21 @@ class RepositoryOptions:
     # trt: the engines' own (min, opt, max) profiles by graph, from their engine.json (None: the spec defaults)
     profiles: dict[str, dict[str, tuple[tuple[int, ...], ...]]] | None = None
     device: str = "cpu"  # python-torch: where the graph models run (DEVICES)
-    precision: str = "fp32"  # python-torch: TORCH_PRECISIONS (fp16 / bf16: GPU only)
+    # the encoder's precision: python-torch fp32 | fp16 | bf16 (GPU only), python-ort fp32 | int8 (auto is
+    # resolved before: build_repository)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.variant not in ALL_VARIANTS:
             raise ServingError(f"unknown variant {self.variant!r}; choose one of {', '.join(ALL_VARIANTS)}.")
-        if self.device not in DEVICES or self.precision not in TORCH_PRECISIONS:
-            raise ServingError(f"device {self.device!r} / precision {self.precision!r}: choose a device of "
-                               f"{', '.join(DEVICES)} and a precision of {', '.join(TORCH_PRECISIONS)}.")
+        if self.device not in DEVICES:
+            raise ServingError(f"device {self.device!r}: choose one of {', '.join(DEVICES)}.")
+        allowed = [p for p in VARIANT_PRECISIONS[self.variant] if p != "auto"]
+        if self.precision != "fp32" and self.precision not in allowed:
+            fix = (f"choose one of {', '.join(allowed)}" if allowed else
+                   "its engines' precision is the one `spai export` built (engine.json)")
+            raise ServingError(f"precision {self.precision!r} is not a precision of --variant {self.variant}: "
+                               f"{fix}.")
         if self.variant == TORCH_VARIANT and self.device == "cpu" and self.precision != "fp32":
             raise ServingError(f"--precision {self.precision} is torch.autocast on a GPU; CPU graph models run "
                                "fp32: pass --device gpu, or --precision fp32.")
@@ -241,8 +255,8 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
     if opts.variant == "trt":
         parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
     if opts.variant == "python-ort":
-        calls = {"max_ort_batch": str(min(t.encoder_ort_batch, max_batch))} if encoder and t.encoder_ort_batch else {}
-        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads), **calls}))
+        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads),
+                                  **(_ort_encoder_parameters(opts, t, max_batch) if encoder else {})}))
     if opts.variant == "onnx" and threads:
         parts.append(_parameters({"intra_op_thread_count": str(threads)}))
     if opts.variant == TORCH_VARIANT:
@@ -251,6 +265,14 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
                                   "checkpoint": f"../{TORCH_CHECKPOINT}", "precision": opts.precision,
                                   "threads": str(threads), **calls}))
     return "\n".join(parts) + "\n"
+
+
+def _ort_encoder_parameters(opts: RepositoryOptions, t: Tuning, max_batch: int) -> dict[str, str]:
+    """The python-ort encoder's precision and rows per ONNX Runtime call: the int8 graph quantises its
+    activations per call, so it runs the in-process route's chunk (one patch a call) to score exactly as that
+    route does, whatever the batcher merges."""
+    rows = CPU_CHUNKS[("ort", "int8")] if opts.precision == "int8" else min(t.encoder_ort_batch, max_batch)
+    return {"precision": opts.precision, **({"max_ort_batch": str(rows)} if rows else {})}
 
 
 def encoder_config(opts: RepositoryOptions) -> str:
@@ -324,7 +346,8 @@ def onnx_feature_dim(path: Path, *, required: bool = True) -> tuple[int, bool] |
 
 
 def build_repository(artifacts: str | Path, variant: str, out: str | Path, feature_dim: int | None = None,
-                     attention: bool | None = None, tensorrt_version: str | None = None, **overrides) -> Path:
+                     attention: bool | None = None, tensorrt_version: str | None = None, precision: str = "fp32",
+                     say: Callable[[str], None] = lambda _line: None, **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
     D and the attention output are read from ``engine.json`` for ``trt`` (checked against ``aggregator.onnx`` where
@@ -332,7 +355,9 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     calibration from the export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`);
     ``overrides`` go to :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json``
     (:func:`trt_options`): configs follow the profiles the plans were built with, and plans another TensorRT built
-    are refused. Returns ``out``.
+    are refused. ``precision`` (python-ort): the encoder graph to serve, fp32, int8 or auto
+    (:func:`spai.routes.served_ort_route`: int8 only where it passed its gate for this export on this CPU);
+    ``say`` hears which route is served and why. Returns ``out``.
     """
     art = Path(artifacts)
     if variant == TORCH_VARIANT:
@@ -340,8 +365,13 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
                            f"repository --variant {TORCH_VARIANT} --checkpoint CKPT -o REPO`.")
     src_pattern, dst_name = GRAPH_FILES.get(variant, ("", ""))
     RepositoryOptions(variant=variant, feature_dim=1)  # validates the variant
+    if variant == "python-ort":
+        precision = _served_precision(art, precision, say)
+    RepositoryOptions(variant=variant, feature_dim=1, precision=precision)  # validates the precision
     sources = {m: art / src_pattern.format(stem=stem) for m, stem in ((ENCODER, "patch_encoder"),
                                                                         (AGGREGATOR, "aggregator"))}
+    if precision == "int8":
+        sources[ENCODER] = art / ENCODER_FILES["int8"]
     manifest = None
     if variant == "trt":
         manifest = engine_manifest(art, tensorrt_version)
@@ -352,7 +382,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
         raise ServingError(f"missing export outputs: {', '.join(missing)}; run `spai export CKPT -o {art}` first, "
                            "or pick another --variant.")
     feature_dim, attention = _graph_facts(art, manifest, feature_dim, attention)
-    base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=attention, **overrides)
+    base = RepositoryOptions(variant=variant, feature_dim=feature_dim, attention=attention, precision=precision,
+                             **overrides)
     base = dataclasses.replace(base, settings=dataclasses.replace(base.settings,
                                                                   calibration=calibration_from_export(art)))
     opts = trt_options(base, manifest) if manifest is not None else base
@@ -362,6 +393,18 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     if manifest is not None:
         write_engine_records(root, art, manifest)
     return root
+
+
+def _served_precision(art: Path, precision: str, say: Callable[[str], None]) -> str:
+    """The python-ort encoder's precision for ``precision`` fp32 | int8 | auto, by the export's route evidence."""
+    if precision not in ORT_SERVED:
+        raise ServingError(f"--variant python-ort serves --precision {', '.join(ORT_SERVED)}, not {precision!r}.")
+    try:
+        choice = served_ort_route(art, precision, say=say)
+    except ConfigError as e:
+        raise ServingError(str(e)) from e
+    say(choice.reason)
+    return choice.precision
 
 
 def _graph_facts(art: Path, manifest: EngineManifest | None, feature_dim: int | None,

@@ -8,18 +8,16 @@ images use their first frame; files over ``max_bytes`` or images over ``max_pixe
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from spai.errors import DataError, ImageError
+from spai.errors import ImageError
 
 DEFAULT_MAX_PIXELS = 178_956_970  # 2x PIL's bomb warning threshold
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -143,32 +141,3 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     if not d.is_dir():
         raise ImageError(f"{d} is not a directory.")
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Image files, directories (their images) and CSV files (``image``/``path`` column or first column)."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(list_images(path))
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            paths.extend(_csv_paths(path))
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise ImageError(f"{item}: no such file or directory.")
-    if not paths:
-        raise ImageError(f"no images found in {', '.join(inputs)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return paths
-
-
-def _csv_paths(path: Path) -> list[Path]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise DataError(f"{path}: empty CSV.")
-    header = [h.strip().lower() for h in rows[0]]
-    col = next((header.index(c) for c in ("image", "path", "file") if c in header), None)
-    body = rows[1:] if col is not None else rows
-    return [p if p.is_absolute() else path.parent / p for p in (Path(r[col or 0]) for r in body if r)]

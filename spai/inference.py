@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import csv
 import itertools
 import json
 import re
 import threading
 from collections import deque
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from spai.errors import CalibrationError, ImageError, SPAIError, detached
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from spai.patching import PatchGrid, PatchSpec, cut_patches, pad_image, patch_grid
 from spai.runners import Feed, Route, Runner
+from spai.scores import CSV_FIELDS, ImageScore, flagged_summary, write_scores_csv  # noqa: F401 - re-exported: rows live in spai.scores
 from spai.specs import (
     ATTENTION,
     CALIBRATION_FILE,
@@ -41,7 +41,6 @@ from spai.specs import (
 )
 
 T = TypeVar("T")
-CSV_FIELDS = ("image", "probability", "logit", "decision", "operating_point", "num_patches", "latency_ms", "error")
 
 
 @dataclass(frozen=True)
@@ -56,55 +55,6 @@ class InputLimits:
 # What a server accepts from a client (tighter than a local file: a request is held in memory while it is decoded):
 # 64 MiB, 50 megapixels, and the aggregator engine's default patch count.
 SERVING_LIMITS = InputLimits(64 * 2**20, 50_000_000, DEFAULT_MAX_PATCHES)
-
-
-@dataclass
-class ImageScore:
-    """One image's result, wherever it was scored: ``probability`` (1 = AI-generated; calibrated when the model
-    is), the raw ``logit``, ``decision`` (flagged as AI-generated at ``operating_point``), the patch count, the
-    attention over its patches (mean over heads, in :func:`spai.patching.patch_grid` order), the time it took
-    and, when it failed, ``error`` (the other fields then stay empty)."""
-
-    image: str
-    probability: float | None = None
-    logit: float | None = None
-    num_patches: int = 0
-    latency_ms: float = 0.0
-    error: str = ""
-    attention: np.ndarray | None = field(default=None, repr=False)
-    decision: bool | None = None
-    operating_point: str = ""
-
-    def row(self) -> dict[str, Any]:
-        """The CSV row (:data:`CSV_FIELDS`) of ``spai predict`` and ``spai score``; ``decision`` is 1 (flagged as
-        AI-generated) or 0."""
-        def num(x: float | None, fmt: str) -> str:
-            return "" if x is None else format(x, fmt)
-        return {"image": self.image, "probability": num(self.probability, ".6f"), "logit": num(self.logit, ".6f"),
-                "decision": "" if self.decision is None else int(self.decision),
-                "operating_point": self.operating_point if not self.error else "",
-                "num_patches": self.num_patches if not self.error else "", "latency_ms": f"{self.latency_ms:.2f}",
-                "error": self.error}
-
-
-def write_scores_csv(scores: Sequence[ImageScore], path: str | Path) -> Path:
-    """One CSV schema for every scorer: :data:`CSV_FIELDS`, one row per image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # surrogateescape: a non-UTF-8 file name is written back byte for byte instead of crashing the run
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-        writer.writeheader()
-        writer.writerows(s.row() for s in scores)
-    return path
-
-
-def flagged_summary(scores: Sequence[ImageScore]) -> str:
-    """The closing line of ``spai predict`` / ``spai score``: how many scored images were flagged, and where."""
-    decided = [s for s in scores if not s.error and s.decision is not None]
-    points = ", ".join(sorted({s.operating_point for s in decided})) or "none"
-    return (f"flagged {sum(bool(s.decision) for s in decided)} of {len(decided)} scored images as AI-generated "
-            f"(operating point {points})")
 
 
 def sigmoid(x: float | np.ndarray) -> np.ndarray:

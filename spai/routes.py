@@ -367,6 +367,48 @@ def choose_route(model: ScoringModel, *, onnx_dir: str | os.PathLike | None = No
     return RouteChoice(*best, _reason(best, wanted, candidates, evidence, identity))
 
 
+ORT_SERVED = ("fp32", "int8", "auto")  # what a Triton python-ort encoder can serve
+
+
+def served_ort_route(onnx_dir: str | os.PathLike, precision: str, flags: frozenset[str] | None = None,
+                     say: Say = lambda _line: None) -> RouteChoice:
+    """The ONNX Runtime route a CPU server of ``onnx_dir`` (a ``spai export`` folder, without its model) runs:
+    fp32 as asked; int8 only where its verdict on this CPU, for these very graph files, passed (ConfigError with
+    the verdict and how to fix otherwise); ``auto`` the faster of the two where int8 passed (speeds probed once
+    and kept), else fp32, saying why."""
+    if precision not in ORT_SERVED:
+        raise ConfigError(f"ONNX Runtime serves {', '.join(ORT_SERVED)}, not {precision!r}.")
+    if precision == "fp32":
+        return RouteChoice("ort", "fp32", "route: ort-fp32 (asked for)")
+    folder = Path(onnx_dir)
+    flags = cpu_flags() if flags is None else flags
+    identity = cpu_identity(flags)
+    evidence = RouteEvidence.load(folder / EVIDENCE_FILE, None)
+    verdict = evidence.verdict(identity, "ort-int8") if _has_graphs(folder, "int8") else None
+    if not (verdict and verdict["passed"]):
+        why = _int8_not_passed(folder, verdict, identity)
+        if precision == "int8":
+            fix = ("its scores would not be the model's" if verdict else
+                   f"run `spai export CKPT -o {folder} --precision int8` on this CPU (it writes and gates the "
+                   "int8 graph)")
+            raise ConfigError(f"cannot serve int8: {why}; {fix}, or serve --precision fp32.")
+        return RouteChoice("ort", "fp32", f"route: ort-fp32 (auto; ort-int8 is not served: {why})")
+    if precision == "int8":
+        return RouteChoice("ort", "int8", f"route: ort-int8 (asked for; it passed its parity gate on {identity})")
+    routes = [r for r in cpu_routes(flags) if r[0] == "ort"]
+    _probe_missing(None, evidence, identity, routes, folder, say)
+    best = max(routes, key=lambda r: evidence.speed(identity, route_name(*r)) or 0.0)
+    return RouteChoice(*best, _reason(best, routes, routes, evidence, identity))
+
+
+def _int8_not_passed(folder: Path, verdict: dict[str, Any] | None, identity: str) -> str:
+    if not _has_graphs(folder, "int8"):
+        return f"{folder} has no {ENCODER_FILES['int8']}"
+    if verdict is None:
+        return f"{folder / EVIDENCE_FILE} holds no int8 verdict for these graphs on {identity}"
+    return f"ort-int8 failed its parity gate for this model on {identity} ({'; '.join(verdict['failures'])})"
+
+
 def _gate_missing(model: ScoringModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
                   onnx_dir: str | os.PathLike | None, say: Say) -> None:
     missing = [r for r in routes if evidence.verdict(identity, route_name(*r)) is None]
@@ -380,7 +422,7 @@ def _gate_missing(model: ScoringModel, evidence: RouteEvidence, identity: str, r
     _save(evidence, say)
 
 
-def _probe_missing(model: ScoringModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
+def _probe_missing(model: ScoringModel | None, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
                    onnx_dir: str | os.PathLike | None, say: Say) -> None:
     missing = [r for r in routes if evidence.speed(identity, route_name(*r)) is None]
     for r in missing:

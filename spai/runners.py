@@ -250,9 +250,14 @@ class TorchRunner(Runner):
         if self.precision == "fp32" or self.graph != "patch_encoder":
             return contextlib.nullcontext()
         if self._mode is None:
-            from spai.models.precision import Bf16Gemms
+            import torch
 
-            self._mode = Bf16Gemms(self.model)
+            from spai.models.precision import Bf16Gemms, gemm_weights
+
+            if not isinstance(self.model, torch.nn.Module):  # bf16 casts a torch module's GEMM weights
+                raise ConfigError("the bf16 route runs a PyTorch model (spai.create_model(...)); this one is not "
+                                  "a torch.nn.Module: use --precision fp32.")
+            self._mode = Bf16Gemms(gemm_weights(self.model))
         return self._mode
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ import importlib
 from spai.errors import report_errors
 
 COMMAND_MODULES = ["demo", "predict", "data", "train", "calibrate", "test", "convert", "export", "repository", "serve",
-                   "score"]
+                   "score", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,9 @@
 """``spai demo``: the whole chain on a machine with no GPU, through the same commands a user runs.
 
 proxy data -> train spai-tiny briefly (best.pth calibrated on the proxy validation split: probabilities and an
-operating point at 5% FPR) -> export (ONNX + parity + calibration; TensorRT skipped where absent) -> python-ort
-Triton repository -> bundled tritonserver -> score proxy test images, the shared samples and ``--images DIR`` ->
+operating point at 5% FPR) -> export (ONNX + the int8 CPU graph + parity + calibration; TensorRT skipped where
+absent) -> python-ort Triton repository serving the CPU route that passed (int8 where its gate passed on this CPU
+and it is faster here, else fp32) -> bundled tritonserver -> score proxy test images, the shared samples and ``--images DIR`` ->
 table (probability, decision) + accuracy at the operating point + CSV + heatmaps -> stop the server. Each step
 prints its command, so users can repeat any of them.
 """
@@ -54,17 +55,21 @@ def _step(title: str, args: list[str], ok: tuple[int, ...] = (0,)) -> int:
     return code
 
 
+REDUCED_ROUTES = ("ort-fp16/", "trt-fp16/", "ort-int8/")  # gates the demo may fail: it serves fp32 instead
+
+
 def _continue_without_fp16(export: Path) -> None:
-    """After a failed parity gate: go on only if every failure is the FP16 graph's (the TensorRT FP16 input,
-    which this CPU demo does not serve); the FP32 graphs the python-ort repository serves must have passed."""
+    """After a failed parity gate: go on only if every failure is a reduced-precision graph's (the TensorRT FP16
+    input, which this CPU demo does not serve, or the int8 CPU graph, which the repository then leaves out: its
+    verdict is in route_evidence.json); the FP32 graphs must have passed."""
     import json
 
     failures = json.loads((export / "export_report.json").read_text()).get("failures", [])
-    if not failures or any(not f.startswith(("ort-fp16/", "trt-fp16/")) for f in failures):
+    if not failures or any(not f.startswith(REDUCED_ROUTES) for f in failures):
         raise SPAIError(f"demo step 'export' failed its parity gates: {failures} (see {export / 'export_report.md'}).")
-    print(f"\nThe FP16 graph failed its gate ({'; '.join(failures)}): build no TensorRT FP16 engine from this "
-          "checkpoint without re-checking it (`spai export` exits 3). This CPU demo serves the FP32 graphs, which "
-          "passed.", flush=True)
+    print(f"\nA reduced-precision graph failed its gate ({'; '.join(failures)}; `spai export` exits 3): build no "
+          "TensorRT FP16 engine from this checkpoint without re-checking it, and serve int8 only where it passed. "
+          "This CPU demo serves the routes that passed.", flush=True)
 
 
 def _free_port() -> int:
@@ -177,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     _step("train spai-tiny on the proxy data; calibrate best.pth on the validation split",
           ["train", "--cfg", "spai-tiny", "--data", str(out / "proxy" / "data.csv"), "--output", str(out / "train"),
            "--workers", "1", "--epochs", str(args.epochs), "--fpr", f"{DEMO_FPR:g}", "--no-progress"])
-    export = ["export", str(out / "train" / "best.pth"), "-o", str(out / "export")]
+    export = ["export", str(out / "train" / "best.pth"), "-o", str(out / "export"), "--precision", "int8"]
     if SHARED_SAMPLES.is_dir():
         export += ["--check-images", str(SHARED_SAMPLES)]
     # exit code 4: TensorRT / GPU absent; the ONNX files and their parity report are written
@@ -185,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if code == AccuracyError.exit_code:
         _continue_without_fp16(out / "export")
     repo = out / "triton_repository"
-    _step("build the CPU (python-ort) Triton repository",
-          ["repository", "--artifacts", str(out / "export"), "--variant", "python-ort", "-o", str(repo)])
+    _step("build the CPU (python-ort) Triton repository of the route that passed its gate here",
+          ["repository", "--artifacts", str(out / "export"), "--variant", "python-ort", "--precision", "auto",
+           "-o", str(repo)])
     _proxy_test_dir(out)
     _serve_and_score(out, repo, args.images)
     print(f"\nDone. Scores: {out / 'scores'}  Heatmaps: {out / 'heatmaps'}  Export report: "

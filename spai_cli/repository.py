@@ -1,5 +1,6 @@
-"""``spai repository --artifacts DIR --variant trt|onnx|python-ort -o REPO``: a Triton model repository from an
-export directory; ``spai repository --variant python-torch --checkpoint CKPT [--device gpu --precision fp16] -o
+"""``spai repository --artifacts DIR --variant trt|onnx|python-ort [--precision fp32|int8|auto] -o REPO``: a Triton
+model repository from an export directory (python-ort: the encoder graph of the route that passed, by the export's
+route evidence); ``spai repository --variant python-torch --checkpoint CKPT [--device gpu --precision fp16] -o
 REPO``: one that runs the checkpoint itself in PyTorch; ``--checked-in`` rewrites the production layout in
 serving/triton_models/. Instance counts, BLS calls in flight, batching and threads default to the variant's
 (serving.repository.default_tuning)."""
@@ -7,6 +8,7 @@ serving/triton_models/. Instance counts, BLS calls in flight, batching and threa
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 TUNING_FLAGS = {  # flag -> (Tuning field, help)
@@ -28,7 +30,7 @@ TUNING_FLAGS = {  # flag -> (Tuning field, help)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from serving.repository import ALL_VARIANTS, DEVICES, TORCH_PRECISIONS
+    from serving.repository import ALL_VARIANTS, DEVICES, VARIANT_PRECISIONS
 
     p = sub.add_parser("repository", help="build a Triton model repository from an export directory (or, "
                                           "python-torch, from a checkpoint)")
@@ -40,9 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="python-torch: the checkpoint to serve (copied into the repository)")
     p.add_argument("--device", choices=DEVICES,
                    help="python-torch: gpu = KIND_GPU graph models, cpu = KIND_CPU (default: cpu)")
-    p.add_argument("--precision", choices=TORCH_PRECISIONS,
-                   help="python-torch: fp16 / bf16 = torch.autocast on the GPU (default: fp16 with --device gpu, "
-                        "fp32 on the cpu, the only precision there)")
+    p.add_argument("--precision", choices=sorted({p for ps in VARIANT_PRECISIONS.values() for p in ps}),
+                   help="python-ort: the encoder graph, fp32 (default), int8 (only where `spai export --precision "
+                        "int8` gated it on this CPU and it passed) or auto (int8 where it passed and is faster "
+                        "here, else fp32); python-torch: fp16 / bf16 = torch.autocast on the GPU (default: fp16 "
+                        "with --device gpu, fp32 on the cpu, the only precision there); trt, onnx: the export's")
     p.add_argument("-o", "--output", help="repository directory to write")
     p.add_argument("--feature-dim", type=int, help="D (default: read from aggregator.onnx)")
     p.add_argument("--tensorrt-version", metavar="X.Y.Z",
@@ -69,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         CHECKED_IN,
         SERVER_ARGS_FILE,
         TORCH_VARIANT,
+        VARIANT_PRECISIONS,
         build_repository,
         production_options,
         tuning_with,
@@ -84,16 +89,23 @@ def run(args: argparse.Namespace) -> int:
                                "a repository of your own with --artifacts and -o.")
         print(write_configs(CHECKED_IN, production_options()))
         return 0
+    if args.precision is not None and args.precision not in VARIANT_PRECISIONS[args.variant]:
+        allowed = VARIANT_PRECISIONS[args.variant]
+        raise ServingError(f"--variant {args.variant} takes " + (
+            f"--precision {' | '.join(allowed)}, not {args.precision}." if allowed else
+            "no --precision: its engines' precision is the one `spai export` built (engine.json)."))
     if args.variant == TORCH_VARIANT:
         root = _torch_repository(args, changes)
     else:
-        if args.checkpoint or args.device or args.precision:
-            raise ServingError(f"--checkpoint, --device and --precision are for --variant {TORCH_VARIANT}; "
+        if args.checkpoint or args.device:
+            raise ServingError(f"--checkpoint and --device are for --variant {TORCH_VARIANT}; "
                                f"--variant {args.variant} is built from an export directory (--artifacts).")
         if not args.artifacts or not args.output:
             raise ServingError("--artifacts and -o/--output are required (or --checked-in).")
         root = build_repository(args.artifacts, args.variant, args.output, feature_dim=args.feature_dim,
-                                tensorrt_version=args.tensorrt_version, tuning=tuning_with(args.variant, **changes))
+                                tensorrt_version=args.tensorrt_version, precision=args.precision or "fp32",
+                                say=lambda line: print(line, file=sys.stderr),
+                                tuning=tuning_with(args.variant, **changes))
     print(root)
     args_file = root / SERVER_ARGS_FILE
     if args_file.is_file():

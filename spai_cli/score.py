@@ -1,4 +1,7 @@
-"""``spai score``: score images with a running Triton server (``spai`` model), write the scores CSV and heatmaps."""
+"""``spai score``: score images with a running Triton server (``spai`` model), write the scores file and heatmaps.
+
+A corpus streams (:mod:`spai_cli.streaming`): inputs listed lazily, ``--concurrency`` requests in flight and at
+most ``--window`` inputs read ahead, each row written as it finishes (CSV or Parquet, ``--resume``)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spai.errors import SPAIError
-from spai.inference import CSV_FIELDS, ImageScore
+from spai.scores import ImageScore
+from spai_cli.streaming import add_corpus_arguments, check_sources, pending_inputs, scores_output, write_all
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score images with a running Triton server")
-    p.add_argument("inputs", nargs="+", help="image files, directories or CSV files (image/path column)")
+    add_corpus_arguments(p, output_required=True)
     p.add_argument("--url", default="127.0.0.1:8000", help="server address (HTTP port for http, gRPC for grpc)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
@@ -21,41 +25,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="spai", help="Triton model name")
     p.add_argument("--operating-point", metavar="NAME",
                    help="decide at this operating point of the served model (default: its default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-o", "--output", required=True, help=f"CSV: {', '.join(CSV_FIELDS)}")
     p.set_defaults(func=run)
 
 
 def write_heatmaps(rows: Sequence[ImageScore], directory: str | Path) -> int:
     """One <stem>.heatmap.png per scored image with attention; returns how many were written."""
-    from serving.heatmap import save_heatmap
+    return sum(write_heatmap(row, directory) for row in rows)
 
-    written = 0
-    for row in rows:
-        if not row.error and row.attention is not None and len(row.attention):
-            save_heatmap(row.image, row.attention, Path(directory) / f"{Path(row.image).stem}.heatmap.png")
-            written += 1
-    return written
+
+def write_heatmap(row: ImageScore, directory: str | Path) -> bool:
+    """<stem>.heatmap.png of one scored image with attention; whether it was written."""
+    from spai.heatmaps import save_heatmap
+
+    if row.error or row.attention is None or not len(row.attention):
+        return False
+    save_heatmap(row.image, row.attention, Path(directory) / f"{Path(row.image).stem}.heatmap.png",
+                 probability=row.probability, decision=row.decision, operating_point=row.operating_point)
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
     from serving.client import SpaiClient
-    from spai.images import expand_inputs
-    from spai.inference import flagged_summary, write_scores_csv
 
-    paths = expand_inputs(args.inputs)
+    check_sources(args.inputs)
+    heatmaps = [0]
+
+    def on_row(row: ImageScore) -> None:
+        heatmaps[0] += bool(args.heatmaps) and write_heatmap(row, args.heatmaps)
+
     client = SpaiClient(args.url, args.protocol, args.model, retries=args.retries)
-    rows = client.score_paths(paths, args.concurrency, with_attention=bool(args.heatmaps),
-                              progress=not args.no_progress, operating_point=args.operating_point)
-    write_scores_csv(rows, args.output)
-    failed = [r for r in rows if r.error]
-    print(f"scored {len(rows) - len(failed)}/{len(rows)} images -> {args.output}")
-    for r in failed[:10]:
+    with scores_output(args) as writer:
+        refs, done = pending_inputs(args)
+        rows = client.score_stream(refs, args.concurrency, with_attention=bool(args.heatmaps),
+                                   operating_point=args.operating_point, window=max(args.window, args.concurrency))
+        tally = write_all(rows, writer, args, done, on_row)
+    print(f"scored {tally.scored - tally.failed}/{tally.scored} images -> {args.output}"
+          + (f" ({len(done)} already there)" if done else ""))
+    for r in tally.errors:
         print(f"  error {r.image}: {r.error}")
     if args.heatmaps:
-        print(f"wrote {write_heatmaps(rows, args.heatmaps)} heatmaps to {args.heatmaps}")
-    print(flagged_summary(rows))
-    if len(failed) == len(rows):
-        raise SPAIError(f"no image could be scored (first error: {failed[0].error}); is the server at {args.url} "
-                        "up (`spai serve`) and the protocol right?")
+        print(f"wrote {heatmaps[0]} heatmaps to {args.heatmaps}")
+    print(tally.flagged.summary())
+    if tally.scored and tally.failed == tally.scored:
+        raise SPAIError(f"no image could be scored (first error: {tally.errors[0].error}); is the server at "
+                        f"{args.url} up (`spai serve`) and the protocol right?")
     return 0

@@ -1,18 +1,43 @@
-"""Shared fixtures; markers gpu / trt / triton skip themselves where the hardware or library is absent."""
+"""Shared fixtures; markers gpu / trt / triton skip themselves where the hardware or library is absent.
+
+``--record`` (opt-in) lets the reliability tests write their findings to tools/reliability/results and regenerate
+docs/reliability.md; without it a test run writes nothing tracked.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT.parent / "shared" / "data" / "samples"
+# tests/helpers.py, tests/restricted_env.py and the reliability tools (the bad-input corpus, the RSS series) are
+# imported by name from every test folder.
+for _path in (ROOT / "tools" / "reliability", Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import results_store  # noqa: E402  (tools/reliability/results_store.py)
+from helpers import TOOLS_DIR, CliRun  # noqa: E402
+
+_RECORDS: dict[str, list[dict]] = {}  # test node id -> its findings, kept only when the test passed
+_PASSED: set[str] = set()
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record", action="store_true", default=False,
+                     help="write the reliability findings to tools/reliability/results and regenerate "
+                          "docs/reliability.md (off: a test run leaves the tracked files as they were)")
 
 
 def _has(module: str) -> bool:
@@ -88,3 +113,53 @@ def check_images(generated_images) -> list[Path]:
     from spai.images import list_images
 
     return [*generated_images, *(list_images(SAMPLES_DIR) if SAMPLES_DIR.is_dir() else [])]
+
+
+@pytest.fixture()
+def spai_cli(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[..., CliRun]:
+    """``spai_cli(*argv)``: run ``spai_cli.main(argv)`` in this process; its exit code and output (an argparse
+    usage error is exit 2, as from the shell). Log lines (warnings naming skipped files) are appended to stderr,
+    where a process would print them."""
+    import spai_cli
+
+    def run(*argv: object) -> CliRun:
+        capsys.readouterr()
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            try:
+                code = spai_cli.main([str(a) for a in argv])
+            except SystemExit as e:  # argparse: --help and usage errors
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliRun(code, out, err + caplog.text)
+
+    return run
+
+
+@pytest.fixture()
+def record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``record(section, name, **fields)``: one finding of this test for docs/reliability.md. The test's
+    assertions are what it checks; with ``--record`` the findings of the tests that passed are merged into
+    tools/reliability/results/<section>.json (keyed by name: a partial run updates only what it ran) and the page
+    is regenerated. Without ``--record`` nothing is written."""
+
+    def _record(section: str, name: str, **fields: Any) -> None:
+        _RECORDS.setdefault(request.node.nodeid, []).append({"section": section, "name": name, **fields})
+
+    return _record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    report = yield
+    if report.when == "call" and report.passed:  # a failed run is never recorded as the handling
+        _PASSED.add(item.nodeid)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    records = [r for node, recs in _RECORDS.items() if node in _PASSED for r in recs]
+    if not records or not session.config.getoption("record"):
+        return
+    results_store.merge(records)
+    subprocess.run([sys.executable, str(TOOLS_DIR / "make_report.py")], check=False, cwd=ROOT)

@@ -3,25 +3,14 @@ Dockerfile and pyproject.toml, a module outside it fails to import as in the ima
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+import restricted_env as restricted  # tests/restricted_env.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _harness():
-    if "restricted_env" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("restricted_env", ROOT / "tests" / "restricted_env.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["restricted_env"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["restricted_env"]
-
-
-restricted = _harness()
 
 TRY_IMPORTS = """
 import importlib, importlib.metadata, json, sys

@@ -5,7 +5,10 @@ A thin adapter around :class:`spai.runners.OrtRunner`: the requests of a dynamic
 one ONNX Runtime call (:meth:`spai.runners.Runner.infer_many`), within the config's ``max_batch_size``.
 Input/output names come from config.pbtxt (generated from :mod:`spai.specs`). Each instance runs ONNX Runtime
 and OpenMP/BLAS with the config's ``threads`` (0: the cores shared among the instances, :mod:`serving.instance`),
-in calls of at most ``max_ort_batch`` rows (:mod:`serving.models.batching`: bounds ONNX Runtime's arena).
+in calls of at most ``max_ort_batch`` rows (:mod:`serving.models.batching`: bounds ONNX Runtime's arena). The
+encoder's graph is the fp32 or the int8 one (config parameter ``precision``, chosen by ``spai repository
+--precision``); the int8 graph runs one patch a call (``max_ort_batch`` 1), as the in-process int8 route does,
+because its activations are quantised per call.
 """
 
 import json

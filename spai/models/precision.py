@@ -11,9 +11,10 @@ fp32 -- SPAI's statistics are differences of near-1 cosine similarities, which b
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,14 +41,21 @@ def gemm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 class Bf16Gemms(TorchFunctionMode):
     """Run linear layers and convolutions in bf16 (outputs fp32) while the mode is active.
 
-    ``model``: whose weights to pre-cast (others are cast per call). ``flops`` counts the multiply-adds x 2 done in
-    bf16, by parameter name (``"(unnamed)"`` for weights cast per call), for :func:`precision_table`.
+    ``weights``: the GEMM weights to pre-cast, by parameter name (:func:`gemm_weights`; a module: its own; others
+    are cast per call). ``keep_fp32``: names of those whose layers stay fp32 (the ones whose bf16 rounding moves a
+    trained model's logits). ``flops`` counts the multiply-adds x 2 done in bf16, by parameter name
+    (``"(unnamed)"`` for weights cast per call), for :func:`precision_table`.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, weights: Mapping[str, torch.Tensor] | nn.Module, keep_fp32: Collection[str] = ()) -> None:
         super().__init__()
-        self.names = {id(p): name for name, p in gemm_weights(model).items()}
-        self.cache = {id(p): p.detach().to(BF16) for p in gemm_weights(model).values()}
+        weights = gemm_weights(weights) if isinstance(weights, nn.Module) else weights
+        unknown = set(keep_fp32) - set(weights)
+        if unknown:
+            raise ValueError(f"keep_fp32 names no GEMM weight: {sorted(unknown)}")
+        self.names = {id(p): name for name, p in weights.items()}
+        self.kept = {id(p) for name, p in weights.items() if name in keep_fp32}
+        self.cache = {id(p): p.detach().to(BF16) for name, p in weights.items() if name not in keep_fp32}
         self.flops: dict[str, int] = {}
         self.count = False
 
@@ -61,6 +69,8 @@ class Bf16Gemms(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func in (F.linear, F.conv2d) and id(list(_args(args, kwargs, ("input", "weight")))[1]) in self.kept:
+            return func(*args, **kwargs)  # a layer kept in fp32
         if func is F.linear:
             x, w, b = _args(args, kwargs, ("input", "weight", "bias"))
             if x.dtype == torch.float32 and x.device.type == "cpu":
@@ -112,3 +122,46 @@ FP32_PARTS = ("spectral filter (torch.matmul with the DFT bases)", "x / 255 and 
               "attention core (scaled_dot_product_attention: QK^T, softmax, AV)", "early-fusion gating arithmetic",
               "cosine-similarity statistics (mean, std, max, min)", "context branch reductions and layer softmax",
               "aggregator and head (separate fp32 runner)")
+
+
+def gemm_groups(weights: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
+    """GEMM weight names grouped by layer kind, block indices folded (``...resblocks.*.mlp.c_fc.weight``): the
+    unit :func:`bf16_keep_fp32` keeps in fp32, so that the rule reads the same for every depth."""
+    groups: dict[str, set[str]] = {}
+    for name in weights:
+        groups.setdefault(re.sub(r"\.\d+\.", ".*.", name), set()).add(name)
+    return groups
+
+
+def bf16_keep_fp32(probabilities: Callable[[Bf16Gemms | None], np.ndarray], weights: Mapping[str, torch.Tensor],
+                   limit: float = 1e-2, margin: float = 0.5) -> tuple[set[str], list[dict[str, Any]]]:
+    """The GEMM weights to keep in fp32 so that bf16 moves no probability by more than ``margin * limit``: each
+    layer group's own error (it alone in bf16), then greedy, the worst group first, until the rest in bf16 is within
+    it. ``probabilities(mode)``: the gate set's probabilities with ``mode`` active (None: fp32). Returns (the names
+    to keep, one step per kept group: its name, its own error, max |dp| after keeping it)."""
+    reference = probabilities(None)
+    groups = gemm_groups(weights)
+    names = set(weights)
+
+    def error(keep: set[str]) -> float:
+        return float(np.abs(probabilities(Bf16Gemms(weights, keep)) - reference).max())
+
+    alone = {g: error(names - members) for g, members in groups.items()}
+    kept: set[str] = set()
+    steps: list[dict[str, Any]] = [{"group": None, "alone": None, "max_abs_dprob": error(kept)}]
+    for group in sorted(alone, key=alone.__getitem__, reverse=True):
+        if steps[-1]["max_abs_dprob"] <= margin * limit:
+            break
+        kept |= groups[group]
+        steps.append({"group": group, "alone": alone[group], "max_abs_dprob": error(kept)})
+    return kept, steps
+
+
+def flop_share(model: Any, patches: torch.Tensor, keep_fp32: Collection[str] = ()) -> float:
+    """Share of one ``encode_patches(patches)`` call's FLOPs that run in bf16 with ``keep_fp32`` kept in fp32."""
+    table = precision_table(model, patches)
+    mode = Bf16Gemms(model, keep_fp32)
+    mode.count = True
+    with torch.no_grad(), mode:
+        model.encode_patches(patches)
+    return sum(mode.flops.values()) / max(table["total_flops"], 1)

@@ -43,18 +43,18 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 
 
 def write_scores(path: Path, dataset: CSVImageDataset, scores: dict[str, Any], calibration: Calibration) -> None:
-    """The CSV's own columns for every scored image, plus ``score`` (the probability, calibrated when the model
-    is), ``logit``, ``decision`` (1 = flagged at the default operating point) and ``operating_point``."""
+    """The CSV's own columns for every scored image, plus ``probability`` (calibrated when the model
+    is; the column every scorer writes), ``logit``, ``decision`` (1 = flagged at the default operating point) and ``operating_point``."""
     point = calibration.operating_point()
     probs = calibration.probability(scores["logits"]) if len(scores["logits"]) else []
     rows = []
     for index, logit, prob in zip(scores["indices"], scores["logits"], probs):
         row = dict(dataset.records[index].row)
-        row.update(score=f"{float(prob):.6f}", logit=f"{logit:.6f}", decision=int(point.decide(prob)),
+        row.update(probability=f"{float(prob):.6f}", logit=f"{logit:.6f}", decision=int(point.decide(prob)),
                    operating_point=point.name)
         rows.append(row)
-    fields = list(dict.fromkeys([k for r in rows for k in r] or ["image", "class", "split", "score", "logit",
-                                                                  "decision", "operating_point"]))
+    fields = list(dict.fromkeys([k for r in rows for k in r] or ["image", "class", "split", "probability",
+                                                                  "logit", "decision", "operating_point"]))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

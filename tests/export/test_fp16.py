@@ -7,19 +7,12 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from export.trt_rules import check_graph
+
 
 def _uint8_misuse(path) -> list[str]:
-    model = onnx.load(str(path))
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    uint8 = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-             if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
-    outputs = {o.name for o in graph.output}
-    inputs = {i.name for i in graph.input if i.name in uint8}
-    problems = [f"{n.name} ({n.op_type}) reads uint8 input {i}" for n in graph.node for i in n.input
-                if i in inputs and n.op_type != "Cast"]
-    problems += [f"{n.name} ({n.op_type}) makes uint8 intermediate {o}" for n in graph.node for o in n.output
-                 if o in uint8 and o not in outputs and n.op_type != "Constant"]
-    return problems
+    """The ``uint8`` rule's violations (export/trt_rules.py: the one place this rule is written)."""
+    return [str(v) for v in check_graph(path).violations if v.rule == "uint8"]
 
 
 @pytest.mark.parametrize("route", ["convert", "fre_fp16", "torch"])

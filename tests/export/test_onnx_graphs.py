@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 
+from export.trt_rules import support_matrix
 from spai.specs import OPSET, aggregator_spec, patch_encoder_spec
-
-OPS_FILE = Path(__file__).resolve().parents[2] / "export" / "data" / "tensorrt_onnx_ops.txt"
 
 
 def _graphs(art):
@@ -48,7 +45,7 @@ def test_onnx_graphs_have_opset_layernorm_and_no_fft(tiny_export):
 
 def test_onnx_ops_all_in_tensorrt_parser_list(tiny_export):
     _, art = tiny_export
-    supported = {line.strip() for line in OPS_FILE.read_text().splitlines() if line.strip() and line[0] != "#"}
+    supported = support_matrix("10").supported_ops  # the ops half of the rules: tests/export/test_trt_rules.py
     assert "DFT" not in supported and "MatMul" in supported
     for kind, path in _graphs(art).items():
         ops = {n.op_type for n in onnx.load(str(path)).graph.node}

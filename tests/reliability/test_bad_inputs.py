@@ -1,5 +1,6 @@
 """Bad inputs through the Python API, ``spai predict`` and the raw graphs: a clear error or a documented handling,
-never a crash; one bad file never fails the good ones in a CLI run."""
+never a crash; one bad file never fails the good ones in a CLI run. (The CLI's user mistakes and their exit codes:
+tests/spai_cli/test_cli_exit_codes.py.)"""
 
 from __future__ import annotations
 
@@ -172,9 +173,8 @@ def _cli_cases() -> list[Case]:
         [c for c in CASES if c.name == "EXIF orientation 6"]
 
 
-def test_predict_cli_scores_good_files_beside_bad_ones(run_spai, tmp_path, record):
-    from conftest import assert_clean_failure  # noqa: F401  (used by other tests)
-
+def test_predict_cli_scores_good_files_beside_bad_ones(spai_cli, tmp_path, record):
+    """A mixed folder: one row per file, exit 0 (in-process; its user mistakes: tests/spai_cli/test_cli_exit_codes.py)."""
     d = tmp_path / "mixed"
     selected = _cli_cases()
     paths = write_cases(d, selected)
@@ -184,7 +184,7 @@ def test_predict_cli_scores_good_files_beside_bad_ones(run_spai, tmp_path, recor
     with open(raw, "wb") as f:
         f.write(good_jpeg(90, 90))
     out_csv = tmp_path / "rows.csv"
-    proc = run_spai("predict", d, "--model", "spai-tiny", "-o", out_csv)
+    proc = spai_cli("predict", d, "--model", "spai-tiny", "-o", out_csv)
     text = proc.stdout + proc.stderr
     assert "Traceback" not in text, text[-4000:]
     assert proc.returncode == 0, text[-4000:]
@@ -204,24 +204,3 @@ def test_predict_cli_scores_good_files_beside_bad_ones(run_spai, tmp_path, recor
     record("cli", "spai predict, mixed folder", exit_code=proc.returncode,
            result=f"{len(rows)} rows: {len(rows) - n_err} scored, {n_err} error rows; exit 0",
            handling="one row per file, errors in the 'error' column; non-UTF-8 name scored")
-
-
-def test_predict_cli_user_mistakes(run_spai, tmp_path, record):
-    from conftest import assert_clean_failure
-
-    empty = tmp_path / "no-images"
-    empty.mkdir()
-    (empty / "readme.txt").write_text("not an image")
-    proc = run_spai("predict", empty, "--model", "spai-tiny")
-    assert_clean_failure(proc, 1, "no images found")
-    record("cli", "spai predict: folder with no images", exit_code=1, result=proc.stderr.strip().splitlines()[-1])
-
-    proc = run_spai("predict", tmp_path / "nope.jpg", "--model", "spai-tiny")
-    assert_clean_failure(proc, 1, "no such file")
-    record("cli", "spai predict: missing path", exit_code=1, result=proc.stderr.strip().splitlines()[-1])
-
-    bad = tmp_path / "all-bad"
-    write_cases(bad, [c for c in CASES if c.expect == "error" and not c.limits][:4])
-    proc = run_spai("predict", bad, "--model", "spai-tiny")
-    assert_clean_failure(proc, 1, "no image could be scored")
-    record("cli", "spai predict: every file bad", exit_code=1, result=proc.stderr.strip().splitlines()[-1])

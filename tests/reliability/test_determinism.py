@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import torch
-from rel_corpus import good_jpeg
+from helpers import good_jpeg
 
 import spai
 

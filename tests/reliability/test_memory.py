@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TOOLS_DIR, png_bomb
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
 MiB = 2**20
 ENCODE_BOUND = 192 * MiB  # chunk of 16 patches + encoder activations + features; independent of image size
 
@@ -30,7 +30,7 @@ def make_jpeg(path: Path, width: int, height: int) -> Path:
 
 
 def probe(image: Path, env: dict, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, str(HERE / "memprobe.py"), str(image), *extra], capture_output=True,
+    proc = subprocess.run([sys.executable, str(TOOLS_DIR / "memprobe.py"), str(image), *extra], capture_output=True,
                           text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -65,8 +65,6 @@ def test_huge_image_memory_is_bounded(width, height, name, tmp_path, spai_env, r
 
 def test_pixel_limit_is_configurable_above_pils_default(tmp_path, record):
     """PIL refuses > 179 MP on its own; a larger --max-pixels must really allow more (header-only check)."""
-    from rel_corpus import png_bomb
-
     import spai
     from spai.errors import ImageError
 

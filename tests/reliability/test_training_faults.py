@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HERE, ROOT, assert_clean_failure
+from helpers import ROOT, assert_clean_failure
+
+HERE = Path(__file__).resolve().parent
 
 EPOCHS = "2"
 

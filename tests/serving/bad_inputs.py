@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
+from helpers import png_bomb
 from PIL import Image
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_bomb(side: int = 30000) -> bytes:
-    """A tiny PNG whose IHDR claims ``side`` x ``side`` pixels (1-bit grey)."""
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    row = b"\x00" + b"\x00" * ((side + 7) // 8)
-    idat = zlib.compress(row * 4)  # far fewer rows than claimed: never decoded anyway
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:

@@ -22,7 +22,8 @@ from serving.bls import (
     with_requested_points,
 )
 from spai.errors import CalibrationError, ImageError, ServingError
-from spai.inference import Calibration, ImageScore, InputLimits, OperatingPoint
+from spai.inference import Calibration, InputLimits, OperatingPoint
+from spai.scores import ImageScore
 from spai.runners import Runner
 from spai.specs import PATCH_FEATURES, PATCHES
 

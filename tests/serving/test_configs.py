@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import parse_pbtxt as parse
 
 from serving.repository import (
     AGGREGATOR,
@@ -21,13 +20,10 @@ from serving.repository import (
 from spai.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
+pytest.importorskip("google.protobuf.text_format")
 
 PLATFORM = {"trt": ("tensorrt_plan", ""), "onnx": ("onnxruntime_onnx", ""), "python-ort": ("", "python")}
 
-
-def parse(path: Path):
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 def dtype_name(t) -> str:

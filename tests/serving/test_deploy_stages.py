@@ -10,14 +10,13 @@ profiles ``spai export`` builds with, and plan files that are bytes only (they a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+import restricted_env as restricted  # tests/restricted_env.py
 import yaml
 
 from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
@@ -28,17 +27,6 @@ DEPLOY = ROOT / "serving" / "deploy"
 TRT_VERSION = "10.13.0.35"  # the NGC serving container's $TRT_VERSION in these tests (the manifest's builder)
 
 
-def _harness():
-    if "restricted_env" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("restricted_env", ROOT / "tests" / "restricted_env.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["restricted_env"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["restricted_env"]
-
-
-restricted = _harness()
 
 BUILDER = """
 import sys

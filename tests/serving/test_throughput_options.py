@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import parse_pbtxt as parse
+from helpers import pbtxt_parameters as params
 
 from serving.bls import EntrySettings
 from serving.repository import (
@@ -26,15 +28,9 @@ from spai.errors import ServingError
 from spai.specs import PATCHES, PATCHES_INPUT
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
+pytest.importorskip("google.protobuf.text_format")
 
 
-def parse(path: Path):
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def params(cfg) -> dict[str, str]:
-    return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
 @pytest.mark.parametrize("variant", ["python-ort", "onnx", "trt"], ids=lambda v: f"{v}-variant")

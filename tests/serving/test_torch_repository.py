@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import parse_pbtxt as parse
+from helpers import pbtxt_parameters as params
 
 from serving.repository import AGGREGATOR, ENCODER, ENTRY, MODELS_DIR, TORCH_CHECKPOINT, build_torch_repository
 from spai.errors import ServingError
@@ -17,15 +19,9 @@ from spai.runners import Runner
 from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, aggregator_spec, patch_encoder_spec
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
+pytest.importorskip("google.protobuf.text_format")
 
 
-def parse(path: Path):
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def params(cfg) -> dict[str, str]:
-    return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
 def kind(cfg) -> str:

@@ -14,20 +14,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import parse_pbtxt as parse
 
 from serving.bls import EntrySettings
 from serving.repository import AGGREGATOR, ENCODER, ENTRY, SERVER_ARGS_FILE, VERSION_COMPATIBLE_ARG, build_repository
 from spai.errors import ServingError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
+pytest.importorskip("google.protobuf.text_format")
 
 ROOT = Path(__file__).resolve().parents[2]
 HAND_WRITTEN = Path(__file__).resolve().parent / "data" / "engine.json"
 
-
-def parse(path: Path):
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 def export_dir(tmp_path: Path, edit=None) -> Path:

@@ -26,7 +26,8 @@ from spai.train.calibration import (
     tpr_at_fpr_interval,
 )
 from spai.errors import CalibrationError
-from spai.inference import UNCALIBRATED, Calibration, ImageScore, OperatingPoint, sigmoid
+from spai.inference import UNCALIBRATED, Calibration, OperatingPoint, sigmoid
+from spai.scores import ImageScore
 
 
 def synthetic(n: int, temperature: float, bias: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spai.corpus import expand_inputs
 from spai.errors import ImageError
-from spai.images import decode_image, expand_inputs, load_image
+from spai.images import decode_image, load_image
 
 
 def _save(im, tmp_path, name, **kw):

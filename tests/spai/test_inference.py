@@ -12,21 +12,18 @@ from PIL import Image
 
 from spai.errors import CalibrationError, ExportError, ImageError
 from spai.inference import (
-    CSV_FIELDS,
     Calibration,
-    ImageScore,
     InputLimits,
     OperatingPoint,
     calibration_from_export,
-    flagged_summary,
     patch_chunks,
     prepare_image,
     prepare_requests,
     Scorer,
     sigmoid,
     write_export_calibration,
-    write_scores_csv,
 )
+from spai.scores import CSV_FIELDS, ImageScore, flagged_summary, write_scores_csv
 from spai.runners import OrtRunner, Route, Runner, TorchRunner
 from spai.specs import PATCH_FEATURES, PATCHES
 

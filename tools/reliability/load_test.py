@@ -17,7 +17,7 @@ RSS is sampled once a second for every server process separately (``rss_series.p
 shared-memory parts, each stub's shared-memory pool); ``--rss-series PATH`` (default with ``--record``:
 ``results/rss/<name>.json``) keeps the series, which ``make_report.py`` plots into docs/reliability.md.
 
-Soak (manual, ~40 min on 2 cores):  python tests/reliability/load_test.py --requests 20000 --concurrency 32 --record
+Soak (manual, ~40 min on 2 cores):  python tools/reliability/load_test.py --requests 20000 --concurrency 32 --record
 CI run (pytest -m triton):         tests/reliability/test_serving_load.py runs --requests 100 --concurrency 8
 """
 
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE))
 
-import rss_series  # noqa: E402  (tests/reliability/rss_series.py)
+import rss_series  # noqa: E402  (tools/reliability/rss_series.py)
 
 GOOD_SIZES = [(64, 48), (224, 224), (300, 400), (640, 480), (1024, 768), (1500, 1100)]
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="an environment variable of the server process (repeatable)")
     ap.add_argument("--kill-test", action="store_true", help="then SIGKILL the server mid-burst (own server only)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout (s)")
-    ap.add_argument("--record", action="store_true", help="save results into tests/reliability/results/load.json")
+    ap.add_argument("--record", action="store_true", help="save results into tools/reliability/results/load.json")
     ap.add_argument("--name", help="record name (default: load N x C)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rejudge", action="store_true",

@@ -1,7 +1,7 @@
 """The load test with the ``spai`` model's stubs running under heaptrack: which call sites hold the memory a stub's
 RSS grows by (manual diagnosis; what found the error -> traceback -> frame cycles that kept whole batches alive).
 
-    python tests/reliability/heaptrack_load.py OUT_DIR --requests 5000 --concurrency 32 --warmup-mixed 300
+    python tools/reliability/heaptrack_load.py OUT_DIR --requests 5000 --concurrency 32 --warmup-mixed 300
     heaptrack_print -f OUT_DIR/heaptrack.spai_0_0.PID.zst -l 1 -p 0 -a 0 -T 0 -n 15
 
 Every argument after OUT_DIR goes to ``load_test.py``. The bundled server's Python-backend stub is replaced by a
@@ -55,7 +55,7 @@ def backend_dir_with_heaptrack(out: Path):
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
-        print("usage: python tests/reliability/heaptrack_load.py OUT_DIR [load_test.py arguments]", file=sys.stderr)
+        print("usage: python tools/reliability/heaptrack_load.py OUT_DIR [load_test.py arguments]", file=sys.stderr)
         return 2
     if shutil.which("heaptrack") is None:
         print("error: heaptrack is not on PATH; install it (apt install heaptrack).", file=sys.stderr)

@@ -66,8 +66,10 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
-    """A valid PNG header claiming width x height RGB with a tiny (deflate-bomb) IDAT: a few hundred bytes."""
+def png_bomb(width: int = 30000, height: int | None = None) -> bytes:
+    """A valid PNG header claiming width x height (square by default) RGB with a tiny (deflate-bomb) IDAT: a few
+    hundred bytes. The one maker of oversized images for the tests and the load tool."""
+    height = width if height is None else height
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     row = b"\x00" + b"\x00" * (3 * width)
     comp = zlib.compressobj(9)

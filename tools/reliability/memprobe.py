@@ -1,6 +1,6 @@
 """Child process of the memory tests: decode and score one image file with spai-tiny; print RSS figures as JSON.
 
-``python tests/reliability/memprobe.py IMAGE [--chunk N] [--max-pixels N]``. Figures (bytes):
+``python tools/reliability/memprobe.py IMAGE [--chunk N] [--max-pixels N]``. Figures (bytes):
 
 * ``decode_delta``: the highest RSS sampled (psutil, every 2 ms) while decoding minus the RSS after the model was built and warmed up (the
   decoder's transient peak: encoded bytes + PIL's image + the uint8 tensor);

@@ -1,0 +1,271 @@
+"""``spai predict --engine ray``: the same scoring as ``spai predict``, as a Ray Data pipeline.
+
+listing (an iterator of :class:`spai.corpus.InputRef`, already filtered by ``--resume``) -> windows of
+:data:`WINDOW` refs -> ``ray.data.from_items`` -> read bytes (``map_batches`` with :func:`spai.corpus.read_input`)
+-> ``map_batches`` over a pool of :class:`ScoringActor` (each builds the route of ``spai predict`` once and scores
+through :class:`spai.inference.Scorer`) -> rows back on the driver (``iter_batches``), written by the
+:class:`spai.scores.ScoreWriter` as blocks arrive, so a killed run resumes like ``spai predict``.
+
+Why windows: Ray Data plans a dataset from a list held by the driver; a window bounds that list, so a corpus of
+millions of refs never sits in driver memory at once. Each window is one dataset execution, so the actor pool
+(and its model) is built once per window: windows are large enough that this start is small beside the scoring.
+
+Without ``--address`` Ray runs embedded on this machine (no dashboard, quiet logs); with one it joins a cluster,
+whose workers need this package and the same checkpoint path (or ``--onnx`` folder) as the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import itertools
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ContextManager
+
+import numpy as np
+
+from spai.corpus import InputRef, read_input
+from spai.errors import ConfigError, ImageError, SPAIError
+from spai.inference import InputLimits, Scorer, prepare_image
+from spai.lazy import lazy_import
+from spai.scores import ImageScore
+
+if TYPE_CHECKING:
+    from spai.scores import ScoreWriter
+
+ray = lazy_import("ray")
+tqdm = lazy_import("tqdm")
+
+WINDOW = 20_000  # refs per dataset execution: bounds driver memory; one actor-pool start per window
+BATCH = 8  # images per actor call: small, so rows reach the writer (and resume) soon after they are scored
+READ_CPUS = 0.25  # logical CPUs of one read task: reading is I/O; the cores are left to the scorers
+
+ScorerFactory = Callable[[argparse.Namespace], ContextManager[Scorer]]
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many scorer actors, and what each reserves: one GPU each where the cluster has GPUs, else a share of
+    its CPUs (``threads``: the intra-op threads that share stands for)."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: int
+    threads: int
+
+
+def plan_from_resources(resources: dict[str, float], actors: int | None) -> ActorPlan:
+    """The actor plan for a cluster's ``ray.cluster_resources()``: with GPUs, one actor per GPU by default; on CPUs
+    one actor by default (it uses every core through its runner's threads), the read tasks' share kept free."""
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    if actors is not None and actors < 1:
+        raise ConfigError(f"--actors must be at least 1 (got {actors}).")
+    if gpus:
+        n = actors or gpus
+        return ActorPlan(n, 1.0, 1, max(1, int(cpus // max(n, 1))))
+    n = actors or 1
+    share = (cpus - READ_CPUS) / n
+    if share <= 0:
+        raise ConfigError(f"the Ray cluster has {cpus:g} CPUs, too few for {n} scorer actors plus reading; "
+                          "lower --actors.")
+    return ActorPlan(n, share, 0, max(1, round(cpus / n)))
+
+
+def ray_started(address: str | None) -> contextlib.AbstractContextManager[None]:
+    """Ray for this run: joined at ``address``, or embedded on this machine (all its cores, no dashboard, quiet
+    logs), shut down at the end unless it was already running in this process."""
+    try:
+        ray.init  # noqa: B018 - the first use imports Ray: the check that names the extra
+    except ImportError as e:
+        raise ConfigError("--engine ray needs Ray Data: pip install 'spai-deploy[ray]' (or pip install "
+                          "'ray[data]>=2.9').") from e
+    return _ray_session(address)
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    if ray.is_initialized():
+        yield
+        return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **quiet)
+    except ConnectionError as e:
+        raise ConfigError(f"cannot join the Ray cluster at {address} ({e}); start it with `ray start --head` "
+                          "or leave out --address for a local Ray.") from e
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def read_batch(batch: dict[str, np.ndarray], limits: InputLimits) -> dict[str, np.ndarray]:
+    """Read stage: each ref's bytes, or its read error (an unreadable input is a row, not a failed run)."""
+    data, errors = [], []
+    for ref in refs_from_batch(batch):
+        try:
+            data.append(read_input(ref, limits))
+            errors.append("")
+        except ImageError as e:
+            data.append(b"")
+            errors.append(str(e))
+    return {**batch, "data": np.array(data, dtype=object), "read_error": np.array(errors, dtype=object)}
+
+
+class ScoringActor:
+    """One scorer of the pool: the route ``factory(args)`` builds (what ``spai predict`` builds), entered once for
+    the actor's life, scoring one image per call as ``spai predict`` does (so the scores are its scores)."""
+
+    def __init__(self, factory: ScorerFactory, args: argparse.Namespace, threads: int) -> None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it at import (Ray sets it to the CPU share)
+        self.args = copy.copy(args)
+        gpu_ids = ray.get_gpu_ids()
+        if gpu_ids:
+            self.args.device = "cuda"  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES): for a factory that reads it
+        self.stack = contextlib.ExitStack()
+        self.scorer: Scorer = self.stack.enter_context(factory(self.args))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(threads)
+        self.limits = self.scorer.input_limits()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        scores = [self.score(str(key), data, str(err))
+                  for key, data, err in zip(batch["key"], batch["data"], batch["read_error"])]
+        return {"key": batch["key"], "size": batch["size"], "mtime": batch["mtime"], **columns_from_scores(scores)}
+
+    def score(self, key: str, data: bytes, read_error: str) -> ImageScore:
+        """One image's score (decoded from its bytes under ``key``'s name), timed; its error if it is bad."""
+        if read_error:
+            return ImageScore(key, error=read_error)
+        start = time.perf_counter()
+        try:
+            prepared = prepare_image(bytes(data), key, self.limits, self.scorer.spec)
+            result = self.scorer.score_prepared([[prepared]], [self.args.operating_point])[0]
+            if isinstance(result, SPAIError):
+                raise result
+            (row,) = result
+        except ImageError as e:
+            row = ImageScore(key, error=str(e))
+        row.latency_ms = (time.perf_counter() - start) * 1e3
+        row.attention = None  # not written: keep it out of the object store
+        return row
+
+
+def columns_from_scores(scores: list[ImageScore]) -> dict[str, np.ndarray]:
+    """Scores as the columns of a Ray block (NaN / -1 for the empty fields of an error row)."""
+    def floats(values: Iterable[float | None]) -> np.ndarray:
+        return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+    return {"image": np.array([s.image for s in scores], dtype=object),
+            "probability": floats(s.probability for s in scores), "logit": floats(s.logit for s in scores),
+            "decision": np.array([-1 if s.decision is None else int(s.decision) for s in scores], dtype=np.int8),
+            "operating_point": np.array([s.operating_point for s in scores], dtype=object),
+            "num_patches": np.array([s.num_patches for s in scores], dtype=np.int64),
+            "latency_ms": np.array([s.latency_ms for s in scores], dtype=np.float64),
+            "error": np.array([s.error for s in scores], dtype=object)}
+
+
+def columns_from_refs(refs: Iterable[InputRef]) -> list[dict[str, Any]]:
+    """Refs as the items of a Ray dataset (-1 / NaN where a size / mtime is unknown: columns stay typed)."""
+    return [{"key": r.key, "size": -1 if r.size is None else int(r.size),
+             "mtime": math.nan if r.mtime is None else float(r.mtime)} for r in refs]
+
+
+def refs_from_batch(batch: dict[str, np.ndarray]) -> Iterator[InputRef]:
+    """The inverse of :func:`columns_from_refs`."""
+    for key, size, mtime in zip(batch["key"], batch["size"], batch["mtime"]):
+        yield InputRef(str(key), None if int(size) < 0 else int(size), None if math.isnan(mtime) else float(mtime))
+
+
+def scores_from_batch(batch: dict[str, np.ndarray]) -> Iterator[tuple[InputRef, ImageScore]]:
+    """Each row of a scored block: its input ref and its :class:`ImageScore` (the inverse of
+    :func:`columns_from_scores`)."""
+    for i, ref in enumerate(refs_from_batch(batch)):
+        def num(column: str) -> float | None:
+            v = float(batch[column][i])
+            return None if math.isnan(v) else v
+        decision = int(batch["decision"][i])
+        score = ImageScore(str(batch["image"][i]), num("probability"), num("logit"), int(batch["num_patches"][i]),
+                           float(batch["latency_ms"][i]), str(batch["error"][i]),
+                           decision=None if decision < 0 else bool(decision),
+                           operating_point=str(batch["operating_point"][i]), size_bytes=ref.size, mtime=ref.mtime)
+        yield ref, score
+
+
+def scored_window(refs: list[InputRef], plan: ActorPlan, factory: ScorerFactory, args: argparse.Namespace,
+                  limits: InputLimits) -> Iterator[tuple[InputRef, ImageScore]]:
+    """One window through the pipeline; rows as their blocks arrive (in no particular order)."""
+    items = columns_from_refs(refs)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / BATCH)))
+    ds = ds.map_batches(read_batch, fn_kwargs={"limits": limits}, batch_size=BATCH, num_cpus=READ_CPUS)
+    ds = ds.map_batches(ScoringActor, fn_constructor_kwargs={"factory": factory, "args": args,
+                                                             "threads": plan.threads},
+                        batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            yield from scores_from_batch(batch)
+    except ray.exceptions.RayError as e:
+        raise user_error(e) or e
+
+
+def user_error(error: BaseException) -> SPAIError | None:
+    """The :class:`SPAIError` a worker raised (a bad checkpoint, an unknown operating point), out of the Ray
+    errors that carry it, so the command prints its message instead of a remote traceback."""
+    pending, seen = [error], set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, SPAIError):
+            return e
+        pending += [c for c in (getattr(e, "cause", None), e.__cause__, e.__context__) if isinstance(c, BaseException)]
+    return None
+
+
+def predict_with_ray(args: argparse.Namespace, inputs: Iterator[InputRef], writer: ScoreWriter, *,
+                     scorer_factory: ScorerFactory) -> int:
+    """Score ``inputs`` on Ray (``args``: ``spai predict``'s, with ``address`` and ``actors``) and write each row
+    with ``writer`` as it arrives; the number of rows written. ``scorer_factory(args)`` enters the route
+    (``spai predict``'s own builder, so both engines score alike); it runs once in every actor."""
+    limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+    written = 0
+    with ray_started(getattr(args, "address", None)):
+        _quiet_ray_data()
+        plan = plan_from_resources(ray.cluster_resources(), getattr(args, "actors", None))
+        print(f"ray: {plan.actors} scorer actor(s), {plan.num_gpus or plan.threads} "
+              f"{'GPU' if plan.num_gpus else 'CPU thread(s)'} each", file=sys.stderr)
+        with tqdm.tqdm(desc="scoring (ray)", unit="img", file=sys.stderr, disable=None) as bar:
+            for window in windows(inputs, WINDOW):
+                for _, score in scored_window(window, plan, scorer_factory, args, limits):
+                    writer.write(score)
+                    written += 1
+                    bar.update()
+    return written
+
+
+def windows(inputs: Iterable[InputRef], size: int) -> Iterator[list[InputRef]]:
+    """``inputs`` in lists of at most ``size``, read lazily."""
+    it = iter(inputs)
+    while window := list(itertools.islice(it, size)):
+        yield window
+
+
+def _quiet_ray_data() -> None:
+    """No Ray Data progress bars or per-operator logs on the user's terminal (the run has its own bar)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
