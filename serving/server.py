@@ -157,7 +157,7 @@ def check_repository(repository: Path, bundled: bool) -> None:
     configs = sorted(repository.glob("*/config.pbtxt"))
     if not configs:
         raise ServingError(f"{repository}: no <model>/config.pbtxt found; build one with "
-                           "`python -m serving.build_repository --artifacts EXPORT_DIR --variant python-ort -o REPO`.")
+                           "`spai repository --artifacts EXPORT_DIR --variant python-ort -o REPO`.")
     if bundled:
         native = [c.parent.name for c in configs if "platform:" in c.read_text()]
         if native:

@@ -83,7 +83,7 @@ def test_checked_in_layout_equals_generated(tmp_path):
     generated = sorted(p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file())
     checked = sorted(p.relative_to(CHECKED_IN) for p in CHECKED_IN.rglob("*")
                      if p.is_file() and p.suffix in (".pbtxt", ".py"))
-    assert checked == generated, "run `python -m serving.build_repository --checked-in`"
+    assert checked == generated, "run `spai repository --checked-in`"
     for rel in generated:
         assert (CHECKED_IN / rel).read_text() == (fresh / rel).read_text(), rel
 
