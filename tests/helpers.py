@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -130,3 +132,29 @@ def write_bad_checkpoints(model: Any, folder: Path) -> dict[str, tuple[Path, str
         "pickle that would execute code": (folder / "evil.pth", "checkpoint|unsafe|refus|not allowed|forbidden"),
         "missing checkpoint": (folder / "missing.pth", "does not exist"),
     }
+
+
+def rows_on_disk(out: Path) -> int:
+    """Rows a scoring run has made durable so far: CSV lines past the header, or Parquet row-group part files."""
+    from spai.scores import parts_dir
+
+    if out.suffix == ".csv":
+        return max(0, out.read_bytes().count(b"\n") - 1) if out.exists() else 0
+    return len(list(parts_dir(out).glob("part-*.parquet"))) if parts_dir(out).is_dir() else 0
+
+
+def run_spai_killed_at(args: list[str], out: Path, kill_after: int | None, poll_s: float = 0.02) -> int | None:
+    """Run ``python -m spai_cli ARGS``; SIGKILL it once ``kill_after`` rows (CSV) / parts (Parquet) are on disk
+    (:func:`rows_on_disk`). Returns its exit code, asserted 0, or None when it was killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "spai_cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if kill_after is not None and rows_on_disk(out) >= kill_after:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+        time.sleep(poll_s)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    return proc.returncode

@@ -6,20 +6,17 @@ from __future__ import annotations
 import io
 import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_spai_killed_at
 from PIL import Image
 
-from spai.scores import parts_dir, read_score_rows
+from spai.scores import read_score_rows
 from spai_cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 24
 
 
@@ -47,28 +44,10 @@ def reference(corpus, tmp_path_factory) -> dict[str, float]:
     return {r["image"]: r["probability"] for r in read_score_rows(out)}
 
 
-def _rows_on_disk(out: Path) -> int:
-    if out.suffix == ".csv":
-        return max(0, out.read_bytes().count(b"\n") - 1) if out.exists() else 0
-    return len(list(parts_dir(out).glob("part-*.parquet"))) if parts_dir(out).is_dir() else 0
-
-
 def _predict(images: Path, ckpt: Path, out: Path, kill_after: int | None) -> int | None:
-    """Run ``spai predict --resume`` in a subprocess; SIGKILL it once ``kill_after`` rows (CSV) / parts (Parquet)
-    are on disk. Returns its exit code (None: killed)."""
-    cmd = [sys.executable, "-m", "spai_cli", "predict", str(images), "--checkpoint", str(ckpt), "-o", str(out),
-           "--resume", "--no-progress", "--row-group", "3", "--window", "4"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if kill_after is not None and _rows_on_disk(out) >= kill_after:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return None
-        time.sleep(0.02)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    return proc.returncode
+    """``spai predict --resume`` in a subprocess, SIGKILLed once ``kill_after`` rows / parts are on disk."""
+    return run_spai_killed_at(["predict", str(images), "--checkpoint", str(ckpt), "-o", str(out), "--resume",
+                               "--no-progress", "--row-group", "3", "--window", "4"], out, kill_after)
 
 
 @pytest.mark.parametrize(("suffix", "moments"), [(".csv", 2), (".parquet", 1)])

@@ -3,22 +3,17 @@ input scored exactly once with the probabilities of an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_spai_killed_at
 from PIL import Image
 
-from spai.scores import parts_dir, read_score_rows
+from spai.scores import read_score_rows
 from spai_cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 40
 pytestmark = pytest.mark.triton
 
@@ -42,26 +37,10 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
-def _rows_on_disk(out: Path) -> int:
-    if out.suffix == ".csv":
-        return max(0, out.read_bytes().count(b"\n") - 1) if out.exists() else 0
-    return len(list(parts_dir(out).glob("part-*.parquet"))) if parts_dir(out).is_dir() else 0
-
-
 def _score(images: Path, url: str, out: Path, kill_after: int | None) -> int | None:
-    cmd = [sys.executable, "-m", "spai_cli", "score", str(images), "--url", url, "-o", str(out), "--resume",
-           "--no-progress", "--row-group", "2", "--concurrency", "2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        if kill_after is not None and _rows_on_disk(out) >= kill_after:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return None
-        time.sleep(0.01)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    return 0
+    """``spai score --resume`` in a subprocess, SIGKILLed once ``kill_after`` rows / parts are on disk."""
+    return run_spai_killed_at(["score", str(images), "--url", url, "-o", str(out), "--resume", "--no-progress",
+                               "--row-group", "2", "--concurrency", "2"], out, kill_after, poll_s=0.01)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
