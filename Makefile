@@ -9,7 +9,7 @@ else
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 endif
 EXTRAS := export,train,serve,bench,dev
-EXTRAS := $(EXTRAS),corpus
+EXTRAS := $(EXTRAS),corpus,ray
 
 # pyright checks the TensorRT code against TensorRT 10.13's type stubs (tensorrt-stubs, installed with --no-deps
 # into .typings/: its `tensorrt` dependency cannot be installed here, and in site-packages the stub-only package

@@ -28,7 +28,7 @@ CPU_BACKENDS = ("baseline", "torch-fp32", "torch-bf16", "ort-fp32", "ort-fp16", 
 GPU_BACKENDS = ("baseline", "torch-fp32", "torch-fp16", "torch-bf16", "compile-fp16", "cudagraph-fp16", "trt-fp16")
 
 
-class Unavailable(Exception):
+class Unavailable(Exception):  # noqa: N818  (a skip reason, not an error)
     """The backend cannot run here; the message says why."""
 
 
@@ -48,13 +48,13 @@ def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, Origin
 
 def torch_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
     """Eager PyTorch in ``dtype`` (a converted copy of the model for fp16/bf16 on a GPU; on a CPU bf16 is the
-    torch-bf16 route: :class:`spai.models.precision.Bf16Gemms`, norms and statistics fp32)."""
+    torch-bf16 route: :class:`spai.models.precision.Bf16Gemms`, norms, statistics and the route's kept layers fp32)."""
     if dtype == "fp32":
         return _no_grad(model.encode_patches, x)
     if dtype == "bf16" and x.device.type == "cpu":
-        from spai.models.precision import Bf16Gemms
+        from spai.models.precision import Bf16Gemms, bf16_fp32_layers
 
-        mode = Bf16Gemms(model)
+        mode = Bf16Gemms(model, bf16_fp32_layers(model))
 
         def step() -> Any:
             with torch.inference_mode(), mode:

@@ -28,6 +28,7 @@ MB = 1024 * 1024
 ROUTE_IMAGES: dict[float, tuple[int, int]] = {0.25: (448, 448), 1: (896, 1120), 3: (1344, 2016), 12: (3024, 4032)}
 ALL_CONTENDERS = ("original-1", "original-cfg", "torch-fp32", "torch-bf16", "ort-fp32", "ort-int8")
 ROUTES_ONLY = tuple(c for c in ALL_CONTENDERS if not c.startswith("original"))
+BF16_KEEP = ("bf16-all", "bf16-kept")  # every GEMM in bf16 / the bf16 route (its patch embedding in fp32)
 
 
 @dataclass(frozen=True)

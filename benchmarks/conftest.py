@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest benchmarks/` from anywhere: make `spai`, `export`, `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import MODES, ROUTES_ONLY, BenchMode, cpu_threads  # noqa: E402
+from benchmarks.common import BF16_KEEP, MODES, ROUTES_ONLY, BenchMode, cpu_threads  # noqa: E402
 
 torch.set_num_threads(cpu_threads())
 
@@ -63,7 +63,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise by the run mode's sizes: ``model_batch``, ``gpu_batch``, ``res_case``, ``agg_length``."""
+    """Parametrise by the run mode's sizes: ``model_batch``, ``gpu_batch``, ``res_case``, ``agg_length``, the route
+    cases (``route_case``, ``chunk_case``, ``parity_model``, ``bf16_case``)."""
     mode: BenchMode = metafunc.config._spai_bench_mode  # type: ignore[attr-defined]
     if "model_batch" in metafunc.fixturenames:
         cases = [(m, b) for m in mode.encoder_models for b in mode.batches[m]]
@@ -83,6 +84,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("chunk_case", cases, ids=[f"spai-b16-{r}-chunk{n}" for r, n in cases])
     if "parity_model" in metafunc.fixturenames:
         metafunc.parametrize("parity_model", list(mode.routes), ids=list(mode.routes))
+    if "bf16_case" in metafunc.fixturenames:
+        cases = [(m, k) for m in mode.routes for k in BF16_KEEP]
+        metafunc.parametrize("bf16_case", cases, ids=[f"{m}-{k}" for m, k in cases])
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,8 @@ def aggregator_table(rows: list[Row]) -> list[str]:
 
 def other_table(rows: list[Row]) -> list[str]:
     """Benchmarks this report has no special table for (e.g. serving), with their medians."""
-    known = {"encoder", "foundation", "resolution", "aggregator", "peak", "rss64", "route", "chunk", "parity"}
+    known = {"encoder", "foundation", "resolution", "aggregator", "peak", "rss64", "route", "chunk", "parity",
+             "bf16_keep"}
     rest = [r for r in rows if r.get("kind") not in known]
     out = ["| group | name | median ms | extra |", "|---|---|---|---|"]
     for r in rest:
@@ -304,6 +305,21 @@ def precision_lines(rows: list[Row]) -> list[str]:
     return out
 
 
+def bf16_keep_table(rows: list[Row]) -> list[str]:
+    """Per run and model: the bf16 encoder with every GEMM in bf16 against the route (its fp32 layers kept)."""
+    cases = {(r["run"], r["model"], r["case"]): r for r in rows if r.get("kind") == "bf16_keep"}
+    out = ["| run | model | bf16-all ms | bf16-kept ms | kept / all time | bf16 FLOP share all -> kept "
+           "| probe GFLOP/s |", "|---|---|---|---|---|---|---|"]
+    for run, model in sorted({(run, model) for run, model, _ in cases}):
+        every, kept = cases.get((run, model, "bf16-all")), cases.get((run, model, "bf16-kept"))
+        if every and kept:
+            out.append(f"| {run} | {model} | {1e3 * every['median']:.4g} | {1e3 * kept['median']:.4g} | "
+                       f"{kept['median'] / every['median']:.3f} | {100 * every['bf16_share']:.1f}% -> "
+                       f"{100 * kept['bf16_share']:.1f}% | {min(every['probe_gflops'], kept['probe_gflops'])}-"
+                       f"{max(every['probe_gflops_max'], kept['probe_gflops_max'])} |")
+    return out if len(out) > 2 else []
+
+
 def chunk_table(rows: list[Row]) -> list[str]:
     """Patches/s and peak RSS per chunk size, per route (the declared chunk is the smallest near the best)."""
     chunks = sorted((r for r in rows if r.get("kind") == "chunk"), key=lambda r: (r["contender"], r["chunk"]))
@@ -368,7 +384,7 @@ def plot_throughput(enc: list[Row], out_dir: Path) -> Path | None:
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (dev, model) in zip(axes[0], panels):
+    for ax, (dev, model) in zip(axes[0], panels, strict=False):
         rs = [r for r in enc if (r["device"], r["model"]) == (dev, model)]
         batches, backs = sorted({r["batch"] for r in rs}), sorted({r["backend"] for r in rs})
         width = 0.8 / len(backs)
@@ -446,6 +462,8 @@ def write_report(json_paths: Path | list[Path], out_dir: Path) -> Path:
                 ["## Chunk sizes (spai-b16, one 8-patch image)", *(chunk_table(rows) or ["(none)"])],
                 ["## Parity of the routes (spai.parity gates: fp32 1e-5; bf16/int8/fp16 1e-2, no flip)",
                  *(parity_table(rows) or ["(none)"]), *precision_lines(rows)],
+                ["## bf16: every GEMM against the route's fp32 layers (same run)",
+                 *(bf16_keep_table(rows) or ["(none)"])],
                 ["## Patch encoder (ratio to the model's original algorithm, same weights, same run)", *enc_lines],
                 ["## Foundation: encode_patches vs one bare CLIP pass (CPU, torch)", *foundation_table(rows)],
                 ["## Cost versus resolution (score_images, CPU)", *res_lines],

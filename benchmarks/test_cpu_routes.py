@@ -6,8 +6,9 @@ call / its FEATURE_EXTRACTION_BATCH of 400) and our routes ``torch-fp32``, ``tor
 ``ort-int8`` (:func:`spai.runners.runners_for` through :mod:`spai.inference`). Each scores the same seeded images
 of 0.25, 1, 3 and 12 MP (sizes per model and mode: :data:`benchmarks.common.MODES`); the parent samples a matmul
 probe around each case (a loaded machine shows as a drop; the report then refuses the run's ratios). Also here:
-patches/s per chunk size of each route (the declared chunks are chosen from it) and the comparator's parity of
-the reduced-precision routes (random patches, the generated corpus, the trained spai-tiny's labelled test split).
+patches/s per chunk size of each route (the declared chunks are chosen from it), the comparator's parity of
+the reduced-precision routes (random patches, the generated corpus, the trained spai-tiny's labelled test split)
+and what keeping the bf16 route's fp32 layers costs (every GEMM in bf16 against the route, side by side).
 """
 
 from __future__ import annotations
@@ -155,3 +156,33 @@ def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route
     benchmark.extra_info.update(kind="parity", model=parity_model, images=len(paths),
                                 labelled=labels is not None, random_patches=bench_mode.parity_patches,
                                 report=asdict(report[0]), passed=report[0].passed, precision_layers=tables)
+
+
+def test_bf16_kept_layers(benchmark, bf16_case: tuple[str, str], bench_mode: BenchMode, spai_model: Callable,
+                          request: pytest.FixtureRequest) -> None:
+    """The torch bf16 encoder with every GEMM in bf16 against the route, which keeps the patch embedding in fp32:
+    the two cases of a model share a group, so that their ratio is taken within one run."""
+    import numpy as np
+    import torch
+
+    import spai
+    from spai.models.precision import bf16_fp32_layers, flop_share
+    from spai.runners import TorchRunner
+
+    model_id, case = bf16_case
+    _skip_unsupported("torch-bf16")
+    benchmark.group = f"bf16-keep-{model_id}"
+    model = spai.create_model(checkpoint=request.getfixturevalue("trained_tiny")["checkpoint"]) \
+        if model_id == TRAINED_TINY else spai_model(model_id)
+    keep = frozenset() if case == "bf16-all" else bf16_fp32_layers(model)
+    patches = 8 if model_id.startswith("spai-tiny") else 2
+    feed = {"patches": np.random.default_rng(0).random((patches, 3, PATCH, PATCH), dtype=np.float32)}
+    before = matmul_probe()
+    with TorchRunner(model, "patch_encoder", patches, "bf16", keep_fp32=keep) as runner:
+        benchmark.pedantic(lambda: runner.infer(feed), rounds=bench_mode.rounds, warmup_rounds=1, iterations=1)
+    after = matmul_probe()
+    share = flop_share(model, torch.rand(1, 3, PATCH, PATCH), keep)
+    benchmark.extra_info.update(kind="bf16_keep", model=model_id, case=case, fp32_gemms=sorted(keep),
+                                bf16_share=share, patches=patches, threads=torch.get_num_threads(), device=_device(),
+                                probe_gflops=round(min(before, after), 1),
+                                probe_gflops_max=round(max(before, after), 1))

@@ -18,6 +18,7 @@ import csv
 import os
 import re
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,10 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from spai.errors import ImageError
+from spai.errors import ImageError, SPAIError
 from spai.images import IMAGE_EXTENSIONS
-from spai.inference import InputLimits
+from spai.inference import InputLimits, PreparedImage, Scorer, prepare_image
 from spai.lazy import lazy_import
+from spai.scores import ImageScore
 
 fsspec = lazy_import("fsspec")
 
@@ -273,3 +275,31 @@ def map_bounded(fn: Callable[[T], R], items: Iterable[T], window: int, workers: 
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def score_inputs(scorer: Scorer, refs: Iterable[InputRef], operating_point: str | None = None, window: int = 16,
+                 workers: int = 2, fetch: Callable[[InputRef], bytes] | None = None) -> Iterator[ImageScore]:
+    """One score per input, in order, decided at ``operating_point``: ``workers`` threads read (``fetch``, default
+    :func:`read_input` under the scorer's limits) and decode at most ``window`` inputs ahead while the scorer
+    scores one at a time (its scores do not depend on what else is in flight). Timed (read, decode and scoring);
+    a bad image gets its error row and never stops the others. Both engines of ``spai predict`` score through it."""
+    limits = scorer.input_limits()
+    read = fetch or (lambda ref: read_input(ref, limits))
+
+    def prepare(ref: InputRef) -> tuple[PreparedImage, float]:
+        start = time.perf_counter()
+        return prepare_image(read(ref), ref.key, limits, scorer.spec), time.perf_counter() - start
+
+    for ref, future in map_bounded(prepare, refs, window, workers):
+        start, took = time.perf_counter(), 0.0
+        try:
+            prepared, took = future.result()
+            result = scorer.score_prepared([[prepared]], [operating_point])[0]
+            if isinstance(result, SPAIError):
+                raise result
+            (row,) = result
+        except ImageError as e:
+            row = ImageScore(ref.key, error=str(e))
+        row.latency_ms = (took + time.perf_counter() - start) * 1e3
+        row.size_bytes, row.mtime = ref.size, ref.mtime
+        yield row

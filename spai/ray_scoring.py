@@ -24,16 +24,15 @@ import logging
 import math
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spai.corpus import InputRef, read_input
+from spai.corpus import InputRef, read_input, score_inputs
 from spai.errors import ConfigError, ImageError, SPAIError
-from spai.inference import InputLimits, Scorer, prepare_image
+from spai.inference import InputLimits, Scorer
 from spai.lazy import lazy_import
 from spai.scores import ImageScore
 
@@ -45,15 +44,16 @@ tqdm = lazy_import("tqdm")
 
 WINDOW = 20_000  # refs per dataset execution: bounds driver memory; one actor-pool start per window
 BATCH = 8  # images per actor call: small, so rows reach the writer (and resume) soon after they are scored
+DECODE_THREADS = 2  # threads of an actor decoding a block's images ahead of its scorer (as spai predict's --workers)
 READ_CPUS = 0.25  # logical CPUs of one read task: reading is I/O; the cores are left to the scorers
 
-ScorerFactory = Callable[[argparse.Namespace], ContextManager[Scorer]]
+ScorerFactory = Callable[[argparse.Namespace], contextlib.AbstractContextManager[Scorer]]
 
 
 @dataclass(frozen=True)
 class ActorPlan:
     """How many scorer actors, and what each reserves: one GPU each where the cluster has GPUs, else a share of
-    its CPUs (``threads``: the intra-op threads that share stands for)."""
+    a node's CPUs (``threads``: the intra-op threads that share stands for)."""
 
     actors: int
     num_cpus: float
@@ -61,21 +61,34 @@ class ActorPlan:
     threads: int
 
 
-def plan_from_resources(resources: dict[str, float], actors: int | None) -> ActorPlan:
-    """The actor plan for a cluster's ``ray.cluster_resources()``: with GPUs, one actor per GPU by default; on CPUs
-    one actor by default (it uses every core through its runner's threads), the read tasks' share kept free."""
-    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+def plan_from_nodes(nodes: Sequence[Mapping[str, float]], actors: int | None, gpus: bool = True) -> ActorPlan:
+    """The actor plan for the live nodes' resources (``ray.nodes()``'s ``Resources``). With GPUs (unless
+    ``gpus`` is False): one actor per GPU by default, each on one GPU. On CPUs: one actor per node by default,
+    using every core of it through its runner's threads; ``actors`` spreads ceil(actors / nodes) over each node.
+    An actor's reservation fits the smallest node, the read tasks' share kept free: Ray places an actor on one
+    node, so a plan sized by the cluster's total could never be placed."""
     if actors is not None and actors < 1:
         raise ConfigError(f"--actors must be at least 1 (got {actors}).")
-    if gpus:
-        n = actors or gpus
-        return ActorPlan(n, 1.0, 1, max(1, int(cpus // max(n, 1))))
-    n = actors or 1
-    share = (cpus - READ_CPUS) / n
+    gpu_nodes = [n for n in nodes if n.get("GPU", 0) >= 1] if gpus else []
+    if gpu_nodes:
+        per_gpu = min(float(n.get("CPU", 0)) / int(n["GPU"]) for n in gpu_nodes)
+        total = sum(int(n["GPU"]) for n in gpu_nodes)
+        return ActorPlan(actors or total, min(1.0, max(per_gpu - READ_CPUS, 0.0)), 1, max(1, int(per_gpu)))
+    cpu_nodes = [float(n.get("CPU", 0)) for n in nodes if n.get("CPU", 0) >= 1]  # a head with num_cpus=0 scores nothing
+    if not cpu_nodes:
+        raise ConfigError("the Ray cluster has no live node with a CPU to run scorer actors on; check `ray status`.")
+    n = actors or len(cpu_nodes)
+    per_node, smallest = math.ceil(n / len(cpu_nodes)), min(cpu_nodes)
+    share = (smallest - READ_CPUS) / per_node
     if share <= 0:
-        raise ConfigError(f"the Ray cluster has {cpus:g} CPUs, too few for {n} scorer actors plus reading; "
-                          "lower --actors.")
-    return ActorPlan(n, share, 0, max(1, round(cpus / n)))
+        raise ConfigError(f"the Ray cluster's nodes have {smallest:g} CPUs, too few for {per_node} scorer actors "
+                          "each plus reading; lower --actors.")
+    return ActorPlan(n, share, 0, max(1, int(smallest // per_node)))
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """Each live node's resources in the Ray cluster this process joined."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
 def ray_started(address: str | None) -> contextlib.AbstractContextManager[None]:
@@ -124,42 +137,34 @@ def read_batch(batch: dict[str, np.ndarray], limits: InputLimits) -> dict[str, n
 
 class ScoringActor:
     """One scorer of the pool: the route ``factory(args)`` builds (what ``spai predict`` builds), entered once for
-    the actor's life, scoring one image per call as ``spai predict`` does (so the scores are its scores)."""
+    the actor's life, scoring a block's images as ``spai predict`` does (so the scores are its scores)."""
 
     def __init__(self, factory: ScorerFactory, args: argparse.Namespace, threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it at import (Ray sets it to the CPU share)
-        self.args = copy.copy(args)
-        gpu_ids = ray.get_gpu_ids()
-        if gpu_ids:
-            self.args.device = "cuda"  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES): for a factory that reads it
+        self.args = copy.copy(args)  # with a GPU, args.device is "cuda": the one Ray assigned (CUDA_VISIBLE_DEVICES)
         self.stack = contextlib.ExitStack()
         self.scorer: Scorer = self.stack.enter_context(factory(self.args))
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(threads)
-        self.limits = self.scorer.input_limits()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        scores = [self.score(str(key), data, str(err))
-                  for key, data, err in zip(batch["key"], batch["data"], batch["read_error"])]
-        return {"key": batch["key"], "size": batch["size"], "mtime": batch["mtime"], **columns_from_scores(scores)}
+        """Score a block's images as ``spai predict`` does (:func:`spai.corpus.score_inputs`: decode threads
+        ahead of the scorer), from the bytes the read stage fetched."""
+        fetched = {str(key): (data, str(error))
+                   for key, data, error in zip(batch["key"], batch["data"], batch["read_error"], strict=True)}
 
-    def score(self, key: str, data: bytes, read_error: str) -> ImageScore:
-        """One image's score (decoded from its bytes under ``key``'s name), timed; its error if it is bad."""
-        if read_error:
-            return ImageScore(key, error=read_error)
-        start = time.perf_counter()
-        try:
-            prepared = prepare_image(bytes(data), key, self.limits, self.scorer.spec)
-            result = self.scorer.score_prepared([[prepared]], [self.args.operating_point])[0]
-            if isinstance(result, SPAIError):
-                raise result
-            (row,) = result
-        except ImageError as e:
-            row = ImageScore(key, error=str(e))
-        row.latency_ms = (time.perf_counter() - start) * 1e3
-        row.attention = None  # not written: keep it out of the object store
-        return row
+        def fetch(ref: InputRef) -> bytes:
+            data, error = fetched[ref.key]
+            if error:
+                raise ImageError(error)
+            return bytes(data)
+
+        refs = list(refs_from_batch(batch))
+        scores = list(score_inputs(self.scorer, refs, self.args.operating_point, len(refs), DECODE_THREADS, fetch))
+        for row in scores:
+            row.attention = None  # not written: keep it out of the object store
+        return {"key": batch["key"], "size": batch["size"], "mtime": batch["mtime"], **columns_from_scores(scores)}
 
 
 def columns_from_scores(scores: list[ImageScore]) -> dict[str, np.ndarray]:
@@ -183,19 +188,20 @@ def columns_from_refs(refs: Iterable[InputRef]) -> list[dict[str, Any]]:
 
 def refs_from_batch(batch: dict[str, np.ndarray]) -> Iterator[InputRef]:
     """The inverse of :func:`columns_from_refs`."""
-    for key, size, mtime in zip(batch["key"], batch["size"], batch["mtime"]):
+    for key, size, mtime in zip(batch["key"], batch["size"], batch["mtime"], strict=True):
         yield InputRef(str(key), None if int(size) < 0 else int(size), None if math.isnan(mtime) else float(mtime))
 
 
 def scores_from_batch(batch: dict[str, np.ndarray]) -> Iterator[tuple[InputRef, ImageScore]]:
     """Each row of a scored block: its input ref and its :class:`ImageScore` (the inverse of
     :func:`columns_from_scores`)."""
+    def num(column: str, i: int) -> float | None:
+        v = float(batch[column][i])
+        return None if math.isnan(v) else v
+
     for i, ref in enumerate(refs_from_batch(batch)):
-        def num(column: str) -> float | None:
-            v = float(batch[column][i])
-            return None if math.isnan(v) else v
         decision = int(batch["decision"][i])
-        score = ImageScore(str(batch["image"][i]), num("probability"), num("logit"), int(batch["num_patches"][i]),
+        score = ImageScore(str(batch["image"][i]), num("probability", i), num("logit", i), int(batch["num_patches"][i]),
                            float(batch["latency_ms"][i]), str(batch["error"][i]),
                            decision=None if decision < 0 else bool(decision),
                            operating_point=str(batch["operating_point"][i]), size_bytes=ref.size, mtime=ref.mtime)
@@ -216,7 +222,10 @@ def scored_window(refs: list[InputRef], plan: ActorPlan, factory: ScorerFactory,
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
             yield from scores_from_batch(batch)
     except ray.exceptions.RayError as e:
-        raise user_error(e) or e
+        error = user_error(e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def user_error(error: BaseException) -> SPAIError | None:
@@ -234,21 +243,28 @@ def user_error(error: BaseException) -> SPAIError | None:
     return None
 
 
+ActorArgs = Callable[[argparse.Namespace, ActorPlan], argparse.Namespace]
+
+
 def predict_with_ray(args: argparse.Namespace, inputs: Iterator[InputRef], writer: ScoreWriter, *,
-                     scorer_factory: ScorerFactory) -> int:
-    """Score ``inputs`` on Ray (``args``: ``spai predict``'s, with ``address`` and ``actors``) and write each row
-    with ``writer`` as it arrives; the number of rows written. ``scorer_factory(args)`` enters the route
-    (``spai predict``'s own builder, so both engines score alike); it runs once in every actor."""
+                     scorer_factory: ScorerFactory, actor_args: ActorArgs) -> int:
+    """Score ``inputs`` on Ray (``args``: ``spai predict``'s, with ``address``, ``actors`` and ``device``) and write
+    each row with ``writer`` as it arrives; the number of rows written. ``actor_args(args, plan)`` runs once on
+    the driver: it checks and fixes what every actor scores with (so a bad checkpoint fails once, here);
+    ``scorer_factory`` enters that route in every actor (``spai predict``'s own builder: both engines score
+    alike)."""
     limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     written = 0
     with ray_started(getattr(args, "address", None)):
         _quiet_ray_data()
-        plan = plan_from_resources(ray.cluster_resources(), getattr(args, "actors", None))
+        plan = plan_from_nodes(live_nodes(), getattr(args, "actors", None), getattr(args, "device", None) != "cpu")
+        fixed = actor_args(args, plan)
         print(f"ray: {plan.actors} scorer actor(s), {plan.num_gpus or plan.threads} "
               f"{'GPU' if plan.num_gpus else 'CPU thread(s)'} each", file=sys.stderr)
-        with tqdm.tqdm(desc="scoring (ray)", unit="img", file=sys.stderr, disable=None) as bar:
+        with tqdm.tqdm(desc="scoring (ray)", unit="img", file=sys.stderr, disable=True if args.no_progress else None,
+                       dynamic_ncols=True) as bar:
             for window in windows(inputs, WINDOW):
-                for _, score in scored_window(window, plan, scorer_factory, args, limits):
+                for _, score in scored_window(window, plan, scorer_factory, fixed, limits):
                     writer.write(score)
                     written += 1
                     bar.update()

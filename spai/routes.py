@@ -205,6 +205,7 @@ class RouteEvidence:
     checkpoint_sha256: str = ""
     cpus: dict[str, dict[str, Any]] = field(default_factory=dict)
     graphs: dict[str, dict[str, Any]] = field(default_factory=dict)  # ONNX file -> sha256, size, mtime_ns
+    bf16_fp32_layers: list[str] | None = None  # what torch-bf16 kept in fp32 when its verdicts were measured
 
     @classmethod
     def load(cls, path: Path, fingerprint: str | None) -> RouteEvidence:
@@ -218,7 +219,7 @@ class RouteEvidence:
         if data.get("format") != EVIDENCE_FORMAT or fingerprint not in (None, data.get("weights_sha256")):
             return cls(path, fingerprint or "")
         evidence = cls(path, str(data.get("weights_sha256", "")), str(data.get("checkpoint_sha256", "")),
-                       dict(data.get("cpus") or {}), dict(data.get("graphs") or {}))
+                       dict(data.get("cpus") or {}), dict(data.get("graphs") or {}), data.get("bf16_fp32_layers"))
         changed = changed_graphs(path.parent, evidence.graphs) if path.name == EVIDENCE_FILE else set()
         for cpu in evidence.cpus.values():
             for kind in ("verdicts", "speeds"):
@@ -243,7 +244,8 @@ class RouteEvidence:
 
     def save(self) -> Path:
         data = {"format": EVIDENCE_FORMAT, "weights_sha256": self.fingerprint,
-                "checkpoint_sha256": self.checkpoint_sha256, "graphs": self.graphs, "cpus": self.cpus}
+                "checkpoint_sha256": self.checkpoint_sha256, "graphs": self.graphs,
+                "bf16_fp32_layers": self.bf16_fp32_layers, "cpus": self.cpus}
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
         return self.path
@@ -279,7 +281,29 @@ def evidence_for(model: ScoringModel, onnx_dir: str | os.PathLike | None = None)
     cache's."""
     fingerprint = model_fingerprint(model)
     path = Path(onnx_dir) / EVIDENCE_FILE if onnx_dir else cache_dir() / "routes" / f"{fingerprint[:24]}.json"
-    return RouteEvidence.load(path, fingerprint)
+    evidence = RouteEvidence.load(path, fingerprint)
+    _hold_bf16_rule(evidence, model)
+    return evidence
+
+
+def _hold_bf16_rule(evidence: RouteEvidence, model: ScoringModel) -> None:
+    """torch-bf16's verdicts and speeds hold while the route keeps the same layers in fp32 as when they were
+    measured (:func:`spai.models.precision.bf16_fp32_layers`); measured with others, they are dropped (gated again)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return
+    from spai.models.precision import bf16_fp32_layers
+
+    try:
+        rule = sorted(bf16_fp32_layers(model))
+    except ConfigError:  # no SPAI backbone: no bf16 route to hold verdicts for
+        return
+    if evidence.bf16_fp32_layers != rule:
+        for cpu in evidence.cpus.values():
+            for kind in ("verdicts", "speeds"):
+                cpu.get(kind, {}).pop(route_name("torch", "bf16"), None)
+        evidence.bf16_fp32_layers = rule
 
 
 def record_verdicts(evidence: RouteEvidence, report: Any, identity: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -102,12 +102,12 @@ class Runner:
             if name not in feed:
                 continue
             shape = np.shape(feed[name])
-            if len(shape) < len(limit) or any(m is not None and d > m for d, m in zip(shape, limit)):
+            if len(shape) < len(limit) or any(m is not None and d > m for d, m in zip(shape, limit, strict=False)):
                 raise ExportError(f"{self.name}: input {name!r} of shape {tuple(shape)} is outside the declared "
                                   f"limits {limit}; the caller must chunk by Runner.limits.")
         for name, smallest in self.minimums.items():
             shape = np.shape(feed[name]) if name in feed else ()
-            if any(m is not None and d < m for d, m in zip(shape, smallest)):
+            if any(m is not None and d < m for d, m in zip(shape, smallest, strict=False)):
                 raise ExportError(f"{self.name}: input {name!r} of shape {tuple(shape)} is below the declared "
                                   f"minimum {smallest}; the caller must pad by Runner.minimums.")
 
@@ -150,7 +150,7 @@ class Runner:
         for group in _batches_within(feeds, self._batch_limit()):
             batch = {k: np.concatenate([feeds[i][k] for i in group]) for k in feeds[group[0]]}
             sizes = [len(next(iter(feeds[i].values()))) for i in group]
-            for i, part in zip(group, _split_outputs(self.infer(batch), sizes)):
+            for i, part in zip(group, _split_outputs(self.infer(batch), sizes), strict=False):
                 results[i] = part
         return results  # type: ignore[return-value]
 
@@ -225,11 +225,13 @@ class TorchRunner(Runner):
     float32 patches (uint8 ones too: ``encode_patches`` scales them as the graph does); the aggregator is
     unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported. ``precision="bf16"``
     runs the encoder's linear layers and convolutions in bf16 on a CPU (:class:`spai.models.precision.Bf16Gemms`;
-    LayerNorm, softmax, the spectral filter and the statistics stay fp32); the aggregator always runs in fp32.
+    LayerNorm, softmax, the spectral filter and the statistics stay fp32), but for the GEMM weights named in
+    ``keep_fp32`` (None: the route's, :func:`spai.models.precision.bf16_fp32_layers`: the patch embedding); the
+    aggregator always runs in fp32.
     """
 
-    def __init__(self, model: ScoringModel, graph: str, max_batch: int | None = None, precision: str = "fp32"
-                 ) -> None:
+    def __init__(self, model: ScoringModel, graph: str, max_batch: int | None = None, precision: str = "fp32",
+                 keep_fp32: Collection[str] | None = None) -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
         if precision not in ("fp32", "bf16"):
@@ -242,6 +244,7 @@ class TorchRunner(Runner):
             if graph == "patch_encoder" else {}
         super().__init__(limits, {PATCHES: np.dtype(np.float32)})
         self.model, self.graph, self.precision = model, graph, precision
+        self.keep_fp32 = None if keep_fp32 is None else frozenset(keep_fp32)
         self.name = f"torch:{graph}" + (f":{precision}" if precision != "fp32" else "")
         self._mode: Any = None
 
@@ -252,12 +255,13 @@ class TorchRunner(Runner):
         if self._mode is None:
             import torch
 
-            from spai.models.precision import Bf16Gemms, gemm_weights
+            from spai.models.precision import Bf16Gemms, bf16_fp32_layers, gemm_weights
 
             if not isinstance(self.model, torch.nn.Module):  # bf16 casts a torch module's GEMM weights
                 raise ConfigError("the bf16 route runs a PyTorch model (spai.create_model(...)); this one is not "
                                   "a torch.nn.Module: use --precision fp32.")
-            self._mode = Bf16Gemms(gemm_weights(self.model))
+            keep = bf16_fp32_layers(self.model) if self.keep_fp32 is None else self.keep_fp32
+            self._mode = Bf16Gemms(gemm_weights(self.model), keep)
         return self._mode
 
     def __exit__(self, *exc: object) -> None:
@@ -283,10 +287,10 @@ class OrtRunner(Runner):
     """An ONNX Runtime session over one exported graph (CPU unless ``providers`` says otherwise).
 
     ``threads``: intra-op threads (default: the cores available to this process). ``limits`` / ``minimums``:
-    declared largest / smallest shapes, e.g. a TensorRT profile's so that CPU checks chunk and pad like the engine; without them an encoder
-    declares :data:`CPU_CHUNKS` patches for its graph's precision (memory and speed, measured) and an aggregator
-    is unlimited. ``bounded_memory`` (default on the CPU provider): memory follows the chunk, not the largest batch
-    ever seen -- see :func:`ort_session_options`.
+    declared largest / smallest shapes, e.g. a TensorRT profile's so that CPU checks chunk and pad like the engine;
+    without them an encoder declares :data:`CPU_CHUNKS` patches for its graph's precision (memory and speed,
+    measured) and an aggregator is unlimited. ``bounded_memory`` (default on the CPU provider): memory follows the
+    chunk, not the largest batch ever seen -- see :func:`ort_session_options`.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None,
@@ -323,7 +327,7 @@ class OrtRunner(Runner):
         if self.session is None:
             raise RuntimeError(f"{self.name}: use it as a context manager (with OrtRunner(...) as r:)")
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed, self.run_options)))
+        return dict(zip(names, self.session.run(names, feed, self.run_options), strict=False))
 
 
 def ort_session_options(threads: int, bounded_memory: bool = True) -> tuple[Any, Any]:

@@ -13,26 +13,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
-import time
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from spai.corpus import InputRef, map_bounded, read_input
-from spai.errors import ImageError, SPAIError
+from spai.corpus import InputRef, score_inputs
+from spai.errors import SPAIError
 from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from spai.inference import (
-    Calibration,
-    InputLimits,
-    PreparedImage,
-    Scorer,
-    calibration_from_export,
-    prepare_image,
-)
-from spai.patching import patch_spec_from_config
+from spai.inference import Calibration, InputLimits, Scorer, calibration_from_export
+from spai.patching import PatchSpec, patch_spec_from_config
 from spai.routes import resolve_route
 from spai.scores import ImageScore, ScoreWriter
-from spai_cli.routes import add_route_arguments, chosen_route, route_runners
+from spai_cli.routes import (
+    add_route_arguments,
+    cached_export,
+    check_gpu_route,
+    chosen_route,
+    route_runners,
+    torch_device,
+)
 from spai_cli.streaming import (
     TABLE_ROWS,
     RunTally,
@@ -42,6 +44,10 @@ from spai_cli.streaming import (
     scores_output,
     write_all,
 )
+
+if TYPE_CHECKING:
+    from spai.models.spai_model import SPAIModel
+    from spai.ray_scoring import ActorPlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,62 +68,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: a Ray Data pipeline of scorer actors (the `ray` extra)")
     p.add_argument("--address", help="--engine ray: the Ray cluster to join (default: start one on this machine)")
-    p.add_argument("--actors", type=int, help="--engine ray: scorer actors (default: from the cluster's CPUs/GPUs)")
+    p.add_argument("--actors", type=int, help="--engine ray: scorer actors (default: one per GPU, else one per node)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="cpu (default), or cuda: the torch fp32 route on this machine's GPU; --engine ray: actors "
+                        "take a GPU each where the cluster has GPUs unless --device cpu")
     p.set_defaults(func=run)
-
-
-def score_inputs(scorer: Scorer, refs: Iterable[InputRef], operating_point: str | None = None, window: int = 16,
-                 workers: int = 2) -> Iterator[ImageScore]:
-    """One score per input, in order, decided at ``operating_point`` (checked by :func:`predict_scorer`, before
-    any export): ``workers`` threads read and decode at most ``window`` inputs ahead while the scorer scores one
-    at a time (its scores do not depend on what else is in flight). Timed (read, decode and scoring); a bad image
-    gets its error and never stops the others."""
-    limits = scorer.input_limits()
-
-    def prepare(ref: InputRef) -> tuple[PreparedImage, float]:
-        start = time.perf_counter()
-        return prepare_image(read_input(ref, limits), ref.key, limits, scorer.spec), time.perf_counter() - start
-
-    for ref, future in map_bounded(prepare, refs, window, workers):
-        start, took = time.perf_counter(), 0.0
-        try:
-            prepared, took = future.result()
-            result = scorer.score_prepared([[prepared]], [operating_point])[0]
-            if isinstance(result, SPAIError):
-                raise result
-            (row,) = result
-        except ImageError as e:
-            row = ImageScore(ref.key, error=str(e))
-        row.latency_ms = (took + time.perf_counter() - start) * 1e3
-        row.size_bytes, row.mtime = ref.size, ref.mtime
-        yield row
-
-
-def score_paths(scorer: Scorer, paths: Sequence[Path], operating_point: str | None = None) -> list[ImageScore]:
-    """:func:`score_inputs` over a few local files, all at once."""
-    return list(score_inputs(scorer, (InputRef(str(p)) for p in paths), operating_point, workers=1))
 
 
 @contextlib.contextmanager
 def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
-    """A :class:`spai.inference.Scorer` over the entered route ``--backend`` / ``--precision`` ask for
-    (:func:`spai_cli.routes.route_runners`), with the model's patch spec, its calibration (the checkpoint's, or the
-    ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
-    import spai
-    from spai.config import get_config
-
-    explicit = None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
-    needs_model = explicit in (None, "torch") or not args.onnx or args.checkpoint  # an ORT route needs the graphs
-    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint) \
-        if needs_model else None
-    backend, precision, onnx_dir = chosen_route(args, model)
-    spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
-    calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
-    calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
+    """A :class:`spai.inference.Scorer` over the entered route ``--backend`` / ``--precision`` / ``--device`` ask
+    for (:func:`spai_cli.routes.route_runners`), with the model's patch spec, its calibration (the checkpoint's, or
+    the ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
+    device = torch_device(args)
+    model, spec, calibration = scoring_model(args, device)
+    backend, precision, onnx_dir = ("torch", "fp32", None) if device != "cpu" else chosen_route(args, model)
+    if device != "cpu":
+        print(f"route: torch-fp32 on {device}", file=sys.stderr)
     limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     with route_runners(model, backend, precision, onnx_dir, args.chunk_size) as route:
         model = None  # an ORT route holds the graphs only: the torch weights can go
         yield Scorer.for_route(route, limits=limits, spec=spec, calibration=calibration)
+
+
+def scoring_model(args: argparse.Namespace, device: str = "cpu"
+                  ) -> tuple[SPAIModel | None, PatchSpec, Calibration]:
+    """The model ``--checkpoint`` / ``--model`` name on ``device`` (None for an ORT route over an ``--onnx``
+    export, which needs the graphs only), its patch spec and its calibration, whose ``--operating-point`` is
+    checked here, before any export or scoring."""
+    import spai
+    from spai.config import get_config
+
+    explicit = None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
+    needs_model = explicit in (None, "torch") or not args.onnx or args.checkpoint or device != "cpu"
+    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint, device=device) \
+        if needs_model else None
+    spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
+    calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
+    calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
+    return model, spec, calibration
+
+
+def ray_actor_args(args: argparse.Namespace, plan: ActorPlan) -> argparse.Namespace:
+    """``spai predict``'s arguments as every Ray actor scores with them, checked and fixed once on the driver: a
+    bad checkpoint or operating point fails here, before any actor starts; the route is chosen once (``auto``:
+    by this machine's evidence); an ORT route without ``--onnx`` is exported once, into the cache (cluster
+    workers must see that path, as they must see the checkpoint's); actors with a GPU run torch fp32 on it."""
+    fixed = copy.copy(args)
+    if plan.num_gpus:
+        check_gpu_route(args)
+    model, _, _ = scoring_model(args)
+    if plan.num_gpus:
+        fixed.backend, fixed.precision, fixed.device = "torch", "fp32", "cuda"
+        return fixed
+    fixed.backend, fixed.precision, fixed.onnx = chosen_route(args, model)
+    if fixed.backend == "ort" and not fixed.onnx:
+        fixed.onnx = cached_export(model)
+    fixed.device = "cpu"
+    return fixed
 
 
 def print_table(rows: Sequence[ImageScore]) -> None:
@@ -167,7 +175,7 @@ def run_ray(args: argparse.Namespace, refs: Iterator[InputRef], writer: ScoreWri
     except ImportError as e:
         raise SPAIError(f"--engine ray needs Ray ({e}); install the `ray` extra: pip install "
                         "'spai-deploy[ray]'.") from e
-    written = predict_with_ray(args, refs, writer, scorer_factory=predict_scorer)
+    written = predict_with_ray(args, refs, writer, scorer_factory=predict_scorer, actor_args=ray_actor_args)
     print(f"scored {written} images with Ray -> {args.output}")
     return 0
 

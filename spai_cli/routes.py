@@ -49,6 +49,29 @@ def chosen_route(args: argparse.Namespace, model: SPAIModel | None) -> tuple[str
     return backend, precision, onnx_dir
 
 
+def torch_device(args: argparse.Namespace) -> str:
+    """``--device``: cpu (the default), or cuda for the torch fp32 route, the one route a GPU runs in-process;
+    refuses cuda without a CUDA GPU, or with a CPU route."""
+    device = getattr(args, "device", None) or "cpu"
+    if device == "cpu":
+        return device
+    check_gpu_route(args)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: PyTorch sees no CUDA GPU on this machine (torch.cuda.is_available() is "
+                          "False); leave out --device to score on the CPU.")
+    return device
+
+
+def check_gpu_route(args: argparse.Namespace) -> None:
+    """On a GPU the route is torch fp32: refuse a CPU route (bf16 / int8 / ort) asked for by name."""
+    if args.backend not in (None, "torch", "auto") or args.precision not in ("fp32", "auto"):
+        raise ConfigError(f"on a GPU spai predict runs the torch fp32 route; --backend {args.backend or 'torch'} "
+                          f"--precision {args.precision} is a CPU route: drop those flags (or pass --precision "
+                          "fp32), or pass --device cpu to score on the CPUs.")
+
+
 def cached_export(model: SPAIModel) -> str:
     """The model's fp32 and int8 graphs in the cache (``$SPAI_CACHE_DIR/exports/<weights hash>``), exported the
     first time ``auto`` needs them."""

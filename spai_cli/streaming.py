@@ -63,6 +63,10 @@ def scores_output(args: argparse.Namespace) -> Iterator[ScoreWriter | None]:
             raise SPAIError("--resume continues into a scores file: pass it with -o (the file of the earlier run).")
         yield None
         return
+    if is_url(args.output):
+        raise SPAIError(f"-o {args.output}: scores are written to a local file (appended row by row, synced, "
+                        "resumable), not to object storage; write them locally (-o scores.parquet) and copy the "
+                        "file when the run is done (e.g. aws s3 cp scores.parquet s3://bucket/).")
     with open_score_writer(args.output, resume=args.resume, rows_per_group=args.row_group) as writer:
         yield writer
 

@@ -6,6 +6,7 @@ with bf16 inputs and weights (weights cast once, fp32 accumulation inside oneDNN
 touched, so the spectral filter (plain ``torch.matmul``), the normalisation, LayerNorm, GELU, the attention core
 (``scaled_dot_product_attention``: QK^T, softmax, AV), the cosine-similarity statistics and the aggregator stay
 fp32 -- SPAI's statistics are differences of near-1 cosine similarities, which bf16 LayerNorm outputs would blur.
+The route also keeps the backbone's patch embedding in fp32 (:func:`bf16_fp32_layers`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812  (torch's own spelling)
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from spai.errors import ConfigError
 
 BF16 = torch.bfloat16
 
@@ -52,7 +55,8 @@ class Bf16Gemms(TorchFunctionMode):
         weights = gemm_weights(weights) if isinstance(weights, nn.Module) else weights
         unknown = set(keep_fp32) - set(weights)
         if unknown:
-            raise ValueError(f"keep_fp32 names no GEMM weight: {sorted(unknown)}")
+            raise ConfigError(f"keep_fp32 names no GEMM weight of this model: {sorted(unknown)}; the names are "
+                              "gemm_weights(model)'s (parameter names of its Linear / Conv2d weights).")
         self.names = {id(p): name for name, p in weights.items()}
         self.kept = {id(p) for name, p in weights.items() if name in keep_fp32}
         self.cache = {id(p): p.detach().to(BF16) for name, p in weights.items() if name not in keep_fp32}
@@ -96,13 +100,37 @@ def _args(args: tuple, kwargs: dict, names: tuple[str, ...]) -> Iterator[Any]:
         yield args[i] if i < len(args) else kwargs.get(name)
 
 
-def precision_table(model: Any, patches: torch.Tensor) -> dict[str, Any]:
-    """Which layers one ``encode_patches(patches)`` call runs in bf16, their share of its FLOPs (FlopCounterMode,
-    attention through the math kernel so that it is counted) and what stays fp32."""
+def bf16_fp32_layers(model: nn.Module) -> frozenset[str]:
+    """The GEMM weights the torch bf16 route keeps in fp32: the backbone's patch embedding (its convolutions).
+
+    Its input is the normalised pixels of the spectral views, and bf16 keeps 8 significant bits of each: that
+    rounds away fine high-frequency detail SPAI's statistics read, so on a trained model this one layer in bf16
+    moves the probabilities about as much as every GEMM together, for a small share of the FLOPs.
+    :func:`bf16_keep_fp32` finds such layers by measurement on a gate set; this rule is what it found, fixed, so
+    that the runner, the precision table and the route gate agree without measuring at load time.
+    """
+    backbone = getattr(getattr(model, "mfvit", None), "vit", None)
+    prefix = next((name for name, module in model.named_modules() if module is backbone), None)
+    if backbone is None or prefix is None:
+        raise ConfigError(f"the bf16 route keeps a SPAI backbone's patch embedding in fp32, and this "
+                          f"{type(model).__name__} has no backbone (model.mfvit.vit); use spai.create_model(...).")
+    names = frozenset(f"{prefix}.{name}.weight" for name, module in backbone.named_modules()
+                      if isinstance(module, nn.Conv2d))
+    if not names:
+        raise ConfigError(f"the backbone {type(backbone).__name__} has no convolutional patch embedding to keep in "
+                          "fp32 for the bf16 route; use --precision fp32.")
+    return names
+
+
+def precision_table(model: Any, patches: torch.Tensor, keep_fp32: Collection[str] | None = None) -> dict[str, Any]:
+    """Which layers one ``encode_patches(patches)`` call runs in bf16 with ``keep_fp32`` in fp32 (None: the
+    route's, :func:`bf16_fp32_layers`), their share of its FLOPs (FlopCounterMode, attention through the math
+    kernel so that it is counted) and what stays fp32."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    mode = Bf16Gemms(model)
+    keep = bf16_fp32_layers(model) if keep_fp32 is None else frozenset(keep_fp32)
+    mode = Bf16Gemms(model, keep)
     mode.count = True
     with torch.no_grad(), mode:
         model.encode_patches(patches)
@@ -113,8 +141,9 @@ def precision_table(model: Any, patches: torch.Tensor) -> dict[str, Any]:
         key = re.sub(r"\.\d+\.", ".*.", name.rsplit(".", 1)[0])
         layers[key] = layers.get(key, 0) + flops
     total, bf16 = int(counter.get_total_flops()), sum(mode.flops.values())
+    kept = [f"{name.rsplit('.', 1)[0]} (GEMM kept in fp32)" for name in sorted(keep)]
     return {"precision": "bf16", "bf16_flops": bf16, "total_flops": total, "bf16_share": bf16 / max(total, 1),
-            "bf16_layers": dict(sorted(layers.items())), "fp32": list(FP32_PARTS)}
+            "bf16_layers": dict(sorted(layers.items())), "fp32_gemms": sorted(keep), "fp32": kept + list(FP32_PARTS)}
 
 
 FP32_PARTS = ("spectral filter (torch.matmul with the DFT bases)", "x / 255 and mean/std normalisation",
@@ -157,11 +186,7 @@ def bf16_keep_fp32(probabilities: Callable[[Bf16Gemms | None], np.ndarray], weig
     return kept, steps
 
 
-def flop_share(model: Any, patches: torch.Tensor, keep_fp32: Collection[str] = ()) -> float:
-    """Share of one ``encode_patches(patches)`` call's FLOPs that run in bf16 with ``keep_fp32`` kept in fp32."""
-    table = precision_table(model, patches)
-    mode = Bf16Gemms(model, keep_fp32)
-    mode.count = True
-    with torch.no_grad(), mode:
-        model.encode_patches(patches)
-    return sum(mode.flops.values()) / max(table["total_flops"], 1)
+def flop_share(model: Any, patches: torch.Tensor, keep_fp32: Collection[str] | None = None) -> float:
+    """Share of one ``encode_patches(patches)`` call's FLOPs that run in bf16 with ``keep_fp32`` kept in fp32
+    (None: the route's, :func:`bf16_fp32_layers`; empty: every GEMM in bf16)."""
+    return float(precision_table(model, patches, keep_fp32)["bf16_share"])

@@ -11,8 +11,7 @@ from spai.errors import ConfigError, ExportError
 from spai.inference import Scorer
 from spai.routes import cpu_routes, resolve_route, runners_for
 from spai.runners import CPU_CHUNKS, OrtRunner, TorchRunner
-from spai.specs import ENCODER_FILES
-from spai.specs import PATCH_FEATURES, PATCHES
+from spai.specs import ENCODER_FILES, PATCH_FEATURES, PATCHES
 
 EPYC = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})  # our build machine: no AMX
 XEON_AMX = EPYC | {"amx_bf16", "amx_int8", "amx_tile"}
@@ -111,3 +110,21 @@ def test_every_route_scores_images_close_to_fp32(tiny_model, tiny_onnx_dir, tmp_
         assert enc.name == "torch:patch_encoder:bf16"
     with pytest.raises(ConfigError, match="runs fp32 or bf16"):
         TorchRunner(tiny_model, "patch_encoder", 2, "int8")
+
+
+def test_bf16_runner_keeps_the_routes_fp32_layers(tiny_model) -> None:
+    from spai.models.precision import Bf16Gemms, bf16_fp32_layers
+
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+
+    def under(mode: Bf16Gemms) -> np.ndarray:
+        with torch.no_grad(), mode:
+            return tiny_model.encode_patches(x).numpy()
+
+    kept, all_bf16 = under(Bf16Gemms(tiny_model, bf16_fp32_layers(tiny_model))), under(Bf16Gemms(tiny_model))
+    assert not np.array_equal(kept, all_bf16)
+    with runners_for("torch", "bf16", model=tiny_model) as route:  # the route spai predict and the gate run
+        got = route.encoder.infer({PATCHES: x.numpy()})[PATCH_FEATURES]
+    np.testing.assert_array_equal(got, kept)
+    with TorchRunner(tiny_model, "patch_encoder", 1, "bf16", keep_fp32=()) as everything:
+        np.testing.assert_array_equal(everything.infer({PATCHES: x.numpy()})[PATCH_FEATURES], all_bf16)

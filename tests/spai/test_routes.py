@@ -119,3 +119,20 @@ def test_the_python_api_takes_auto_too(tiny_model, graphs, monkeypatch, capsys):
     images = [np.zeros((300, 300, 3), np.uint8)]
     got = tiny_model.score(images, precision="auto", onnx_dir=str(graphs))
     assert 0 <= float(got[0]) <= 1 and "route: " in capsys.readouterr().err
+
+
+def test_bf16_verdicts_hold_only_for_the_layers_the_route_kept_in_fp32(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAI_CACHE_DIR", str(tmp_path))
+    identity = cpu_identity(AMX)
+    evidence = evidence_for(tiny_model)
+    assert evidence.bf16_fp32_layers == ["mfvit.vit.clip.visual.conv1.weight"]  # the route's rule, recorded
+    cpu = evidence.cpu(identity)
+    cpu["verdicts"]["torch-bf16"] = {"passed": False, "failures": ["torch-bf16/images: max |Δp| 0.048 > 0.01"]}
+    cpu["speeds"]["torch-bf16"] = cpu["speeds"]["ort-int8"] = {"patches_per_s": 1.0}
+    path = evidence.save()
+    assert evidence_for(tiny_model).verdict(identity, "torch-bf16") is not None  # same kept layers: it holds
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "bf16_fp32_layers": None}))  # measured before the route kept any
+    stale = evidence_for(tiny_model)
+    assert stale.verdict(identity, "torch-bf16") is None and stale.speed(identity, "torch-bf16") is None
+    assert stale.speed(identity, "ort-int8") == 1.0  # the other routes' evidence stays
