@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -289,9 +290,8 @@ def evidence_for(model: ScoringModel, onnx_dir: str | os.PathLike | None = None)
 def _hold_bf16_rule(evidence: RouteEvidence, model: ScoringModel) -> None:
     """torch-bf16's verdicts and speeds hold while the route keeps the same layers in fp32 as when they were
     measured (:func:`spai.models.precision.bf16_fp32_layers`); measured with others, they are dropped (gated again)."""
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
+    torch = sys.modules.get("torch")  # a torch model means torch is imported; an ORT-only install has none
+    if torch is None or not isinstance(model, torch.nn.Module):
         return
     from spai.models.precision import bf16_fp32_layers
 

@@ -82,8 +82,10 @@ def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
     the ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
     device = torch_device(args)
     model, spec, calibration = scoring_model(args, device)
-    backend, precision, onnx_dir = ("torch", "fp32", None) if device != "cpu" else chosen_route(args, model)
-    if device != "cpu":
+    if device == "cpu":
+        backend, precision, onnx_dir = chosen_route(args, model)
+    else:
+        backend, precision, onnx_dir = "torch", "fp32", None
         print(f"route: torch-fp32 on {device}", file=sys.stderr)
     limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     with route_runners(model, backend, precision, onnx_dir, args.chunk_size) as route:
@@ -117,10 +119,10 @@ def ray_actor_args(args: argparse.Namespace, plan: ActorPlan) -> argparse.Namesp
     fixed = copy.copy(args)
     if plan.num_gpus:
         check_gpu_route(args)
-    model, _, _ = scoring_model(args)
-    if plan.num_gpus:
+        scoring_model(args)  # the checkpoint and the operating point, checked on the driver's CPU
         fixed.backend, fixed.precision, fixed.device = "torch", "fp32", "cuda"
         return fixed
+    model, _, _ = scoring_model(args)
     fixed.backend, fixed.precision, fixed.onnx = chosen_route(args, model)
     if fixed.backend == "ort" and not fixed.onnx:
         fixed.onnx = cached_export(model)
