@@ -38,9 +38,10 @@ typecheck: install $(TYPINGS)/tensorrt/__init__.pyi
 	$(PY) -m pyright -p pyrightconfig.json
 
 # `slow` tests (full-size b16 exports, ViT-B-16) each have a fast twin on spai-tiny that runs here: `make test-slow`.
+# SPAI_CHECK_CLEAN_TREE=1: a run that writes tracked files fails (tools/clean_tree.py).
 test: install typecheck
-	$(PY) -m pytest -q -m "not slow"
-	$(PY) -m pytest benchmarks/ -q -rs -p no:cacheprovider
+	SPAI_CHECK_CLEAN_TREE=1 $(PY) -m pytest -q -m "not slow"
+	SPAI_CHECK_CLEAN_TREE=1 $(PY) -m pytest benchmarks/ -q -rs -p no:cacheprovider
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -1,18 +1,17 @@
 """Serving against in-process scoring: end-to-end images/s and p50/p99 latency through the bundled tritonserver
 (python-ort repository, its default tuning) at concurrency 1, 4, 16 and 32, side by side with in-process scoring
-of the same images with the same runner (:mod:`spai.inference` with ONNX Runtime, one image at a time, all cores).
-``ratio`` = serving images/s / in-process images/s (above 1: the server is faster).
+of the same images with the same route (:func:`spai.routes.runners_for`, as `spai predict` runs it, one image at a
+time, all cores), for each served encoder graph: fp32 and int8 (exported and gated on this CPU first, as `spai
+export --precision int8` does). ``ratio`` = serving images/s / in-process images/s of the same precision (above 1:
+the server is faster).
 
 Models (random weights): ``spai-tiny`` on the shared samples where present, else the generated corpus of
 :mod:`spai.data.samples`; ``spai-fusion-b16`` (``slow``: moderate mode) on a few small images, since a patch costs
 about a second on 2 cores. A pass at concurrency c sends max(images, c) requests, cycling the images.
 
     pytest benchmarks/test_serving.py --benchmark-json=out.json     # numbers in extra_info
-    python benchmarks/test_serving.py [--model spai-fusion-b16] [--json out.json]   # a table
+    python benchmarks/test_serving.py [--model spai-fusion-b16] [--precision fp32 --precision int8] [--json out.json]
     python benchmarks/test_serving.py --tuning in_flight=1 --tuning "in_flight=4 entry_instances=3"  # compare
-
-The script only uses what the code before issue 13 had too, so ``PYTHONPATH=OLD_CHECKOUT python
-benchmarks/test_serving.py`` measures an older checkout's server and inference path the same way.
 """
 
 from __future__ import annotations
@@ -55,26 +54,36 @@ def small_jpegs(work: Path, n: int, size: int = 448) -> list[Path]:
     return paths
 
 
-def make_export(model: str, out: Path) -> Path:
+def make_export(model: str, out: Path, int8: bool = False) -> Path:
+    """The seeded model's fp32 graphs; with ``int8`` also its int8 encoder, gated on this CPU as `spai export
+    --precision int8` gates it (the verdicts go to the folder's route evidence, which serving int8 requires)."""
     import torch
 
     import spai
     from export.onnx import onnx_from_torch
+    from export.quantize import patch_encoder_int8
+    from spai.routes import choose_route
+    from spai.specs import ENCODER_FILES
 
     torch.manual_seed(0)
-    return onnx_from_torch(spai.create_model(model), out).directory
+    scoring_model = spai.create_model(model)
+    folder = onnx_from_torch(scoring_model, out).directory
+    if int8:
+        patch_encoder_int8(folder / ENCODER_FILES["fp32"])
+        choose_route(scoring_model, onnx_dir=folder, backend="ort", say=lambda line: print(f"  {line}"))
+    return folder
 
 
-def measure_inprocess(export: Path, paths: list[Path]) -> dict[str, float]:
-    """Images/s of the same inference path with both ONNX graphs in this process (one image at a time)."""
+def measure_inprocess(export: Path, paths: list[Path], precision: str = "fp32") -> dict[str, float]:
+    """Images/s of the same inference path with the route's two ONNX graphs in this process, as `spai predict`
+    runs them (:func:`spai.routes.runners_for`), one image at a time."""
     from spai.inference import Scorer
-    from spai.runners import OrtRunner
-    from spai.specs import AGGREGATOR_FILE, ENCODER_FILES
+    from spai.routes import runners_for
 
     lat = []
     blobs = [p.read_bytes() for p in paths]
-    with OrtRunner(export / ENCODER_FILES["fp32"]) as enc, OrtRunner(export / AGGREGATOR_FILE) as agg:
-        scorer = Scorer(enc, agg)
+    with runners_for("ort", precision, onnx_dir=export) as route:
+        scorer = Scorer.for_route(route)
         scorer.score_requests([blobs[:1]])  # warm-up
         start = time.perf_counter()
         for b in blobs:
@@ -103,65 +112,92 @@ def summarize(latencies_ms: list[float], seconds: float) -> dict[str, float]:
             "p99_ms": float(np.percentile(lat, 99))}
 
 
-def _setup(model: str, tmp_path_factory):
-    pytest.importorskip("pytriton")
-    from serving.repository import build_repository
-    from serving.server import TritonServer
-
-    paths = sample_paths(model, tmp_path_factory.mktemp("images"))
-    export = make_export(model, tmp_path_factory.mktemp("export"))
-    repo = build_repository(export, "python-ort", tmp_path_factory.mktemp("repo") / "models")
-    return export, TritonServer(repo), paths
+PRECISIONS = ("fp32", "int8")  # the python-ort encoder graphs (`spai repository --precision`)
 
 
 @pytest.fixture(scope="module", params=[pytest.param("spai-tiny"),
                                         pytest.param("spai-fusion-b16", marks=pytest.mark.slow)])
-def setup(request, tmp_path_factory):
-    export, server, paths = _setup(request.param, tmp_path_factory)
-    inprocess = measure_inprocess(export, paths)  # before the server's processes exist
-    with server:
-        yield request.param, export, server, paths, inprocess
+def exported(request, tmp_path_factory) -> tuple[str, Path, list[Path]]:
+    """(model, its export with both encoder graphs gated on this CPU, the images)."""
+    pytest.importorskip("pytriton")
+    paths = sample_paths(request.param, tmp_path_factory.mktemp("images"))
+    return request.param, make_export(request.param, tmp_path_factory.mktemp("export"), int8=True), paths
+
+
+@pytest.fixture(scope="module", params=PRECISIONS)
+def setup(request, exported, tmp_path_factory):
+    from serving.repository import build_repository
+    from serving.server import TritonServer
+
+    model, export, paths = exported
+    inprocess = measure_inprocess(export, paths, request.param)  # before the server's processes exist
+    repo = build_repository(export, "python-ort", tmp_path_factory.mktemp("repo") / "models", precision=request.param)
+    with TritonServer(repo) as server:
+        yield model, request.param, server, paths, inprocess
 
 
 def test_inprocess_ort(benchmark, setup):
-    model, _, _, _, inprocess = setup
+    model, precision, _, _, inprocess = setup
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    benchmark.extra_info.update(kind="serving", model=model, mode="in-process", **inprocess)
+    benchmark.extra_info.update(kind="serving", model=model, mode="in-process", precision=precision, **inprocess)
 
 
 @pytest.mark.parametrize("concurrency", CONCURRENCY)
 def test_triton_end_to_end(benchmark, setup, concurrency):
-    model, _, server, paths, inprocess = setup
+    model, precision, server, paths, inprocess = setup
     result = benchmark.pedantic(measure_server, args=(server.http_url, paths, concurrency), rounds=1, iterations=1)
-    benchmark.extra_info.update(kind="serving", model=model, mode="triton", concurrency=concurrency,
-                                ratio=result["images_per_s"] / inprocess["images_per_s"], **result)
+    benchmark.extra_info.update(kind="serving", model=model, mode="triton", precision=precision,
+                                concurrency=concurrency, ratio=result["images_per_s"] / inprocess["images_per_s"],
+                                **result)
 
 
-def run_table(model: str, work: Path, tunings: list[str] | None = None) -> list[dict]:
-    """In-process, then the server at every concurrency, once per tuning ("" = the variant's defaults; else
-    space-separated serving.repository.Tuning fields KEY=VALUE): one row each, printed as it is measured."""
+def run_table(model: str, work: Path, tunings: list[str] | None = None,
+              precisions: tuple[str, ...] = ("fp32",)) -> list[dict]:
+    """In-process per precision, then a server per precision and tuning ("" = the variant's defaults; else
+    space-separated serving.repository.Tuning fields KEY=VALUE) at every concurrency: one row each, printed as it is
+    measured. ``ratio``: served / in-process of the same precision; ``vs_served_fp32``: served / served fp32 (same
+    tuning and concurrency)."""
+    paths = sample_paths(model, work / "images")
+    export = make_export(model, work / "export", int8="int8" in precisions)
+    print(f"{model}: {len(paths)} images")
+    base = {}
+    for precision in precisions:  # all before any server's processes exist
+        base[precision] = measure_inprocess(export, paths, precision)
+        _print_row(f"in-process ort-{precision}", base[precision])
+    rows = [{"model": model, "mode": "in-process", "precision": pr, "images": len(paths), **r}
+            for pr, r in base.items()]
+    for i, tuning in enumerate(tunings or [""]):
+        for precision in precisions:
+            rows += _served_rows(model, export, paths, work / f"repo{i}-{precision}", tuning, precision, base)
+    served_fp32 = {(r["tuning"], r["concurrency"]): r["images_per_s"] for r in rows
+                   if r["mode"] == "triton" and r["precision"] == "fp32"}
+    for r in rows:
+        if r["mode"] == "triton" and (r["tuning"], r["concurrency"]) in served_fp32:
+            r["vs_served_fp32"] = r["images_per_s"] / served_fp32[(r["tuning"], r["concurrency"])]
+    return rows
+
+
+def _served_rows(model: str, export: Path, paths: list[Path], repo_dir: Path, tuning: str, precision: str,
+                 base: dict[str, dict[str, float]]) -> list[dict]:
     from serving.repository import build_repository
     from serving.server import TritonServer
 
-    paths = sample_paths(model, work / "images")
-    export = make_export(model, work / "export")
-    base = measure_inprocess(export, paths)
-    rows = [{"model": model, "mode": "in-process", "images": len(paths), **base}]
-    print(f"{model}: {len(paths)} images")
-    print(f"  in-process ORT      {base['images_per_s']:6.2f} img/s  p50 {base['p50_ms']:7.1f} ms  "
-          f"p99 {base['p99_ms']:7.1f} ms", flush=True)
-    for i, tuning in enumerate(tunings or [""]):
-        extra = {"tuning": _tuning(tuning)} if tuning else {}
-        repo = build_repository(export, "python-ort", work / f"repo{i}", **extra)
-        print(f"  tuning: {tuning or 'defaults'}", flush=True)
-        with TritonServer(repo) as server:
-            for c in CONCURRENCY:
-                r = measure_server(server.http_url, paths, c)
-                rows.append({"model": model, "mode": "triton", "tuning": tuning, "concurrency": c,
-                             "ratio": r["images_per_s"] / base["images_per_s"], **r})
-                print(f"  triton c={c:<2}         {r['images_per_s']:6.2f} img/s  p50 {r['p50_ms']:7.1f} ms  "
-                      f"p99 {r['p99_ms']:7.1f} ms  serving/in-process {rows[-1]['ratio']:.2f}x", flush=True)
+    extra = {"tuning": _tuning(tuning)} if tuning else {}
+    repo = build_repository(export, "python-ort", repo_dir, precision=precision, **extra)
+    print(f"  served ort-{precision}, tuning: {tuning or 'defaults'}", flush=True)
+    rows = []
+    with TritonServer(repo) as server:
+        for c in CONCURRENCY:
+            r = measure_server(server.http_url, paths, c)
+            rows.append({"model": model, "mode": "triton", "precision": precision, "tuning": tuning,
+                         "concurrency": c, "ratio": r["images_per_s"] / base[precision]["images_per_s"], **r})
+            _print_row(f"triton c={c:<2}", r, f"  served/in-process {rows[-1]['ratio']:.2f}x")
     return rows
+
+
+def _print_row(label: str, r: dict[str, float], tail: str = "") -> None:
+    print(f"  {label:<20} {r['images_per_s']:6.2f} img/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
+          f"{tail}", flush=True)
 
 
 def _tuning(text: str):
@@ -179,13 +215,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", choices=MODELS, help="default: spai-tiny")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--precision", action="append", choices=PRECISIONS,
+                    help="the served encoder graph (repeatable; default fp32): int8 is exported and gated first")
     ap.add_argument("--tuning", action="append", help="KEY=VALUE ... of serving.repository.Tuning (repeatable: "
                     "one server each, after the defaults when '' is given)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.model or ["spai-tiny"]:
-            rows += run_table(model, Path(tmp) / model, args.tuning)
+            rows += run_table(model, Path(tmp) / model, args.tuning, tuple(args.precision or ["fp32"]))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import inspect
 import itertools
 import logging
 import math
@@ -216,7 +217,7 @@ def scored_window(refs: list[InputRef], plan: ActorPlan, factory: ScorerFactory,
     ds = ds.map_batches(read_batch, fn_kwargs={"limits": limits}, batch_size=BATCH, num_cpus=READ_CPUS)
     ds = ds.map_batches(ScoringActor, fn_constructor_kwargs={"factory": factory, "args": args,
                                                              "threads": plan.threads},
-                        batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                        batch_size=BATCH, compute=actor_pool(plan.actors),
                         num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
@@ -226,6 +227,20 @@ def scored_window(refs: list[InputRef], plan: ActorPlan, factory: ScorerFactory,
         if error is None:
             raise
         raise error from None
+
+
+def actor_pool(size: int) -> Any:
+    """A fixed pool of ``size`` actors whose UDF runs on the actor's main thread, one call at a time.
+
+    Why the main thread: by default Ray Data runs a class UDF on a helper thread, and torch's OpenMP runtime
+    (libgomp) then counts that thread's team beside the main thread; with more OpenMP threads than cores it cuts
+    its workers' spin-wait to ~100 spins, so each of the encoder's many short parallel regions pays a sleep and a
+    wake-up (measured on 2 cores: 75 ms an image against 43 ms; docs/scale.md). Ray Data releases without these
+    options keep the helper thread, and that slower rate."""
+    options = inspect.signature(ray.data.ActorPoolStrategy).parameters
+    if not {"enable_true_multi_threading", "max_concurrent_calls_per_actor"} <= options.keys():
+        return ray.data.ActorPoolStrategy(size=size)
+    return ray.data.ActorPoolStrategy(size=size, enable_true_multi_threading=True, max_concurrent_calls_per_actor=1)
 
 
 def user_error(error: BaseException) -> SPAIError | None:

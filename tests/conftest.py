@@ -19,13 +19,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = ROOT.parent / "shared" / "data" / "samples"
-# tests/helpers.py, tests/restricted_env.py and the reliability tools (the bad-input corpus, the RSS series) are
-# imported by name from every test folder.
-for _path in (ROOT / "tools" / "reliability", Path(__file__).resolve().parent):
+# tests/helpers.py, tests/restricted_env.py, the reliability tools (the bad-input corpus, the RSS series) and the
+# clean-tree guard are imported by name from every test folder.
+for _path in (ROOT / "tools", ROOT / "tools" / "reliability", Path(__file__).resolve().parent):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
 import results_store  # noqa: E402  (tools/reliability/results_store.py)
+from clean_tree import VARIABLE as CLEAN_TREE_VARIABLE  # noqa: E402  (tools/clean_tree.py)
+from clean_tree import CleanTreeGuard  # noqa: E402
 from helpers import TOOLS_DIR, CliRun  # noqa: E402
 
 _RECORDS: dict[str, list[dict]] = {}  # test node id -> its findings, kept only when the test passed
@@ -38,6 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--record", action="store_true", default=False,
                      help="write the reliability findings to tools/reliability/results and regenerate "
                           "docs/reliability.md (off: a test run leaves the tracked files as they were)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(CLEAN_TREE_VARIABLE) == "1":  # `make test`: fail a run that wrote tracked files
+        config.pluginmanager.register(CleanTreeGuard(ROOT), "clean-tree")
 
 
 def _has(module: str) -> bool:
