@@ -97,11 +97,11 @@ def measure_server(url: str, paths: list[Path], concurrency: int) -> dict[str, f
     """Images/s and latency of max(len(paths), concurrency) requests sent ``concurrency`` at a time."""
     from serving.client import SpaiClient
 
-    client = SpaiClient(url)
-    client.infer(paths[0].read_bytes())  # warm-up
-    requests = [paths[i % len(paths)] for i in range(max(len(paths), concurrency))]
-    start = time.perf_counter()
-    rows = client.score_paths(requests, concurrency=concurrency, progress=False)
+    with SpaiClient(url) as client:
+        client.infer(paths[0].read_bytes())  # warm-up
+        requests = [paths[i % len(paths)] for i in range(max(len(paths), concurrency))]
+        start = time.perf_counter()
+        rows = client.score_paths(requests, concurrency=concurrency, progress=False)
     assert not any(r.error for r in rows), [r.error for r in rows if r.error][:3]
     return summarize([r.latency_ms for r in rows], time.perf_counter() - start)
 

@@ -5,8 +5,11 @@ UNAVAILABLE), one :class:`spai.inference.ImageScore` per image. Light: no torch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -36,7 +39,10 @@ def is_retryable(exc: Exception) -> bool:
 
 
 class SpaiClient:
-    """Scores encoded images with the ``spai`` model; one tritonclient per thread (safe with N threads)."""
+    """Scores encoded images with the ``spai`` model; one tritonclient per thread (safe with N threads).
+
+    ``close()`` (or ``with SpaiClient(...) as client:``) closes the connections it opened: tritonserver's graceful
+    stop waits for open keep-alive connections, idle ones too, up to its exit timeout (30 s by default)."""
 
     def __init__(self, url: str, protocol: str = "http", model: str = "spai", retries: int = 0,
                  timeout_s: float = 300.0) -> None:
@@ -44,6 +50,21 @@ class SpaiClient:
             raise ServingError(f"unknown protocol {protocol!r}; use http or grpc.")
         self.url, self.protocol, self.model = url.removeprefix("http://").removeprefix("grpc://"), protocol, model
         self.retries, self.timeout_s = retries, timeout_s
+        self._local = threading.local()
+        self._opened: weakref.WeakSet = weakref.WeakSet()  # each thread's tritonclient, while it lives
+
+    def __enter__(self) -> SpaiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection this client opened, in any thread; a later call opens new ones."""
+        for client in list(self._opened):
+            with contextlib.suppress(Exception):  # closing is best effort: the server may be gone already
+                client.close()
+        self._opened = weakref.WeakSet()
         self._local = threading.local()
 
     def _module(self):
@@ -59,6 +80,7 @@ class SpaiClient:
             kwargs = {"network_timeout": self.timeout_s, "connection_timeout": self.timeout_s} \
                 if self.protocol == "http" else {}
             self._local.client = module.InferenceServerClient(self.url, **kwargs)
+            self._opened.add(self._local.client)
         return self._local.client
 
     def infer(self, data: bytes, with_attention: bool = False, operating_point: str | None = None
@@ -87,11 +109,18 @@ class SpaiClient:
                 result = self._client().infer(self.model, inputs, outputs=outputs)
                 return {n: result.as_numpy(n) for n in names}
             except Exception as e:  # noqa: BLE001 - tritonclient raises several unrelated types
+                # A frame that holds the error its own traceback holds is a cycle: tritonclient's raising frames
+                # hold theirs, and this one would hold `e`. Such a cycle kept this client and its keep-alive
+                # connection until the next collection, and tritonserver's graceful stop waits for it (30 s).
+                traceback.clear_frames(e.__traceback__)
                 if attempt < self.retries and is_retryable(e):
                     time.sleep(min(2.0 ** attempt * 0.5, 10.0))
                     continue
                 msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-                raise ServingError(msg or repr(e)) from e
+                try:
+                    raise ServingError(msg or repr(e)) from e
+                finally:
+                    del e
         raise AssertionError("unreachable")
 
     def score_file(self, path: str | Path | InputRef, with_attention: bool = False,

@@ -203,6 +203,7 @@ class TritonServer:
         self.server_options = options or ServerOptions()
         self.shm_prefix = f"spai_{os.getpid()}_{next(_SERVER_IDS)}_"
         self.process: subprocess.Popen | None = None
+        self.exit_code: int | None = None  # after stop(): the server's exit status on SIGTERM, None if it was killed
         self._workdir = Path(tempfile.mkdtemp(prefix="spai-triton-"))
         self.log_path = self._workdir / "tritonserver.log"
 
@@ -304,6 +305,7 @@ class TritonServer:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     pass
+            self.exit_code = proc.poll()  # None: it did not end on SIGTERM within the timeout and is killed
             _kill_group(proc.pid)
             proc.wait(5)
         self.remove_shm_regions()

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     def on_row(row: ImageScore) -> None:
         heatmaps[0] += bool(args.heatmaps) and write_heatmap(row, args.heatmaps)
 
-    client = SpaiClient(args.url, args.protocol, args.model, retries=args.retries)
-    with scores_output(args) as writer:
+    with SpaiClient(args.url, args.protocol, args.model, retries=args.retries) as client, \
+            scores_output(args) as writer:
         refs, done = pending_inputs(args)
         rows = client.score_stream(refs, args.concurrency, with_attention=bool(args.heatmaps),
                                    operating_point=args.operating_point, window=max(args.window, args.concurrency))

@@ -4,8 +4,11 @@ project's own generated images (plus the shared samples where present)."""
 from __future__ import annotations
 
 import csv
+import gc
 import importlib.util
 import shutil
+import traceback
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,11 +28,12 @@ def server(ort_repo):
 
     with TritonServer(ort_repo) as srv:
         yield srv
+        gc.collect()  # raw tritonclient calls that raised keep their client in a cycle: close those connections
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model, check_images) -> dict[str, float]:
-    return {str(p): s.probability for p, s in zip(check_images, tiny_model.score_images(check_images))}
+    return {str(p): s.probability for p, s in zip(check_images, tiny_model.score_images(check_images), strict=True)}
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -142,6 +146,7 @@ def _http_status(call) -> str:
 
     with pytest.raises(InferenceServerException) as info:
         call()
+    traceback.clear_frames(info.tb)  # tritonclient's raising frame holds its error: free the client (connection) now
     return str(info.value.status())
 
 
@@ -182,10 +187,42 @@ def test_an_encoder_failure_answers_internal_and_the_client_retries(ort_repo, tm
             SpaiClient(broken.http_url, retries=1).infer(bad_inputs.jpeg())
         assert _executed(broken.http_url) == before + 2  # the request and its retry
         assert broken.is_ready()
+    assert broken.exit_code == 0  # it stopped on SIGTERM: no failed request left a connection open
     from tritonclient.utils import InferenceServerException
 
     assert is_retryable(InferenceServerException("x", status="500"))
     assert not is_retryable(InferenceServerException("image: not a recognised image format", status="400"))
+
+
+def test_a_failed_request_frees_its_client_at_once(server):
+    """tritonclient raises from a frame that holds its own error (a reference cycle through the traceback). A
+    SpaiClient whose request failed, once dropped, must go at once with its keep-alive connection, not at the
+    next collection: tritonserver's graceful stop waits for open connections (30 s)."""
+    from serving.client import SpaiClient
+    from spai.errors import ServingError
+
+    client = SpaiClient(server.http_url)
+    gc.disable()
+    try:
+        with pytest.raises(ServingError, match="image"):
+            client.infer(b"junk")
+        gone = weakref.ref(client)
+        del client
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
+def test_a_closed_client_lets_the_server_stop_on_sigterm(ort_repo):
+    from serving.client import SpaiClient
+    from serving.server import TritonServer
+
+    with TritonServer(ort_repo) as srv, SpaiClient(srv.http_url) as client:
+        client.infer(bad_inputs.jpeg())
+        list(client.score_stream([], concurrency=2))
+        client.close()  # the connection of this thread (and of any other) is closed while `client` lives on
+        srv.stop(timeout=10)
+        assert srv.exit_code == 0
 
 
 def test_server_errors_without_repository(tmp_path):
