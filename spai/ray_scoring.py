@@ -235,8 +235,8 @@ def actor_pool(size: int) -> Any:
     Why the main thread: by default Ray Data runs a class UDF on a helper thread, and torch's OpenMP runtime
     (libgomp) then counts that thread's team beside the main thread; with more OpenMP threads than cores it cuts
     its workers' spin-wait to ~100 spins, so each of the encoder's many short parallel regions pays a sleep and a
-    wake-up (measured on 2 cores: 75 ms an image against 43 ms; docs/scale.md). Ray Data releases without these
-    options keep the helper thread, and that slower rate."""
+    wake-up (the measured cost: docs/scale.md). Ray Data releases without these options keep the helper thread,
+    and that slower rate."""
     options = inspect.signature(ray.data.ActorPoolStrategy).parameters
     if not {"enable_true_multi_threading", "max_concurrent_calls_per_actor"} <= options.keys():
         return ray.data.ActorPoolStrategy(size=size)

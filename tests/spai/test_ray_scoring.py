@@ -171,8 +171,8 @@ def test_ray_scores_equal_local_predict_and_resume_continues(corpus, local_ray, 
 
 def test_scorer_actors_run_their_udf_on_the_main_thread(local_ray) -> None:
     """torch's OpenMP workers keep spinning only while its threads do not outnumber the cores, and a UDF on Ray
-    Data's helper thread adds a second team (75 ms an image instead of 43 on 2 cores): the pool must call the
-    scorer on the actor's main thread."""
+    Data's helper thread adds a second team (docs/scale.md): the pool must call the scorer on the actor's main
+    thread."""
     if "enable_true_multi_threading" not in inspect.signature(ray.data.ActorPoolStrategy).parameters:
         pytest.skip(f"Ray {ray.__version__} has no ActorPoolStrategy(enable_true_multi_threading=...)")
 
