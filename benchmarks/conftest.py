@@ -18,10 +18,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `pytest benchmarks/` from anywhere: make `spai`, `export`, `benchmarks` importable
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:  # the clean-tree guard, imported by name as tests/conftest.py does
+    sys.path.insert(0, str(ROOT / "tools"))
+
+import clean_tree  # noqa: E402  (tools/clean_tree.py)
 
 from benchmarks.common import BF16_KEEP, MODES, ROUTES_ONLY, BenchMode, cpu_threads  # noqa: E402
-from tools.clean_tree import VARIABLE as CLEAN_TREE_VARIABLE  # noqa: E402
-from tools.clean_tree import CleanTreeGuard  # noqa: E402
 
 torch.set_num_threads(cpu_threads())
 
@@ -46,8 +48,7 @@ def _mode_name(config: pytest.Config) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
     config._spai_bench_mode = MODES[_mode_name(config)]  # type: ignore[attr-defined]
-    if os.environ.get(CLEAN_TREE_VARIABLE) == "1":  # `make test`: fail a run that wrote tracked files
-        config.pluginmanager.register(CleanTreeGuard(ROOT), "clean-tree")
+    clean_tree.register(config, ROOT)  # `make test`: fail a run that wrote tracked files
 
 
 def pytest_report_header(config: pytest.Config) -> str:

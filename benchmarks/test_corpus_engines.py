@@ -104,6 +104,8 @@ def test_engine_rates(benchmark, bench_mode: BenchMode) -> None:
     small, large = (IMAGES[bench_mode.name] + (None,))[:2]
     if large is None or any((e, n) not in _MEDIANS for e in ENGINES for n in (small, large)):
         pytest.skip("needs both engines at two corpus sizes in this session (--bench-mode moderate)")
+    for e in ENGINES:
+        assert _MEDIANS[(e, large)] > _MEDIANS[(e, small)], f"{e}: {large} images took no longer than {small}"
     rates = {e: (large - small) / (_MEDIANS[(e, large)] - _MEDIANS[(e, small)]) for e in ENGINES}
     starts = {e: _MEDIANS[(e, small)] - small / rates[e] for e in ENGINES}
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

@@ -38,6 +38,21 @@ def is_retryable(exc: Exception) -> bool:
     return isinstance(exc, (ConnectionError, OSError)) or "unavailable" in text or "connect" in text
 
 
+def _clear_error_frames(error: BaseException) -> None:
+    """Drop the locals of the frames in ``error``'s tracebacks (and those of its causes). tritonclient raises from
+    frames that hold the error their own traceback holds: a cycle that kept the client, and its keep-alive
+    connection, until the next collection, and tritonserver's graceful stop waits for open connections (30 s)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)  # frames still running (ours) are left as they are
+        pending += [e.__cause__, e.__context__]
+
+
 class SpaiClient:
     """Scores encoded images with the ``spai`` model; one tritonclient per thread (safe with N threads).
 
@@ -52,6 +67,7 @@ class SpaiClient:
         self.retries, self.timeout_s = retries, timeout_s
         self._local = threading.local()
         self._opened: weakref.WeakSet = weakref.WeakSet()  # each thread's tritonclient, while it lives
+        self._lock = threading.Lock()  # guards _local and _opened against close() from another thread
 
     def __enter__(self) -> SpaiClient:
         return self
@@ -60,12 +76,13 @@ class SpaiClient:
         self.close()
 
     def close(self) -> None:
-        """Close every connection this client opened, in any thread; a later call opens new ones."""
-        for client in list(self._opened):
+        """Close every connection this client opened, in any thread; a later call opens new ones. For when the
+        requests have finished: a request still in flight on another thread fails."""
+        with self._lock:
+            opened, self._opened, self._local = list(self._opened), weakref.WeakSet(), threading.local()
+        for client in opened:
             with contextlib.suppress(Exception):  # closing is best effort: the server may be gone already
                 client.close()
-        self._opened = weakref.WeakSet()
-        self._local = threading.local()
 
     def _module(self):
         if self.protocol == "http":
@@ -75,13 +92,16 @@ class SpaiClient:
         return module
 
     def _client(self):
-        if not hasattr(self._local, "client"):
-            module = self._module()
-            kwargs = {"network_timeout": self.timeout_s, "connection_timeout": self.timeout_s} \
-                if self.protocol == "http" else {}
-            self._local.client = module.InferenceServerClient(self.url, **kwargs)
-            self._opened.add(self._local.client)
-        return self._local.client
+        with self._lock:
+            local = self._local
+            client = getattr(local, "client", None)
+            if client is None:
+                module = self._module()
+                kwargs = {"network_timeout": self.timeout_s, "connection_timeout": self.timeout_s} \
+                    if self.protocol == "http" else {}
+                client = local.client = module.InferenceServerClient(self.url, **kwargs)
+                self._opened.add(client)
+        return client
 
     def infer(self, data: bytes, with_attention: bool = False, operating_point: str | None = None
               ) -> dict[str, np.ndarray]:
@@ -109,18 +129,12 @@ class SpaiClient:
                 result = self._client().infer(self.model, inputs, outputs=outputs)
                 return {n: result.as_numpy(n) for n in names}
             except Exception as e:  # noqa: BLE001 - tritonclient raises several unrelated types
-                # A frame that holds the error its own traceback holds is a cycle: tritonclient's raising frames
-                # hold theirs, and this one would hold `e`. Such a cycle kept this client and its keep-alive
-                # connection until the next collection, and tritonserver's graceful stop waits for it (30 s).
-                traceback.clear_frames(e.__traceback__)
+                _clear_error_frames(e)
                 if attempt < self.retries and is_retryable(e):
                     time.sleep(min(2.0 ** attempt * 0.5, 10.0))
                     continue
                 msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
-                try:
-                    raise ServingError(msg or repr(e)) from e
-                finally:
-                    del e
+                raise ServingError(msg or repr(e)) from e
         raise AssertionError("unreachable")
 
     def score_file(self, path: str | Path | InputRef, with_attention: bool = False,

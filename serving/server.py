@@ -203,7 +203,7 @@ class TritonServer:
         self.server_options = options or ServerOptions()
         self.shm_prefix = f"spai_{os.getpid()}_{next(_SERVER_IDS)}_"
         self.process: subprocess.Popen | None = None
-        self.exit_code: int | None = None  # after stop(): the server's exit status on SIGTERM, None if it was killed
+        self.exit_code: int | None = None  # after stop(): its exit status (0: it ended on SIGTERM), None if killed
         self._workdir = Path(tempfile.mkdtemp(prefix="spai-triton-"))
         self.log_path = self._workdir / "tritonserver.log"
 
@@ -255,6 +255,7 @@ class TritonServer:
             return self
         check_repository(self.repository, self.bundled)
         check_shm_space(self.repository, self.server_options)
+        self.exit_code = None
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True)
@@ -305,7 +306,7 @@ class TritonServer:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     pass
-            self.exit_code = proc.poll()  # None: it did not end on SIGTERM within the timeout and is killed
+            self.exit_code = proc.poll()  # None: it has not ended within the timeout and is killed
             _kill_group(proc.pid)
             proc.wait(5)
         self.remove_shm_regions()

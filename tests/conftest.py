@@ -25,9 +25,8 @@ for _path in (ROOT / "tools", ROOT / "tools" / "reliability", Path(__file__).res
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import clean_tree  # noqa: E402  (tools/clean_tree.py)
 import results_store  # noqa: E402  (tools/reliability/results_store.py)
-from clean_tree import VARIABLE as CLEAN_TREE_VARIABLE  # noqa: E402  (tools/clean_tree.py)
-from clean_tree import CleanTreeGuard  # noqa: E402
 from helpers import TOOLS_DIR, CliRun  # noqa: E402
 
 _RECORDS: dict[str, list[dict]] = {}  # test node id -> its findings, kept only when the test passed
@@ -43,8 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get(CLEAN_TREE_VARIABLE) == "1":  # `make test`: fail a run that wrote tracked files
-        config.pluginmanager.register(CleanTreeGuard(ROOT), "clean-tree")
+    clean_tree.register(config, ROOT)  # `make test`: fail a run that wrote tracked files
 
 
 def _has(module: str) -> bool:

@@ -12,20 +12,25 @@ it): a developer editing files while a plain ``pytest`` runs is not failed for i
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 VARIABLE = "SPAI_CHECK_CLEAN_TREE"
+PLUGIN_NAME = "clean-tree"
 
 
 def tracked_changes(root: Path) -> dict[str, str] | None:
-    """Tracked files that differ from the index: path -> SHA-256 of their content ("" when deleted); None when
-    ``root`` is not in a git checkout or git is missing."""
+    """Tracked files of the checkout holding ``root`` that differ from the index: path (from the checkout's top) ->
+    SHA-256 of their content ("" when deleted); None outside a git checkout or without git."""
+    git = ["git", "--no-optional-locks", "-C", str(root)]  # a check must not rewrite .git/index itself
     try:
-        out = subprocess.run(["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=no"],
-                             capture_output=True, check=True).stdout.decode()
+        top = Path(os.fsdecode(subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True,
+                                              check=True).stdout.strip()))
+        out = os.fsdecode(subprocess.run([*git, "status", "--porcelain=v1", "-z", "--untracked-files=no"],
+                                         capture_output=True, check=True).stdout)
     except (OSError, subprocess.CalledProcessError):
         return None
     entries = iter(out.split("\0"))
@@ -33,9 +38,9 @@ def tracked_changes(root: Path) -> dict[str, str] | None:
     for entry in entries:
         if not entry:
             continue
-        if entry[0] in "RC":  # a rename or copy: its source path follows as the next entry
+        if "R" in entry[:2] or "C" in entry[:2]:  # a rename or copy (index or worktree): its source path follows
             next(entries, None)
-        path = root / entry[3:]
+        path = top / entry[3:]
         changes[entry[3:]] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
     return changes
 
@@ -58,10 +63,17 @@ class CleanTreeGuard:
         changed = self.changed_files()
         if not changed:
             return
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.OK:  # never hide a worse status (interrupted, internal error)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_sep("=", "tracked files changed by this run", red=True)
             reporter.write_line(f"{', '.join(changed)}: a test run must not write tracked files; write to tmp_path, "
                                 "or make the write opt-in (as --record is). Restore them with `git checkout -- "
                                 "FILE`.")
+
+
+def register(config: pytest.Config, root: Path) -> None:
+    """Enable the guard for this session when ``SPAI_CHECK_CLEAN_TREE=1`` (once, whichever conftest asks first)."""
+    if os.environ.get(VARIABLE) == "1" and not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        config.pluginmanager.register(CleanTreeGuard(root), PLUGIN_NAME)

@@ -217,11 +217,11 @@ def test_a_closed_client_lets_the_server_stop_on_sigterm(ort_repo):
     from serving.client import SpaiClient
     from serving.server import TritonServer
 
-    with TritonServer(ort_repo) as srv, SpaiClient(srv.http_url) as client:
+    with TritonServer(ort_repo) as srv, SpaiClient(srv.http_url) as client, ThreadPoolExecutor(2) as pool:
         client.infer(bad_inputs.jpeg())
-        list(client.score_stream([], concurrency=2))
-        client.close()  # the connection of this thread (and of any other) is closed while `client` lives on
-        srv.stop(timeout=10)
+        assert all(out["num_patches"][0, 0] == 5 for out in pool.map(client.infer, [bad_inputs.jpeg()] * 4))
+        client.close()  # this thread's connection and the live pool threads' close while all of them live on
+        srv.stop(timeout=20)
         assert srv.exit_code == 0
 
 
