@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from spai.corpus import InputRef, map_bounded, read_input
-from spai.errors import ImageError, ServingError
+from spai.errors import ImageError, ServingError, detached
 from spai.inference import InputLimits
 from spai.lazy import lazy_import
 from spai.scores import ImageScore
@@ -36,21 +35,6 @@ def is_retryable(exc: Exception) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, (ConnectionError, OSError)) or "unavailable" in text or "connect" in text
-
-
-def _clear_error_frames(error: BaseException) -> None:
-    """Drop the locals of the frames in ``error``'s tracebacks (and those of its causes). tritonclient raises from
-    frames that hold the error their own traceback holds: a cycle that kept the client, and its keep-alive
-    connection, until the next collection, and tritonserver's graceful stop waits for open connections (30 s)."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        e = pending.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        traceback.clear_frames(e.__traceback__)  # frames still running (ours) are left as they are
-        pending += [e.__cause__, e.__context__]
 
 
 class SpaiClient:
@@ -129,7 +113,10 @@ class SpaiClient:
                 result = self._client().infer(self.model, inputs, outputs=outputs)
                 return {n: result.as_numpy(n) for n in names}
             except Exception as e:  # noqa: BLE001 - tritonclient raises several unrelated types
-                _clear_error_frames(e)
+                # tritonclient raises from frames that hold the error their own traceback holds: a cycle that kept
+                # this client and its keep-alive connection until the next collection, and tritonserver's graceful
+                # stop waits for open connections (30 s).
+                detached(e)
                 if attempt < self.retries and is_retryable(e):
                     time.sleep(min(2.0 ** attempt * 0.5, 10.0))
                     continue

@@ -7,7 +7,7 @@ exception is a bug and keeps its traceback. Messages say what went wrong *and* h
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -54,10 +54,9 @@ class ServingError(SPAIError):
     """The inference server cannot be started or reached, or a request failed."""
 
 
-def detached(error: E) -> E:
-    """``error`` without the frames it was raised in (its traceback and those of the errors it chains to), for an
-    error kept as a result (a request's answer): those frames' locals hold the whole batch, and a result list
-    that holds the error is one of them, a cycle that only a full garbage collection frees (rarely, under load)."""
+def error_chain(error: BaseException, links: tuple[str, ...] = ("__cause__", "__context__")
+                ) -> Iterator[BaseException]:
+    """``error`` and every error it chains to through the attributes ``links``, each once."""
     pending: list[BaseException] = [error]
     seen: set[int] = set()
     while pending:
@@ -65,8 +64,18 @@ def detached(error: E) -> E:
         if id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        pending += [c for c in (getattr(e, link, None) for link in links) if isinstance(c, BaseException)]
+
+
+def detached(error: E) -> E:
+    """``error`` without the frames it was raised in (its traceback and those of the errors it chains to), for an
+    error that outlives its frames: kept as a result (a request's answer), those frames' locals hold the whole
+    batch, and a result list that holds the error is one of them; raised from a frame that holds it (tritonclient),
+    the frame and the error hold each other. Only a full garbage collection frees such a cycle (rarely, under
+    load)."""
+    for e in error_chain(error):
         e.__traceback__ = None
-        pending += [c for c in (e.__cause__, e.__context__) if c is not None]
     return error
 
 

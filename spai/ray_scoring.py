@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spai.corpus import InputRef, read_input, score_inputs
-from spai.errors import ConfigError, ImageError, SPAIError
+from spai.errors import ConfigError, ImageError, SPAIError, error_chain
 from spai.inference import InputLimits, Scorer
 from spai.lazy import lazy_import
 from spai.scores import ImageScore
@@ -246,16 +246,8 @@ def actor_pool(size: int) -> Any:
 def user_error(error: BaseException) -> SPAIError | None:
     """The :class:`SPAIError` a worker raised (a bad checkpoint, an unknown operating point), out of the Ray
     errors that carry it, so the command prints its message instead of a remote traceback."""
-    pending, seen = [error], set()
-    while pending:
-        e = pending.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, SPAIError):
-            return e
-        pending += [c for c in (getattr(e, "cause", None), e.__cause__, e.__context__) if isinstance(c, BaseException)]
-    return None
+    chain = error_chain(error, ("cause", "__cause__", "__context__"))  # `cause`: what a RayTaskError wraps
+    return next((e for e in chain if isinstance(e, SPAIError)), None)
 
 
 ActorArgs = Callable[[argparse.Namespace, ActorPlan], argparse.Namespace]
