@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fre-fp16", action="store_true",
                         help="also run the FRE's Linear layers in FP16 (about half the FLOPs of spai-fusion-b16); "
                              "cosine similarities, moments, LayerNorm and Softmax stay FP32; parity-gated")
+    parser.add_argument("--fp32-softmax", action="store_true",
+                        help="compute the backbone's attention Softmax in FP32 islands (Cast -> Softmax -> Cast), as "
+                             "before; default: attention stays FP16, the form TensorRT fuses into one kernel")
     parser.add_argument("--min-batch", type=int, help="patch-encoder profile: fewest patches per call")
     parser.add_argument("--opt-batch", type=int, help="patch-encoder profile: batch the tactics are tuned for")
     parser.add_argument("--max-batch", type=int, help="patch-encoder profile: most patches per call")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     precisions = tuple(args.precision)
     art = pipeline.onnx_from_checkpoint(args.checkpoint, args.output, fp16_route=args.fp16_route,
-                                        fre_fp16=args.fre_fp16, precisions=precisions)
+                                        fre_fp16=args.fre_fp16, precisions=precisions,
+                                        fp32_softmax=args.fp32_softmax)
     profiles = pipeline.engine_profiles(art.graphs.feature_dim, min_batch=args.min_batch, opt_batch=args.opt_batch,
                                         max_batch=args.max_batch, max_patches=args.max_patches)
     if args.onnx_only or not tensorrt_available():

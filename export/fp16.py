@@ -1,9 +1,15 @@
 """``patch_encoder.fp16.onnx``: strongly typed mixed precision for TensorRT 10.12+/11 (which obey ONNX dtypes).
 
-Policy (both routes): the CLIP backbone's matmuls, GELU and residual adds run in FP16; FP32 stays where FP16 is
-unsafe: the spectral filter (DFT matmuls), the CLIP normalisation, every LayerNormalization and Softmax, and the
-FrequencyRestorationEstimator (FRE: cosine-similarity statistics, unbiased std, gates, fusion). Inputs (uint8
-patches) and outputs (float32) keep their dtypes, so the serving contract of :mod:`spai.specs` is unchanged.
+Policy (both routes): the CLIP backbone's matmuls, attention (Q/K scale, MatMul, Softmax, MatMul), GELU and
+residual adds run in FP16; FP32 stays where FP16 is unsafe: the spectral filter (DFT matmuls), the CLIP
+normalisation, every LayerNormalization, and the FrequencyRestorationEstimator (FRE: cosine-similarity statistics,
+unbiased std, Softmax, gates, fusion). Inputs (uint8 patches) and outputs (float32) keep their dtypes, so the
+serving contract of :mod:`spai.specs` is unchanged.
+
+The backbone's attention stays FP16 end to end (MatMul -> Softmax -> MatMul, no Cast between) because that is the
+form TensorRT fuses into one attention kernel (which keeps its softmax statistics in FP32 itself); an FP32 Softmax
+island (Cast -> Softmax -> Cast) prevents the fusion. ``fp32_softmax=True`` (``spai export --fp32-softmax``)
+restores the island, to compare both on a GPU; :func:`export.trt_rules.attention_fusion` counts the fusable blocks.
 
 ``fre_fp16=True`` (``spai export --fre-fp16``) also runs the FRE's Linear layers in FP16 (its MatMul/Gemm nodes:
 about half the FLOPs of spai-fusion-b16, 99.7 of 205.1 GFLOP a patch, are the per-layer projectors); their bias
@@ -13,8 +19,8 @@ the result passes the FP16 parity gates of :mod:`spai.parity` or the export fail
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
   ``convert_float_to_float16(keep_io_types=True)`` and a node block list (everything outside ``/mfvit/vit/``)
-  plus an op block list (LayerNormalization, Softmax, ...).
-* ``"torch"``: export from PyTorch with the backbone in half precision and hand-placed FP32 islands.
+  plus an op block list (LayerNormalization, ReduceMean, ...).
+* ``"torch"``: export from PyTorch with the backbone in half precision and hand-placed FP32 LayerNorm islands.
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ onnxconverter_common = lazy_import("onnxconverter_common")
 FP16_SCOPE = "/mfvit/vit/"  # node-name prefix of the CLIP backbone in the TorchScript-exported graph
 FILTER_SCOPE = "/mfvit/filter/"  # the spectral filter's DFT matmuls: always FP32
 LINEAR_OPS = ("MatMul", "Gemm")
-# Inside the backbone scope: normalisation and attention probabilities stay FP32 (the SDPA scale arithmetic
-# is on shape-derived scalars and follows its consumers).
-FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Exp")
+# Inside the backbone scope: normalisation stays FP32 (the SDPA scale arithmetic is on shape-derived scalars and
+# follows its consumers). Softmax is not listed: attention stays FP16 for TensorRT's fused attention (see above).
+FP32_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Pow", "Exp")
 ROUTES = ("convert", "torch")
 
 
@@ -57,9 +63,9 @@ def fre_linear_nodes(graph: Any) -> set[str]:
 
 
 def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                   fre_fp16: bool = False) -> Path:
+                   fre_fp16: bool = False, fp32_softmax: bool = False) -> Path:
     """Route ``convert``: FP32 ``patch_encoder.onnx`` -> mixed-precision ``patch_encoder.fp16.onnx`` (with
-    ``fre_fp16`` the FRE's Linear layers in FP16 too)."""
+    ``fre_fp16`` the FRE's Linear layers in FP16 too; with ``fp32_softmax`` FP32 Softmax islands in attention)."""
 
     src = Path(onnx_path)
     dst = Path(out_path) if out_path else src.with_name(src.stem + ".fp16.onnx")
@@ -77,6 +83,8 @@ def fp16_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike | N
         raise ExportError(f"FP16 conversion of {src} failed: {e}") from e
     retarget_casts(mixed, fp16_casts)
     restore_fp32_outputs(mixed)
+    if fp32_softmax:
+        fp32_softmax_islands(mixed)
     _save_checked(mixed, dst)
     return dst
 
@@ -146,6 +154,28 @@ def restore_fp32_outputs(model: Any) -> None:
             for attr in node.attribute:
                 if attr.name == "to":
                     attr.i = onnx.TensorProto.FLOAT
+
+
+def fp32_softmax_islands(model: Any) -> int:
+    """Compute every FP16 Softmax in FP32 (Cast -> Softmax -> Cast, the ``fp32_softmax`` form); returns how many.
+
+    The Softmax keeps its node name; its FP16 output tensor keeps its name too (now the second Cast's), so the
+    declared value_info stays right."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    infos = list(inferred.graph.value_info) + list(inferred.graph.input)
+    dtypes = {v.name: v.type.tensor_type.elem_type for v in infos}
+    dtypes.update({i.name: i.data_type for i in model.graph.initializer})
+    graph, half, wrapped = model.graph, onnx.TensorProto.FLOAT16, 0
+    for softmax in [n for n in graph.node if n.op_type == "Softmax" and dtypes.get(n.input[0]) == half]:
+        src, dst = softmax.input[0], softmax.output[0]
+        softmax.input[0], softmax.output[0] = f"{src}__fp32", f"{dst}__fp32"
+        at = list(graph.node).index(softmax)
+        graph.node.insert(at + 1, onnx.helper.make_node("Cast", [softmax.output[0]], [dst], to=half,
+                                                        name=f"{softmax.name}/fp32_out"))
+        graph.node.insert(at, onnx.helper.make_node("Cast", [src], [softmax.input[0]], to=onnx.TensorProto.FLOAT,
+                                                    name=f"{softmax.name}/fp32_in"))
+        wrapped += 1
+    return wrapped
 
 
 def split_shared_initializers(model: Any, fp32_nodes: set[str]) -> None:
@@ -267,24 +297,30 @@ class _HalfBackboneEncoder(nn.Module):
 
 
 def fp16_from_torch(model: nn.Module, out_path: str | os.PathLike, opset: int | None = None,
-                    fre_fp16: bool = False) -> Path:
-    """Route ``torch``: export the half-precision-backbone encoder directly (FP32 IO)."""
+                    fre_fp16: bool = False, fp32_softmax: bool = False) -> Path:
+    """Route ``torch``: export the half-precision-backbone encoder directly (FP32 IO); its attention Softmax is
+    FP16 as exported, with ``fp32_softmax`` wrapped in FP32 islands afterwards."""
     dst = Path(out_path)
     dim = int(model.feature_dim)
     module = _HalfBackboneEncoder(model, fre_fp16)
-    return export_graph(module, example_inputs(dim)["patch_encoder"], patch_encoder_spec(dim), dst, opset)
+    path = export_graph(module, example_inputs(dim)["patch_encoder"], patch_encoder_spec(dim), dst, opset)
+    if fp32_softmax:
+        graph = onnx.load(str(path))
+        fp32_softmax_islands(graph)
+        _save_checked(graph, path)
+    return path
 
 
 def patch_encoder_fp16(model: nn.Module | None, onnx_path: str | os.PathLike, route: str = "convert",
-                       fre_fp16: bool = False) -> Path:
+                       fre_fp16: bool = False, fp32_softmax: bool = False) -> Path:
     """``patch_encoder.fp16.onnx`` next to ``onnx_path`` by ``route`` (``convert`` needs only the ONNX file);
-    ``fre_fp16``: the FRE's Linear layers in FP16 as well."""
+    ``fre_fp16``: the FRE's Linear layers in FP16 as well; ``fp32_softmax``: FP32 Softmax islands in attention."""
     if route not in ROUTES:
         raise ExportError(f"Unknown FP16 route {route!r}; choose one of {', '.join(ROUTES)}.")
     src = Path(onnx_path)
     dst = src.with_name(src.stem + ".fp16.onnx")
     if route == "convert":
-        return fp16_from_onnx(src, dst, fre_fp16)
+        return fp16_from_onnx(src, dst, fre_fp16, fp32_softmax)
     if model is None:
         raise ExportError("FP16 route 'torch' needs the PyTorch model.")
-    return fp16_from_torch(model, dst, fre_fp16=fre_fp16)
+    return fp16_from_torch(model, dst, fre_fp16=fre_fp16, fp32_softmax=fp32_softmax)

@@ -22,7 +22,16 @@ from spai.files import sha256_file
 from spai.parity import Gates, ParityReport, compare_routes, enforce
 from spai.routes import ROUTES, cpu_flags, cpu_identity, evidence_for, record_verdicts, runners_for
 from spai.runners import CPU_CHUNKS, OrtRunner, Route
-from spai.specs import PLAN_FILES, PATCHES, Shape, aggregator_spec, max_shapes, min_shapes, patch_encoder_spec, trt_profile
+from spai.specs import (
+    PATCHES,
+    PLAN_FILES,
+    Shape,
+    aggregator_spec,
+    max_shapes,
+    min_shapes,
+    patch_encoder_spec,
+    trt_profile,
+)
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
@@ -44,28 +53,30 @@ class OnnxArtifacts:
     patch_encoder_int8: Path | None = None
     checkpoint_sha256: str = ""  # the checkpoint file's, where the model came from one
     trt_verdicts: dict[str, TrtVerdict] = field(default_factory=dict)  # ONNX path -> TensorRT rules' verdict
+    fp32_softmax: bool = False  # patch_encoder_fp16's attention Softmax runs in FP32 islands (no fused attention)
 
 
 def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, *, fp16_route: str = "convert",
-                         opset: int | None = None, fre_fp16: bool = False, precisions: Sequence[str] = ()
-                         ) -> OnnxArtifacts:
+                         opset: int | None = None, fre_fp16: bool = False, precisions: Sequence[str] = (),
+                         fp32_softmax: bool = False) -> OnnxArtifacts:
     """Load a checkpoint / named config and write ``patch_encoder.onnx``, ``patch_encoder.fp16.onnx`` (with
-    ``fre_fp16`` its FRE Linear layers in FP16 too) and ``aggregator.onnx`` to ``out_dir`` (and
-    ``patch_encoder.int8.onnx`` if ``precisions`` holds int8)."""
+    ``fre_fp16`` its FRE Linear layers in FP16 too, with ``fp32_softmax`` its attention Softmax in FP32 islands)
+    and ``aggregator.onnx`` to ``out_dir`` (and ``patch_encoder.int8.onnx`` if ``precisions`` holds int8)."""
     out = ensure_writable_dir(out_dir)  # fail fast, before the (slow) model load
     log(f"loading {source} ...")
     model, description = model_from_source(source)
     log(f"model: {description}; feature dim {model.feature_dim}")
     graphs = onnx_from_torch(model, out, opset=opset, progress=log)
     fre = ", FRE Linear layers FP16" if fre_fp16 else ""
-    log(f"building mixed-precision patch encoder (route {fp16_route}{fre}) ...")
-    fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16)
+    softmax = "FP32 Softmax islands" if fp32_softmax else "FP16 attention"
+    log(f"building mixed-precision patch encoder (route {fp16_route}{fre}, {softmax}) ...")
+    fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16, fp32_softmax=fp32_softmax)
     int8 = patch_encoder_int8(graphs.patch_encoder, progress=log) if "int8" in precisions else None
     for path in (graphs.patch_encoder, fp16, int8, graphs.aggregator):
         if path is not None:
             log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     sha = sha256_file(source) if Path(source).is_file() else ""
-    art = OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha)
+    art = OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha, fp32_softmax=fp32_softmax)
     for verdict in trt_verdicts_from_onnx(art):
         log(f"TensorRT rules: {verdict.summary()}")
     return art
@@ -88,8 +99,19 @@ def trt_report_from_verdicts(art: OnnxArtifacts, verdicts: Sequence[TrtVerdict])
              "patch_encoder.int8.onnx (ONNX Runtime's CPU graph), so it is not checked"]
     if art.patch_encoder_int8 is not None:
         notes.append(f"{art.patch_encoder_int8.name}: not built by TensorRT, not checked")
-    entry = {"graphs": [v.to_dict() for v in verdicts], "notes": notes}
+    notes.append(f"fused-attention is a performance rule (never a refusal); {attention_form(art)}")
+    entry = {"graphs": [v.to_dict() for v in verdicts], "notes": notes,
+             "fp16_attention": {"softmax": "fp32" if art.fp32_softmax else "fp16", "fp32_softmax": art.fp32_softmax}}
     return {"tensorrt_compatibility": entry}, verdicts_markdown(verdicts, notes)
+
+
+def attention_form(art: OnnxArtifacts) -> str:
+    """Which attention form ``patch_encoder.fp16.onnx`` was built in, for the export report."""
+    if art.fp32_softmax:
+        return (f"{art.patch_encoder_fp16.name} was built with --fp32-softmax: Cast -> FP32 Softmax -> Cast in "
+                "each attention block, which TensorRT does not fuse")
+    return (f"{art.patch_encoder_fp16.name} keeps attention FP16 (MatMul -> Softmax -> MatMul, no Cast), the form "
+            "TensorRT fuses; --fp32-softmax restores FP32 Softmax islands")
 
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
@@ -214,9 +236,9 @@ def manifest_for_engines(art: OnnxArtifacts, out_dir: Path, profiles: Profiles, 
 
     import torch
 
-    from spai.files import sha256_file
     from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
     from export.trt import tensorrt_version
+    from spai.files import sha256_file
 
     major, minor = torch.cuda.get_device_capability()
     manifest = manifest_from_profiles(
@@ -226,5 +248,6 @@ def manifest_for_engines(art: OnnxArtifacts, out_dir: Path, profiles: Profiles, 
         version_compatible=options.version_compatible,
         onnx_sha256={p.name: sha256_file(p) for p in sources.values()}, source=art.source,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        extra={"tf32": options.tf32, "fre_fp16": art.fre_fp16})
+        extra={"tf32": options.tf32, "fre_fp16": art.fre_fp16,
+               "fp32_softmax": art.fp32_softmax and encoder_precision == "fp16"})
     return write_manifest(out_dir, manifest)

@@ -255,6 +255,28 @@ class BufferPool:
         self._buffers.clear()
 
 
+ADDRESS_ALIGNMENT = 256  # bytes: IExecutionContext.setTensorAddress wants I/O addresses aligned to 256
+
+
+def needs_staging(tensor: torch.Tensor) -> bool:
+    """True where TensorRT cannot read ``tensor`` in place: not contiguous, or its address (a slice's offset)
+    not aligned to :data:`ADDRESS_ALIGNMENT` bytes."""
+    return not tensor.is_contiguous() or tensor.data_ptr() % ADDRESS_ALIGNMENT != 0
+
+
+def staged_inputs(inputs: dict[str, torch.Tensor], pool: BufferPool) -> dict[str, torch.Tensor]:
+    """The inputs TensorRT can bind as they are, and copies of the others in ``pool``'s own buffers (allocated
+    aligned, kept by the runner), made on the current stream."""
+    staged = {}
+    for name, tensor in inputs.items():
+        if needs_staging(tensor):
+            buffer = pool.get(f"in:{name}", tuple(tensor.shape), tensor.dtype)
+            buffer.copy_(tensor)
+            tensor = buffer
+        staged[name] = tensor
+    return staged
+
+
 def torch_dtype(np_dtype: np.dtype) -> torch.dtype:
     """The torch dtype of a numpy dtype (uint8, bool, float16, float32, int32, int64)."""
     return torch.from_numpy(np.zeros(0, np_dtype)).dtype
@@ -345,7 +367,13 @@ class TrtRunner(Runner):
                                   f"{inputs[name].dtype} on {inputs[name].device}.")
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # the inputs were produced on the caller's stream
-        outputs = self._bind({k: v.contiguous() for k, v in inputs.items()})
+        with torch.cuda.stream(self.stream):
+            # a copy (non-contiguous or misaligned input) runs on the runner's stream, before the engine, into the
+            # runner's own buffers: never a temporary the engine may still read once this call returns
+            staged = staged_inputs(inputs, self._device)
+            for tensor in inputs.values():
+                tensor.record_stream(self.stream)  # the caller's tensors stay allocated until the engine is done
+            outputs = self._bind(staged)
         caller.wait_stream(self.stream)
         return outputs
 

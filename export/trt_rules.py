@@ -16,6 +16,13 @@ Rules (data: ``export/data/trt_onnx_support.json``, with its source and version)
 * ``opset``: the default-domain opset is within the parser's range for that TensorRT major version (for "10" the
   lowest 10.x we support, so an engine builds on every 10.x).
 
+Performance rule (counted and reported, never a refusal):
+
+* ``fused-attention``: how many attention blocks (a Softmax fed by a MatMul, through optional Mul/Div scale, Add
+  mask and Cast nodes, whose output feeds a MatMul) are in the form TensorRT fuses into one attention kernel:
+  MatMul -> [Mul/Div] -> [Add] -> Softmax -> MatMul all FP16/BF16 with no Cast between (TensorRT developer guide,
+  "Fused Attention"; NVIDIA/TensorRT#2981). An FP32 Softmax island (Cast -> Softmax -> Cast) blocks the fusion.
+
 Light: ``onnx`` is imported on first use, no torch.
 """
 
@@ -41,6 +48,11 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 CASTS = ("Cast", "CastLike")  # the only ops whose Supported Types list UINT8
 ALIASES = ("Identity",)  # onnx-tensorrt passes weights through these: an Identity of a constant is a constant
 MAX_LISTED = 20  # violations spelled out in a refusal; all of them are in the export report
+ATTENTION_RULE = "fused-attention"
+SCORE_OPS = ("Mul", "Div", "Add", "Cast")  # what may sit between the first MatMul and the Softmax of an attention
+SCALE_OPS = ("Mul", "Div")
+LAYOUT_OPS = ("Transpose", "Reshape")  # between a Q/K scale and the first MatMul
+HALF_TYPES = ("FLOAT16", "BFLOAT16")
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,42 @@ class Violation:
         return f"node {self.node!r} ({self.op or 'graph'}): [{self.rule}] {self.message}"
 
 
+@dataclass(frozen=True)
+class AttentionBlock:
+    """One attention block: its Softmax and MatMuls, the dtypes between them, and whether TensorRT can fuse it."""
+
+    softmax: str  # node names
+    bmm1: str
+    bmm2: str
+    dtypes: tuple[str, ...]  # element types of BMM1's output, each node's output up to BMM2's (Casts included)
+    casts: int  # Cast nodes between BMM1 and BMM2
+    scale: str  # where the attention scale is applied: "q/k" (before BMM1), "scores" (Mul/Div after it), "none"
+    fusable: bool
+    reason: str  # why not fusable ("" when it is)
+
+
+@dataclass
+class AttentionFusion:
+    """The ``fused-attention`` performance rule's count for one graph (never a refusal)."""
+
+    blocks: list[AttentionBlock] = field(default_factory=list)
+    rule: str = ATTENTION_RULE
+
+    @property
+    def fusable(self) -> int:
+        """How many of the blocks TensorRT can fuse."""
+        return sum(b.fusable for b in self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the counts and every block."""
+        return {"rule": self.rule, "attention_blocks": len(self.blocks), "fusable": self.fusable,
+                "blocks": [asdict(b) for b in self.blocks]}
+
+    def summary(self) -> str:
+        """One phrase: "k/n attention blocks fusable"."""
+        return f"{self.fusable}/{len(self.blocks)} attention blocks fusable"
+
+
 @dataclass
 class TrtVerdict:
     """What :func:`check_graph` found in one graph."""
@@ -87,6 +135,7 @@ class TrtVerdict:
     rules: tuple[str, ...] = RULES
     violations: list[Violation] = field(default_factory=list)
     unknown_types: int = 0  # node inputs whose type shape inference could not tell (input-type rules skip them)
+    attention: AttentionFusion = field(default_factory=AttentionFusion)  # performance rule: never fails the graph
 
     @property
     def passed(self) -> bool:
@@ -94,13 +143,13 @@ class TrtVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``export_report.json``."""
-        return {**asdict(self), "rules": list(self.rules), "passed": self.passed}
+        return {**asdict(self), "rules": list(self.rules), "passed": self.passed, "attention": self.attention.to_dict()}
 
     def summary(self) -> str:
-        """One line: graph, counts, result."""
+        """One line: graph, counts, result, fusable attention blocks."""
         result = "pass" if self.passed else f"{len(self.violations)} violation(s)"
         return (f"{self.graph}: {self.nodes} nodes, {len(self.ops)} ops, opset {self.opset}, TensorRT "
-                f"{self.trt_version} rules {', '.join(self.rules)}: {result}")
+                f"{self.trt_version} rules {', '.join(self.rules)}: {result}; {self.attention.summary()}")
 
 
 @functools.cache
@@ -299,6 +348,73 @@ def opset_violations(model: Any, m: SupportMatrix) -> list[Violation]:
                       f"an opset in that range (spai.specs.OPSET, torch.onnx.export(opset_version=...)).")]
 
 
+def _path_to_matmul(name: str, producer: dict[str, Any], depth: int = 6) -> list[Any] | None:
+    """The nodes from the producer of ``name`` back to a MatMul through ``SCORE_OPS`` (MatMul first, then towards
+    the Softmax), or None if no MatMul is reached."""
+    node = producer.get(name)
+    if node is None or depth == 0:
+        return None
+    if node.op_type == "MatMul":
+        return [node]
+    if node.op_type not in SCORE_OPS:
+        return None
+    for inp in node.input:
+        path = _path_to_matmul(inp, producer, depth - 1)
+        if path:
+            return path + [node]
+    return None
+
+
+def _path_from_softmax(name: str, consumers: dict[str, list[Any]], depth: int = 3) -> list[Any] | None:
+    """The nodes from a Softmax output forward to the MatMul that reads it as its first input, through Casts."""
+    for node in consumers.get(name, []) if depth else []:
+        if node.op_type == "MatMul" and node.input[0] == name:
+            return [node]
+        if node.op_type == "Cast":
+            path = _path_from_softmax(node.output[0], consumers, depth - 1)
+            if path:
+                return [node] + path
+    return None
+
+
+def _scale_site(bmm1: Any, between: list[Any], producer: dict[str, Any]) -> str:
+    """Where the attention scale is applied: on Q/K before BMM1 (TensorRT's documented form), on the scores, or
+    nowhere visible."""
+    if any(n.op_type in SCALE_OPS for n in between):
+        return "scores"
+    for name in bmm1.input:
+        node = producer.get(name)
+        while node is not None and node.op_type in LAYOUT_OPS:
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in SCALE_OPS:
+            return "q/k"
+    return "none"
+
+
+def attention_fusion(g: _Graph) -> AttentionFusion:
+    """The ``fused-attention`` count: every attention block (Softmax fed by a MatMul, feeding a MatMul) and
+    whether it is MatMul -> [Mul/Div] -> [Add] -> Softmax -> MatMul in FP16/BF16 with no Cast between."""
+    producer = {out: n for n in g.nodes for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    blocks = []
+    for softmax in (n for n in g.nodes if n.op_type == "Softmax" and n.domain in DEFAULT_DOMAINS):
+        up, down = _path_to_matmul(softmax.input[0], producer), _path_from_softmax(softmax.output[0], consumers)
+        if not up or not down:
+            continue
+        chain = up + [softmax] + down
+        dtypes = tuple(_type_name(g.types[n.output[0]]) if n.output[0] in g.types else "UNKNOWN" for n in chain)
+        casts = sum(n.op_type == "Cast" for n in chain)
+        wrong = sorted({t for t in dtypes if t not in HALF_TYPES})
+        reason = "; ".join(filter(None, [f"{casts} Cast(s) between the MatMuls" if casts else "",
+                                         f"{'/'.join(wrong)} tensors (needs FP16/BF16)" if wrong else ""]))
+        blocks.append(AttentionBlock(softmax.name, up[0].name, down[-1].name, dtypes, casts,
+                                     _scale_site(up[0], up[1:], producer), not reason, reason))
+    return AttentionFusion(blocks)
+
+
 def check_graph(graph: str | os.PathLike | Any, *, trt_version: str = "10") -> TrtVerdict:
     """Check an ONNX graph (a path or a ``ModelProto``) against TensorRT ``trt_version``'s parser rules."""
     m = support_matrix(trt_version)
@@ -313,7 +429,7 @@ def check_graph(graph: str | os.PathLike | Any, *, trt_version: str = "10") -> T
                   + constant_input_violations(g, m) + opset_violations(model, m))
     ops = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}" for n in g.nodes)
     return TrtVerdict(name, m.trt_version, len(g.nodes), dict(ops.most_common()), opset_of(model),
-                      violations=violations, unknown_types=unknown)
+                      violations=violations, unknown_types=unknown, attention=attention_fusion(g))
 
 
 def enforce(verdicts: Iterable[TrtVerdict]) -> None:
@@ -333,12 +449,17 @@ def enforce(verdicts: Iterable[TrtVerdict]) -> None:
 
 def verdicts_markdown(verdicts: Iterable[TrtVerdict], notes: Iterable[str] = ()) -> list[str]:
     """The "TensorRT compatibility" section of ``export_report.md``."""
-    lines = ["## TensorRT compatibility", "", "| graph | TensorRT | opset | nodes | ops | rules | result |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["## TensorRT compatibility", "",
+             "| graph | TensorRT | opset | nodes | ops | rules | result | fusable attention blocks |",
+             "|---|---|---|---|---|---|---|---|"]
     listed = list(verdicts)
     for v in listed:
         result = "pass" if v.passed else f"FAIL ({len(v.violations)})"
         lines.append(f"| {v.graph} | {v.trt_version}.x | {v.opset} | {v.nodes} | {len(v.ops)} | "
-                     f"{', '.join(v.rules)} | {result} |")
+                     f"{', '.join(v.rules)} | {result} | {v.attention.fusable}/{len(v.attention.blocks)} |")
     lines += [f"- {v.graph}: {x}" for v in listed for x in v.violations[:MAX_LISTED]]
+    for v in listed:
+        reasons = Counter(b.reason for b in v.attention.blocks if not b.fusable)
+        lines += [f"- {v.graph}: [{ATTENTION_RULE}] {n} attention block(s) not fusable by TensorRT: {reason}"
+                  for reason, n in reasons.items()]
     return lines + [f"- note: {n}" for n in notes]

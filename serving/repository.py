@@ -33,10 +33,11 @@ from spai.runners import CPU_CHUNKS
 from spai.specs import (
     AGGREGATOR_FILE,
     ATTENTION,
-    ENCODER_FILES,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_PATCHES,
+    DEFAULT_OPT_BATCH,
+    ENCODER_FILES,
     MANIFEST_FILE,
     PATCH_FEATURES,
     PATCHES,
@@ -123,7 +124,7 @@ TUNING = {
     "python-ort": Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),
     "onnx": Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),
     "trt": Tuning(entry_instances=4, encoder_instances=2, aggregator_instances=1, in_flight=4,
-                  encoder_preferred_batch=(128, 256), encoder_queue_delay_us=500),
+                  encoder_preferred_batch=(DEFAULT_OPT_BATCH,), encoder_queue_delay_us=500),
     TORCH_VARIANT: Tuning(entry_instances=2, encoder_instances=1, aggregator_instances=1, in_flight=2),  # KIND_CPU
 }
 # python-torch on a GPU (--device gpu): the trt defaults, each torch call as large as the batcher merges
@@ -228,6 +229,15 @@ def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[i
                        max_images=opts.max_images)
 
 
+def _preferred_batch(t: Tuning, opts: RepositoryOptions, shapes: dict[str, tuple[tuple[int, ...], ...]]
+                     ) -> tuple[int, ...]:
+    """The encoder's preferred batch sizes: the tuning's; for trt engines by default the engine's own opt batch
+    (what TensorRT tuned its kernels for: the spec's DEFAULT_OPT_BATCH, or an engine built with --opt-batch)."""
+    if opts.variant == "trt" and t.encoder_preferred_batch == TUNING["trt"].encoder_preferred_batch:
+        return (next(iter(shapes.values()))[1][0],)
+    return t.encoder_preferred_batch
+
+
 def _warmup(spec: ModelSpec, opt: dict[str, tuple[int, ...]]) -> str:
     """One warm-up request at the profile's opt shapes."""
     blocks = []
@@ -249,7 +259,7 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
     instances, threads = ((t.encoder_instances, t.encoder_threads) if encoder
                           else (t.aggregator_instances, t.aggregator_threads))
     delay = t.encoder_queue_delay_us if encoder else t.aggregator_queue_delay_us
-    preferred = tuple(b for b in t.encoder_preferred_batch if b <= max_batch) if encoder else ()
+    preferred = tuple(b for b in _preferred_batch(t, opts, shapes) if b <= max_batch) if encoder else ()
     parts = [_header(name, opts.variant, max_batch), _io("input", spec.inputs), _io("output", outputs),
              _batching(delay, preferred), _instances(opts.variant, instances, opts.device)]
     if opts.variant == "trt":

@@ -15,6 +15,10 @@ this checkpoint on this CPU**:
 
 A failed route is never taken. ``SPAI_CPU_FLAGS`` overrides the CPU's flags (tests run the AMX, VNNI and AVX2
 orderings on one machine); ``SPAI_CACHE_DIR`` moves the cache (default ``~/.cache/spai``).
+
+A model on a CUDA GPU has its own routes (:data:`GPU_ROUTES`): ``torch-fp32`` and the encoder under
+``torch.autocast`` in ``torch-bf16`` / ``torch-fp16``, gated the same way, their evidence kept per GPU
+(:func:`device_identity`); one asked for by name runs only where it passed (:func:`require_passed`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ from spai.specs import AGGREGATOR_FILE, ENCODER_FILES, EVIDENCE_FILE, PATCHES, P
 
 BACKENDS = ("torch", "ort")
 PRECISIONS = ("fp32", "bf16", "int8")
-ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8"))  # fp16 is TensorRT's (GPU)
+ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8"))  # a CPU's
+# A CUDA GPU's, in the order to try them: the encoder under torch.autocast (bf16 first: fp32's exponent range),
+# then the reference. TensorRT's fp16 engines are served by Triton (`spai export`).
+GPU_ROUTES = (("torch", "bf16"), ("torch", "fp16"), ("torch", "fp32"))
+GPU_PRECISIONS = ("fp32", "fp16", "bf16")
 # The graph files each ONNX Runtime route runs: its verdicts hold while these files are the ones it was gated on.
 ROUTE_GRAPHS = {f"ort-{p}": (ENCODER_FILES[p], AGGREGATOR_FILE) for p in ("fp32", "int8")}
 FLAGS_VARIABLE, CACHE_VARIABLE = "SPAI_CPU_FLAGS", "SPAI_CACHE_DIR"
@@ -61,8 +69,37 @@ PROBE_PATCHES = 4  # patches a speed probe encodes after one warm-up call
 Say = Callable[[str], None]
 
 
-def route_name(backend: str, precision: str) -> str:
-    return f"{backend}-{precision}"
+def route_name(backend: str, precision: str, autocast_on_cpu: bool = False) -> str:
+    """``torch-bf16``, ``ort-int8``, ...; a GPU route run under CPU autocast (tests) is ``torch-bf16-autocast``."""
+    return f"{backend}-{precision}" + ("-autocast" if autocast_on_cpu else "")
+
+
+def on_gpu(model: ScoringModel | None) -> bool:
+    """True where ``model`` lives on a GPU (its routes are :data:`GPU_ROUTES`)."""
+    return model is not None and getattr(model.device, "type", "cpu") != "cpu"
+
+
+def device_identity(model: ScoringModel | None, flags: frozenset[str] | None = None) -> str:
+    """How route evidence names the device a model scores on: its GPU (name, compute capability, torch and CUDA
+    versions: the kernels autocast picks) or this CPU (:func:`cpu_identity`)."""
+    if not on_gpu(model):
+        return cpu_identity(cpu_flags() if flags is None else flags)
+    import torch
+
+    props = torch.cuda.get_device_properties(model.device)
+    return f"{props.name} [sm_{props.major}{props.minor}, torch {torch.__version__}, CUDA {torch.version.cuda}]"
+
+
+def resolve_gpu_route(backend: str | None, precision: str) -> tuple[str, str]:
+    """(backend, precision) of a route asked for by name for a model on a GPU: torch fp32, fp16 or bf16
+    (:class:`ConfigError` saying what to use instead otherwise)."""
+    if backend not in (None, "auto", "torch"):
+        raise ConfigError(f"on a GPU spai scores in-process with PyTorch; --backend {backend} is a CPU route: drop "
+                          "--backend (or pass --device cpu). A GPU's TensorRT engines are served by Triton.")
+    if precision not in GPU_PRECISIONS:
+        raise ConfigError(f"--precision {precision} is a CPU precision; on a GPU choose one of "
+                          f"{', '.join(GPU_PRECISIONS)} or auto (or pass --device cpu).")
+    return "torch", precision
 
 
 def cpu_flags() -> frozenset[str]:
@@ -152,27 +189,35 @@ def resolve_route(backend: str | None, precision: str, flags: frozenset[str] | N
 
 def runners_for(backend: str, precision: str, *, model: ScoringModel | None = None,
                 onnx_dir: str | os.PathLike | None = None, chunk: int | None = None,
-                threads: int | None = None) -> Route:
-    """The :class:`Route` of one CPU route, by name. torch needs ``model``; ort needs ``onnx_dir`` (a ``spai
-    export`` folder: ``patch_encoder[.int8].onnx`` + ``aggregator.onnx``). ``chunk``: patches per encoder call
-    (default :data:`spai.runners.CPU_CHUNKS` on a CPU, the model's chunk on a GPU). The aggregator runs in fp32."""
+                threads: int | None = None, autocast: bool | None = None) -> Route:
+    """The :class:`Route` of one route, by name. torch needs ``model``; ort needs ``onnx_dir`` (a ``spai export``
+    folder: ``patch_encoder[.int8].onnx`` + ``aggregator.onnx``). ``chunk``: patches per encoder call (default
+    :data:`spai.runners.CPU_CHUNKS` on a CPU, the model's chunk on a GPU). The aggregator runs in fp32. A model on
+    a GPU runs :data:`GPU_ROUTES` (fp16 / bf16 under autocast); ``autocast=True`` runs those on a CPU (tests)."""
+    if backend == "torch" and precision in ("fp16", "bf16") and (on_gpu(model) or autocast):
+        return _torch_route(model, precision, chunk, autocast=True)
     if (backend, precision) not in ROUTES:
         resolve_route(backend, precision, frozenset({"avx512_bf16"}))  # raises the explanatory error
         raise ConfigError(f"no {backend} {precision} route; routes: {', '.join(f'{b} {p}' for b, p in ROUTES)}.")
-    name = route_name(backend, precision)
     if backend == "torch":
-        if model is None:
-            raise ConfigError("the torch backend needs a model (spai.create_model(...)).")
-        on_cpu = getattr(model.device, "type", "cpu") == "cpu"
-        batch = chunk or (CPU_CHUNKS[(backend, precision)] if on_cpu else None)
-        return Route(name, precision, TorchRunner(model, "patch_encoder", batch, precision),
-                     TorchRunner(model, "aggregator"))
+        return _torch_route(model, precision, chunk)
     if onnx_dir is None:
         raise ConfigError("the ort backend needs the exported graphs: pass the folder `spai export` wrote.")
     folder = Path(onnx_dir)
     limits: Limits = {PATCHES: (chunk or CPU_CHUNKS[(backend, precision)], *PATCHES_INPUT.shape)}
-    return Route(name, precision, OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
+    return Route(route_name(backend, precision), precision,
+                 OrtRunner(folder / ENCODER_FILES[precision], threads=threads, limits=limits),
                  OrtRunner(folder / AGGREGATOR_FILE, threads=threads))
+
+
+def _torch_route(model: ScoringModel | None, precision: str, chunk: int | None, autocast: bool = False) -> Route:
+    if model is None:
+        raise ConfigError("the torch backend needs a model (spai.create_model(...)).")
+    gpu = on_gpu(model)
+    batch = chunk or (None if gpu else CPU_CHUNKS.get(("torch", precision), CPU_CHUNKS[("torch", "bf16")]))
+    name = route_name("torch", precision, autocast_on_cpu=autocast and not gpu)
+    return Route(name, precision, TorchRunner(model, "patch_encoder", batch, precision, autocast=autocast or None),
+                 TorchRunner(model, "aggregator"))
 
 
 # --- Evidence: gate verdicts and speeds, per model and per CPU ------------------------------------------------------
@@ -321,7 +366,7 @@ def record_verdicts(evidence: RouteEvidence, report: Any, identity: str) -> None
 
 def gate_routes(model: ScoringModel, routes: Sequence[Route], say: Say) -> Any:
     """Gate entered ``routes`` against torch fp32 as ``spai export --precision`` does, smaller: random patches and
-    the project's generated images up to :data:`GATE_MAX_PIXELS` (a route's gate runs once per model and CPU)."""
+    the project's generated images up to :data:`GATE_MAX_PIXELS` (a route's gate runs once per model and device)."""
     from spai.data.samples import write_sample_images
     from spai.images import decode_image
     from spai.parity import compare_routes
@@ -329,7 +374,7 @@ def gate_routes(model: ScoringModel, routes: Sequence[Route], say: Say) -> Any:
     with tempfile.TemporaryDirectory() as folder:
         images = [p for p in write_sample_images(Path(folder))
                   if np.prod(decode_image(p).shape[:2]) <= GATE_MAX_PIXELS]
-        say(f"gating {', '.join(r.name for r in routes)} for this model on this CPU "
+        say(f"gating {', '.join(r.name for r in routes)} for this model on this device "
             f"({GATE_PATCHES} random patches, {len(images)} images; once, then kept) ...")
         return compare_routes(model, routes, image_paths=images, n_random=GATE_PATCHES)
 
@@ -372,23 +417,49 @@ def _has_graphs(onnx_dir: str | os.PathLike | None, precision: str) -> bool:
 
 def choose_route(model: ScoringModel, *, onnx_dir: str | os.PathLike | None = None, backend: str | None = None,
                  flags: frozenset[str] | None = None, say: Say = lambda _line: None) -> RouteChoice:
-    """The fastest route for this CPU that passed its parity gate for ``model`` (module docstring): verdicts and
-    speeds come from the model's evidence, and what is missing is measured once and kept. ONNX Runtime routes are
-    candidates where ``onnx_dir`` holds their graphs. ``backend`` limits the candidates to one backend."""
+    """The fastest route for this CPU (or the model's GPU) that passed its parity gate for ``model`` (module
+    docstring): verdicts and speeds come from the model's evidence, and what is missing is measured once and kept.
+    ONNX Runtime routes are candidates where ``onnx_dir`` holds their graphs. ``backend`` limits the candidates to
+    one backend."""
     flags = cpu_flags() if flags is None else flags
-    identity = cpu_identity(flags)
+    identity = device_identity(model, flags)
     backend = None if backend == "auto" else backend
-    wanted = [r for r in cpu_routes(flags) if backend in (None, r[0])]
+    routes = list(GPU_ROUTES) if on_gpu(model) else cpu_routes(flags)
+    wanted = [r for r in routes if backend in (None, r[0])]
     candidates = [r for r in wanted if r[0] == "torch" or _has_graphs(onnx_dir, r[1])]
     evidence = evidence_for(model, onnx_dir)
     _gate_missing(model, evidence, identity, [r for r in candidates if r != ("torch", "fp32")], onnx_dir, say)
     passed = [r for r in candidates if r == ("torch", "fp32") or evidence.passed(identity, route_name(*r))]
     if not passed:
-        raise ConfigError(f"no {backend} route passed its parity gate for this model on this CPU; use "
+        raise ConfigError(f"no {backend} route passed its parity gate for this model on {identity}; use "
                           "--backend torch --precision fp32 (the reference).")
     _probe_missing(model, evidence, identity, passed, onnx_dir, say)
     best = max(passed, key=lambda r: evidence.speed(identity, route_name(*r)) or 0.0)
     return RouteChoice(*best, _reason(best, wanted, candidates, evidence, identity))
+
+
+def require_passed(model: ScoringModel, precision: str, *, autocast: bool | None = None,
+                   say: Say = lambda _line: None) -> RouteChoice:
+    """A torch route asked for by name that runs only where it passed its parity gate: fp16 / bf16 under
+    autocast for a model on a GPU (``autocast=True``: on this CPU, as tests gate them), gated once per model and
+    device and kept in its evidence; :class:`ConfigError` with the verdict where it failed."""
+    if precision == "fp32":
+        return RouteChoice("torch", "fp32", "route: torch-fp32 (the reference)")
+    identity = device_identity(model)
+    name = route_name("torch", precision, autocast_on_cpu=bool(autocast) and not on_gpu(model))
+    evidence = evidence_for(model)
+    if evidence.verdict(identity, name) is None:
+        with runners_for("torch", precision, model=model, autocast=autocast) as route:
+            record_verdicts(evidence, gate_routes(model, [route], say), identity)
+        _save(evidence, say)
+    verdict = evidence.verdict(identity, name) or {}
+    if not verdict.get("passed"):
+        raise ConfigError(f"{name} failed its parity gate for this model on {identity} "
+                          f"({'; '.join(verdict.get('failures', []))}): its scores would not be the model's; use "
+                          "--precision fp32, or --precision auto (the fastest route that passed).")
+    worst = max(verdict.get(k, {}).get("max_abs_dprob") or 0.0 for k in ("random_patches", "images"))
+    return RouteChoice("torch", precision, f"route: {name} on {identity} (asked for; it passed its parity gate "
+                                           f"for this model: max |dp| {worst:.3g}, no decision flip)")
 
 
 ORT_SERVED = ("fp32", "int8", "auto")  # what a Triton python-ort encoder can serve

@@ -223,38 +223,42 @@ class TorchRunner(Runner):
 
     The encoder declares ``max_batch`` patches (default: the model's chunk size, which bounds memory) and takes
     float32 patches (uint8 ones too: ``encode_patches`` scales them as the graph does); the aggregator is
-    unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported. ``precision="bf16"``
-    runs the encoder's linear layers and convolutions in bf16 on a CPU (:class:`spai.models.precision.Bf16Gemms`;
-    LayerNorm, softmax, the spectral filter and the statistics stay fp32), but for the GEMM weights named in
-    ``keep_fp32`` (None: the route's, :func:`spai.models.precision.bf16_fp32_layers`: the patch embedding); the
-    aggregator always runs in fp32.
+    unlimited. Outputs are float32 numpy; ``attention`` is the mean over heads, as exported. The aggregator always
+    runs in fp32; ``precision`` is the encoder's:
+
+    * ``bf16`` on a CPU: bf16 GEMMs through oneDNN (:class:`spai.models.precision.Bf16Gemms`) but for the GEMM
+      weights named in ``keep_fp32`` (None: the route's, :func:`spai.models.precision.bf16_fp32_layers`).
+    * ``fp16`` / ``bf16`` under ``torch.autocast`` (``autocast``; the default on a GPU, and what the python-torch
+      Triton models run): fp16/bf16 matmuls and convolutions, while the model keeps its views, normalisation,
+      statistics and aggregator in fp32 (:func:`spai.models.precision.full_precision`). On a CPU only when asked
+      for (``autocast=True``: tests gate GPU routes on CPU autocast).
     """
 
     def __init__(self, model: ScoringModel, graph: str, max_batch: int | None = None, precision: str = "fp32",
-                 keep_fp32: Collection[str] | None = None) -> None:
+                 keep_fp32: Collection[str] | None = None, autocast: bool | None = None) -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"the torch runner runs fp32 or bf16, not {precision!r}; int8 runs through ONNX "
-                              "Runtime (backend 'ort').")
-        if precision == "bf16" and getattr(model.device, "type", "cpu") != "cpu":
-            raise ConfigError("the bf16 route is a CPU route (bf16 GEMMs through oneDNN); on a GPU export a "
-                              "TensorRT fp16 engine (`spai export`).")
+        on_gpu = getattr(model.device, "type", "cpu") != "cpu"
+        self.autocast = precision in AUTOCAST_DTYPES and (on_gpu if autocast is None else autocast)
+        _check_torch_precision(precision, on_gpu, self.autocast)
         limits: Limits = {PATCHES: (max_batch or model.default_chunk_size(), *PATCHES_INPUT.shape)} \
             if graph == "patch_encoder" else {}
         super().__init__(limits, {PATCHES: np.dtype(np.float32)})
         self.model, self.graph, self.precision = model, graph, precision
         self.keep_fp32 = None if keep_fp32 is None else frozenset(keep_fp32)
-        self.name = f"torch:{graph}" + (f":{precision}" if precision != "fp32" else "")
+        self.name = f"torch:{graph}" + (f":{precision}" if precision != "fp32" else "") \
+            + (":autocast" if self.autocast else "")
         self._mode: Any = None
 
     def _precision_mode(self) -> Any:
-        """The bf16 mode (weights cast once, on first use) or a no-op context."""
+        """The encoder's precision: autocast, the bf16 GEMM mode (weights cast once, on first use) or a no-op."""
         if self.precision == "fp32" or self.graph != "patch_encoder":
             return contextlib.nullcontext()
-        if self._mode is None:
-            import torch
+        import torch
 
+        if self.autocast:
+            return torch.autocast(self.model.device.type, dtype=getattr(torch, AUTOCAST_DTYPES[self.precision]))
+        if self._mode is None:
             from spai.models.precision import Bf16Gemms, bf16_fp32_layers, gemm_weights
 
             if not isinstance(self.model, torch.nn.Module):  # bf16 casts a torch module's GEMM weights
@@ -281,6 +285,22 @@ class TorchRunner(Runner):
             mask = torch.from_numpy(np.ascontiguousarray(feed[PATCH_MASK])).to(device)
             logits, attention = self.model.aggregate(feats, mask, return_attention=True)
         return {LOGITS: logits.float().cpu().numpy(), ATTENTION: attention.mean(dim=1).float().cpu().numpy()}
+
+
+AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # torch dtype names of the autocast precisions
+
+
+def _check_torch_precision(precision: str, on_gpu: bool, autocast: bool) -> None:
+    """:class:`ConfigError` for a precision the torch runner cannot run where the model is."""
+    if precision not in ("fp32", *AUTOCAST_DTYPES):
+        raise ConfigError(f"the torch runner runs fp32, fp16 or bf16, not {precision!r}; int8 runs through ONNX "
+                          "Runtime (backend 'ort').")
+    if on_gpu and precision != "fp32" and not autocast:
+        raise ConfigError("on a GPU the torch fp16 / bf16 routes run under torch.autocast; the bf16 GEMM mode is a "
+                          "CPU route.")
+    if not on_gpu and precision == "fp16" and not autocast:
+        raise ConfigError("fp16 is a GPU precision (torch.autocast, or a TensorRT engine); on a CPU use "
+                          "--precision bf16 or int8.")
 
 
 class OrtRunner(Runner):

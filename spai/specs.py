@@ -80,7 +80,10 @@ def aggregator_spec(feature_dim: int) -> ModelSpec:
 
 # Default TensorRT optimisation profile ranges (overridable on the command line).
 DEFAULT_MIN_BATCH = 1
-DEFAULT_OPT_BATCH = 64
+# The patch batch TensorRT tunes the encoder's kernels for (the profile's opt shape) AND the batch the trt
+# repository's dynamic batcher prefers to send it (serving.repository): one value, so that the engine runs its
+# busy-time batches at the shape it was tuned at.
+DEFAULT_OPT_BATCH = 128
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_PATCHES = 1024  # most patches per image the aggregator engine accepts (L dimension)
 OPSET = 18

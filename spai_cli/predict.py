@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import copy
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from spai_cli.routes import (
     cached_export,
     check_gpu_route,
     chosen_route,
+    gpu_route,
     route_runners,
     torch_device,
 )
@@ -70,8 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="--engine ray: the Ray cluster to join (default: start one on this machine)")
     p.add_argument("--actors", type=int, help="--engine ray: scorer actors (default: one per GPU, else one per node)")
     p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="cpu (default), or cuda: the torch fp32 route on this machine's GPU; --engine ray: actors "
-                        "take a GPU each where the cluster has GPUs unless --device cpu")
+                   help="cpu (default), or cuda: the torch routes on this machine's GPU (fp32; fp16 / bf16 under "
+                        "autocast where they pass their parity gate); --engine ray: actors take a GPU each where "
+                        "the cluster has GPUs unless --device cpu")
     p.set_defaults(func=run)
 
 
@@ -85,8 +86,7 @@ def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
     if device == "cpu":
         backend, precision, onnx_dir = chosen_route(args, model)
     else:
-        backend, precision, onnx_dir = "torch", "fp32", None
-        print(f"route: torch-fp32 on {device}", file=sys.stderr)
+        (backend, precision), onnx_dir = gpu_route(args, model), None
     limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     with route_runners(model, backend, precision, onnx_dir, args.chunk_size) as route:
         model = None  # an ORT route holds the graphs only: the torch weights can go
@@ -101,7 +101,8 @@ def scoring_model(args: argparse.Namespace, device: str = "cpu"
     import spai
     from spai.config import get_config
 
-    explicit = None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
+    explicit = "torch" if device != "cpu" or args.precision == "fp16" else \
+        None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
     needs_model = explicit in (None, "torch") or not args.onnx or args.checkpoint or device != "cpu"
     model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint, device=device) \
         if needs_model else None
@@ -115,12 +116,15 @@ def ray_actor_args(args: argparse.Namespace, plan: ActorPlan) -> argparse.Namesp
     """``spai predict``'s arguments as every Ray actor scores with them, checked and fixed once on the driver: a
     bad checkpoint or operating point fails here, before any actor starts; the route is chosen once (``auto``:
     by this machine's evidence); an ORT route without ``--onnx`` is exported once, into the cache (cluster
-    workers must see that path, as they must see the checkpoint's); actors with a GPU run torch fp32 on it."""
+    workers must see that path, as they must see the checkpoint's); actors with a GPU run the torch route asked for
+    on it (fp16 / bf16 where they pass their parity gate on that GPU, checked by each actor)."""
     fixed = copy.copy(args)
     if plan.num_gpus:
         check_gpu_route(args)
-        scoring_model(args)  # the checkpoint and the operating point, checked on the driver's CPU
-        fixed.backend, fixed.precision, fixed.device = "torch", "fp32", "cuda"
+        checked = copy.copy(args)
+        checked.backend, checked.precision = "torch", "fp32"
+        scoring_model(checked)  # the checkpoint and the operating point, checked on the driver's CPU
+        fixed.backend, fixed.device = "torch", "cuda"
         return fixed
     model, _, _ = scoring_model(args)
     fixed.backend, fixed.precision, fixed.onnx = chosen_route(args, model)

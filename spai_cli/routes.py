@@ -23,9 +23,10 @@ def add_route_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("torch", "ort", "auto"),
                    help="torch (PyTorch) or ort (ONNX Runtime); default: torch for fp32/bf16, ort for int8; auto: "
                         "the fastest route for this CPU")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
-                   help="fp32 (default, exact), bf16 (torch, CPUs with AVX-512 BF16/AMX), int8 (ort); auto: the "
-                        "fastest parity-gated precision for this CPU")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8", "auto"), default="fp32",
+                   help="fp32 (default, exact), bf16 (torch, CPUs with AVX-512 BF16/AMX; a GPU: autocast), fp16 "
+                        "(a GPU: autocast), int8 (ort); reduced precisions run only where they passed their parity "
+                        "gate; auto: the fastest parity-gated precision for this CPU or GPU")
     p.add_argument("--onnx", metavar="DIR", help="`spai export` folder for --backend ort (default: export the model "
                                                   "to a temporary folder first)")
     p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
@@ -50,8 +51,8 @@ def chosen_route(args: argparse.Namespace, model: SPAIModel | None) -> tuple[str
 
 
 def torch_device(args: argparse.Namespace) -> str:
-    """``--device``: cpu (the default), or cuda for the torch fp32 route, the one route a GPU runs in-process;
-    refuses cuda without a CUDA GPU, or with a CPU route."""
+    """``--device``: cpu (the default), or cuda for the torch routes of a GPU (fp32, and fp16 / bf16 under autocast
+    where they passed their parity gate); refuses cuda without a CUDA GPU, or with a CPU route."""
     device = getattr(args, "device", None) or "cpu"
     if device == "cpu":
         return device
@@ -65,11 +66,29 @@ def torch_device(args: argparse.Namespace) -> str:
 
 
 def check_gpu_route(args: argparse.Namespace) -> None:
-    """On a GPU the route is torch fp32: refuse a CPU route (bf16 / int8 / ort) asked for by name."""
-    if args.backend not in (None, "torch", "auto") or args.precision not in ("fp32", "auto"):
-        raise ConfigError(f"on a GPU spai predict runs the torch fp32 route; --backend {args.backend or 'torch'} "
-                          f"--precision {args.precision} is a CPU route: drop those flags (or pass --precision "
-                          "fp32), or pass --device cpu to score on the CPUs.")
+    """On a GPU the routes are torch fp32 / fp16 / bf16: refuse a CPU route (int8 / ort) asked for by name."""
+    from spai.routes import resolve_gpu_route
+
+    if args.precision != "auto":
+        resolve_gpu_route(args.backend, args.precision)
+    elif args.backend not in (None, "torch", "auto"):
+        resolve_gpu_route(args.backend, "fp32")
+
+
+def gpu_route(args: argparse.Namespace, model: SPAIModel) -> tuple[str, str]:
+    """(backend, precision) for a model on a GPU, printed to stderr with why: fp32 as asked; fp16 / bf16 only
+    where they passed their parity gate for this model on this GPU; ``auto`` the fastest route that passed."""
+    from spai.routes import choose_route, require_passed, resolve_gpu_route
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.precision == "auto":
+        choice = choose_route(model, backend="torch", say=say)
+    else:
+        choice = require_passed(model, resolve_gpu_route(args.backend, args.precision)[1], say=say)
+    say(choice.reason)
+    return choice.backend, choice.precision
 
 
 def cached_export(model: SPAIModel) -> str:

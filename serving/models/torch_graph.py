@@ -1,6 +1,6 @@
 """How a python-torch graph model runs (testable without pb_utils): its settings from config parameters, the device
 of its Triton instance, the checkpoint's model behind a :class:`spai.runners.TorchRunner` (under
-``torch.autocast`` for fp16 / bf16: :class:`AutocastRunner`, also what benchmarks/gpu_check.py times), and dynamic
+``torch.autocast`` for fp16 / bf16, also what benchmarks/gpu_check.py times), and dynamic
 batches run in calls of at most ``max_torch_batch`` rows (:mod:`serving.models.batching`).
 
 The model file is ``serving/models/torch_model.py``; the repository is written by
@@ -9,6 +9,7 @@ The model file is ``serving/models/torch_model.py``; the repository is written b
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,40 +19,23 @@ from serving.instance import instance_threads, limit_threads
 from serving.models.batching import infer_in_slices
 from spai.errors import ServingError
 from spai.lazy import lazy_import
+from spai.routes import require_passed
 from spai.runners import GRAPHS, Feed, TorchRunner
 from spai.specs import PATCH_FEATURES, PATCHES
 
 torch = lazy_import("torch")
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # torch dtype names of the autocast precisions
-
-
-class AutocastRunner(TorchRunner):
-    """A torch runner computing under ``torch.autocast`` on the model's device: fp32 weights, fp16 or bf16 matmuls
-    and convolutions (autocast keeps its fp32 list, e.g. softmax and LayerNorm, in fp32). Outputs are float32."""
-
-    def __init__(self, model: Any, graph: str, precision: str, max_batch: int | None = None) -> None:
-        if precision not in AUTOCAST_DTYPES:
-            raise ServingError(f"autocast runs fp16 or bf16, not {precision!r}; fp32 is the plain TorchRunner.")
-        super().__init__(model, graph, max_batch)
-        self.autocast = precision
-        self.name = f"autocast-{precision}:{graph}"
-
-    def _infer(self, feed: Feed) -> Feed:
-        dtype = getattr(torch, AUTOCAST_DTYPES[self.autocast])
-        with torch.autocast(self.model.device.type, dtype=dtype):
-            return super()._infer(feed)
 
 
 def torch_runner(model: Any, graph: str, precision: str = "fp32", max_batch: int | None = None
                  ) -> TorchRunner:
-    """The runner of ``graph`` in ``precision``: fp32 is the reference TorchRunner, fp16 / bf16 autocast."""
+    """The runner of ``graph`` in ``precision``: fp32 is the reference, fp16 / bf16 the encoder under
+    ``torch.autocast`` on the model's device (the aggregator stays fp32, as in every exported route)."""
     if precision not in PRECISIONS:
         raise ServingError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
-    if precision == "fp32":
-        return TorchRunner(model, graph, max_batch)
-    return AutocastRunner(model, graph, precision, max_batch)
+    return TorchRunner(model, graph, max_batch, precision, autocast=precision != "fp32")
 
 
 @dataclass(frozen=True)
@@ -119,6 +103,9 @@ class TorchGraph:
         if device == "cpu":
             torch.set_num_threads(limit_threads(instance_threads(settings.threads, instances)))
         model = spai.create_model(checkpoint=settings.checkpoint, device=device)
+        if settings.graph == "patch_encoder" and settings.precision != "fp32":
+            # served only where it passed its parity gate for this checkpoint on this GPU (gated once, then kept)
+            log.info(require_passed(model, settings.precision, say=log.info).reason)
         self.settings, self.device = settings, device
         self.runner = torch_runner(model, settings.graph, settings.precision, settings.max_rows)
         if settings.graph == "aggregator" and settings.max_rows:  # the encoder's limit is its max_batch

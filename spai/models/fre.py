@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spai.config import Config
+from spai.models.precision import as_fp32, full_precision
 
 
 def unbiased_std(x: torch.Tensor, dim: int, mean: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,11 +74,15 @@ class FeatureImportanceProjector(nn.Module):
         self.proj2 = Projector(dim, dim, layers, dropout, input_norm=False, last_activation="gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: B x N x L x P -> B x P."""
-        mean = x.mean(dim=2, keepdim=True)
-        stats = torch.cat([mean.squeeze(2), unbiased_std(x, dim=2, mean=mean)], dim=-1)
-        weighted = self.proj1(stats) * torch.softmax(self.alpha, dim=1)
-        return self.proj2(weighted.sum(dim=1))
+        """``x``: B x N x L x P -> B x P (the moments, the layer softmax and the weighted sum in fp32)."""
+        with full_precision(x) as (x,):
+            mean = x.mean(dim=2, keepdim=True)
+            stats = torch.cat([mean.squeeze(2), unbiased_std(x, dim=2, mean=mean)], dim=-1)
+        projected = self.proj1(stats)
+        with full_precision(projected) as (projected,):
+            weighted = projected * torch.softmax(self.alpha, dim=1)
+            pooled = weighted.sum(dim=1)
+        return self.proj2(pooled)
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, final: nn.Module) -> nn.Sequential:
@@ -153,10 +158,14 @@ class FrequencyRestorationEstimator(nn.Module):
         for gate, idx in zip(self.early_fusion_gates, self.early_layers):
             t = layers[idx]
             joint = torch.cat([t, sem], dim=-1)
-            mod = m * self.adaptive_gate(joint) if self.adaptive else m
+            weight = self.adaptive_gate(joint) if self.adaptive else None
             g = gate(joint)
-            layers[idx] = g * t + (1 - g) * mod + 0.1 * t
-        return torch.stack(layers, dim=1)
+            gated = (t, g, m) if weight is None else (t, g, m, weight)
+            with full_precision(*gated) as cast:  # the gating arithmetic in fp32 under any autocast
+                t, g, mod = cast[:3]
+                mod = mod * cast[3] if weight is not None else mod
+                layers[idx] = g * t + (1 - g) * mod + 0.1 * t
+        return torch.stack([as_fp32(t) for t in layers], dim=1)
 
     def semantic_attention(self, views: list[torch.Tensor], semantic: torch.Tensor,
                            aux: dict | None = None) -> list[torch.Tensor]:
@@ -176,14 +185,15 @@ class FrequencyRestorationEstimator(nn.Module):
     def statistics(self, orig: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         """Cosine-similarity moments per layer: per pair, [means, stds(, maxima, minima)] of the N layers."""
         out = []
-        for a, b in ((orig, low), (orig, high), (low, high)):
-            sim = F.cosine_similarity(a, b, dim=-1, eps=1e-8)  # B x N x L
-            mean = sim.mean(dim=-1, keepdim=True)
-            moments = [mean.squeeze(-1), unbiased_std(sim, dim=-1, mean=mean)]
-            if self.extended:
-                moments += [sim.amax(dim=-1), sim.amin(dim=-1)]
-            out.extend(moments)
-        return torch.cat(out, dim=1)
+        with full_precision(orig, low, high) as (orig, low, high):  # near-1 similarities: fp32 under autocast
+            for a, b in ((orig, low), (orig, high), (low, high)):
+                sim = F.cosine_similarity(a, b, dim=-1, eps=1e-8)  # B x N x L
+                mean = sim.mean(dim=-1, keepdim=True)
+                moments = [mean.squeeze(-1), unbiased_std(sim, dim=-1, mean=mean)]
+                if self.extended:
+                    moments += [sim.amax(dim=-1), sim.amin(dim=-1)]
+                out.extend(moments)
+            return torch.cat(out, dim=1)
 
     def forward(self, orig: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
                 semantic: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,7 +214,7 @@ class FrequencyRestorationEstimator(nn.Module):
             views = self.semantic_attention(views, semantic, aux)
         orig, low, high = views
         if aux is not None:
-            aux["view_means"] = torch.stack([v.mean(dim=(1, 2)) for v in views])
+            aux["view_means"] = torch.stack([as_fp32(v).mean(dim=(1, 2)) for v in views])
         if self.hierarchical:
             orig = self.hierarchical_fusion(torch.cat([orig, low, high], dim=-1))
             if self.second_projection:  # research-fork quirk, only behind its switch
@@ -213,5 +223,5 @@ class FrequencyRestorationEstimator(nn.Module):
         if not self.fre_cfg.DISABLE_RECONSTRUCTION_SIMILARITY:
             parts.append(self.statistics(orig, low, high))
         if self.fre_cfg.ORIGINAL_IMAGE_FEATURES_BRANCH:
-            parts.append(self.original_features_processor(orig))
+            parts.append(as_fp32(self.original_features_processor(orig)))
         return torch.cat(parts, dim=1)

@@ -7,10 +7,16 @@ touched, so the spectral filter (plain ``torch.matmul``), the normalisation, Lay
 (``scaled_dot_product_attention``: QK^T, softmax, AV), the cosine-similarity statistics and the aggregator stay
 fp32 -- SPAI's statistics are differences of near-1 cosine similarities, which bf16 LayerNorm outputs would blur.
 The route also keeps the backbone's patch embedding in fp32 (:func:`bf16_fp32_layers`).
+
+Under ``torch.autocast`` (training's ``TRAIN.AMP``, the GPU's torch fp16 / bf16 routes, the python-torch Triton
+models) the model keeps the same parts in fp32 itself: :func:`full_precision` regions around the spectral views and
+their normalisation, the statistics, the context branch's reductions, the gating arithmetic and the aggregator, so
+that every precision computes the views the model was trained on and the engines compute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
@@ -24,6 +30,29 @@ from torch.overrides import TorchFunctionMode
 from spai.errors import ConfigError
 
 BF16 = torch.bfloat16
+
+
+@contextlib.contextmanager
+def full_precision(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Autocast off (fp32 matmuls) for a region that must compute exactly as the trained model and the exported
+    graphs do -- the spectral views, the normalisation, the statistics, the aggregator -- whatever mixed precision
+    the caller runs the rest under (``torch.autocast`` casts ``matmul`` to fp16/bf16, on CPU too); yields
+    ``tensors`` in fp32. Without an active autocast it does nothing and yields them as they are, so traced ONNX
+    graphs are unchanged and a model converted as a whole (``model.half()``) keeps its dtype."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        yield tensors
+        return
+    with torch.autocast(device, enabled=False):
+        yield tuple(t.float() for t in tensors)
+
+
+def as_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32 under an active autocast (the input of a :func:`full_precision` region); otherwise ``x`` itself:
+    no Cast node in a traced graph, and a model converted as a whole (``model.half()``) keeps its dtype."""
+    if x.dtype == torch.float32 or not torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.float()
 
 
 def gemm_weights(model: nn.Module) -> dict[str, torch.Tensor]:

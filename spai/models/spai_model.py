@@ -21,13 +21,21 @@ from torch import nn
 from spai.config import Config
 from spai.images import ImageSource
 from spai.inference import UNCALIBRATED, Calibration, InputLimits, Scorer
-from spai.scores import ImageScore
 from spai.models.aggregator import ClassificationHead, spectral_context_attention
 from spai.models.fre import FrequencyRestorationEstimator
+from spai.models.precision import full_precision
 from spai.models.spectral import SpectralFilter, circular_mask
 from spai.patching import PatchSpec, pad_image, patch_grid, patch_spec_from_config
-from spai.routes import choose_route, resolve_route, runners_for
+from spai.routes import (
+    choose_route,
+    on_gpu,
+    require_passed,
+    resolve_gpu_route,
+    resolve_route,
+    runners_for,
+)
 from spai.runners import CPU_MAX_CHUNK, Route, TorchRunner
+from spai.scores import ImageScore
 
 
 def to_unit_float(patches: torch.Tensor) -> torch.Tensor:
@@ -63,9 +71,11 @@ class MFViT(nn.Module):
         self.filter.set_mask(self.frequencies_mask)  # a checkpoint's stored mask is authoritative
 
     def backbone_features(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of the stacked [orig; low; high] views (3N x layers x tokens x width) and their embeddings."""
-        low, high = self.filter(patches)
-        views = (torch.cat([patches, low, high]) - self.mean) / self.std
+        """Tokens of the stacked [orig; low; high] views (3N x layers x tokens x width) and their embeddings.
+        The views and their normalisation are fp32 under any autocast; the backbone runs in the caller's precision."""
+        with full_precision(patches) as (patches,):
+            low, high = self.filter(patches)
+            views = (torch.cat([patches, low, high]) - self.mean) / self.std
         with torch.no_grad():
             return self.vit(views)
 
@@ -115,9 +125,10 @@ class SPAIModel(nn.Module):
         """B x L x D patch vectors + B x L validity mask (True = real patch) -> B x 1 logits."""
         if mask is None:
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        pooled, attn = spectral_context_attention(features, mask, self.patch_aggregator, self.to_kv, self.to_out,
-                                                  self.attn_dropout)
-        logits = self.cls_head(self.norm(pooled))
+        with full_precision(features) as (features,):  # fp32 under any autocast, as every exported aggregator
+            pooled, attn = spectral_context_attention(features, mask, self.patch_aggregator, self.to_kv, self.to_out,
+                                                      self.attn_dropout)
+            logits = self.cls_head(self.norm(pooled))
         return (logits, attn) if return_attention else logits
 
     # --- tensor path (training) --------------------------------------------------------------------------
@@ -147,7 +158,7 @@ class SPAIModel(nn.Module):
         ``operating_point``, default the calibration's) come from :attr:`calibration`. The route is picked by name
         (:mod:`spai.routes`): ``backend`` torch | ort (ort needs ``onnx_dir``, a ``spai export`` folder),
         ``precision`` fp32 | bf16 | int8 | auto (the fastest route that passed its parity gate for this model on this
-        CPU; it says on stderr which and why). ``limits``: ``max_pixels`` / ``max_bytes`` for decoding. Every image
+        CPU; it says on stderr which and why); on a GPU fp32 | fp16 | bf16 (autocast, where it passed) | auto. ``limits``: ``max_pixels`` / ``max_bytes`` for decoding. Every image
         is validated first; a bad one raises :class:`spai.ImageError`."""
         if backend in (None, "torch") and precision == "fp32":  # the reference path, on any device
             route = Route("torch-fp32", "fp32", TorchRunner(self, "patch_encoder", chunk_size),
@@ -164,9 +175,16 @@ class SPAIModel(nn.Module):
                   ) -> tuple[str, str]:
         """(backend, precision) of a route asked for by name; ``auto``: :func:`spai.routes.choose_route`'s
         choice for this model on this CPU, printed with its reasons on stderr."""
+        def say(line: str) -> None:
+            print(line, file=sys.stderr)
+
+        if precision != "auto" and on_gpu(self):  # fp16 / bf16 autocast only where they passed their gate
+            choice = require_passed(self, resolve_gpu_route(backend, precision)[1], say=say)
+            say(choice.reason)
+            return choice.backend, choice.precision
         if precision != "auto":
             return resolve_route(backend, precision)
-        choice = choose_route(self, onnx_dir=onnx_dir, backend=backend, say=lambda line: print(line, file=sys.stderr))
+        choice = choose_route(self, onnx_dir=onnx_dir, backend=backend, say=say)
         print(choice.reason, file=sys.stderr)
         return choice.backend, choice.precision
 

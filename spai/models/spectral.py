@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from spai.models.precision import full_precision
+
 
 def circular_mask(size: int = 224, radius: int = 16) -> torch.Tensor:
     """Upstream's ``generate_circular_mask``: centred grid [c..0, 0..c], 1 where radius < ``radius`` (int64)."""
@@ -88,10 +90,12 @@ class SpectralFilter(nn.Module):
         return torch.matmul(torch.matmul(p.transpose(0, 1), w), q)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x``: (..., N, N) in [0, 1] -> (low, high), each clamped to [0, 1]."""
-        low = self.low_pass(x)
-        high = x - low
-        return low.clamp(0, 1), high.clamp(0, 1)
+        """``x``: (..., N, N) in [0, 1] -> (low, high), each clamped to [0, 1], in fp32 under any autocast (the
+        views of training, of the exported graphs and of every precision route are the same)."""
+        with full_precision(x) as (x,):
+            low = self.low_pass(x)
+            high = x - low
+            return low.clamp(0, 1), high.clamp(0, 1)
 
 
 _DEFAULT_FILTERS: dict[tuple[int, int], SpectralFilter] = {}

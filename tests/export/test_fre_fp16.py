@@ -49,6 +49,8 @@ def test_fre_linear_layers_are_fp16_and_the_statistics_fp32(fre_fp16_graph):
     assert sum(types.get(n.output[0]) == TensorProto.FLOAT for n in kept) > 20
     filt = [n for n in mixed.graph.node if n.name.startswith(FILTER_SCOPE) and n.op_type == "MatMul"]
     assert filt and all(types.get(n.output[0]) == TensorProto.FLOAT for n in filt)
+    backbone = [n for n in mixed.graph.node if n.name.startswith(FP16_SCOPE) and n.op_type == "Softmax"]
+    assert backbone and all(types.get(n.output[0]) == TensorProto.FLOAT16 for n in backbone)  # fusable attention
 
 
 def test_fre_fp16_passes_the_fp16_gates(tiny_export, fre_fp16_graph, check_images):
@@ -66,9 +68,10 @@ def test_cli_options_reach_the_builder():
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["spai-tiny", "--fre-fp16", "--version-compatible", "--tf32",
+    args = parser.parse_args(["spai-tiny", "--fre-fp16", "--fp32-softmax", "--version-compatible", "--tf32",
                               "--builder-optimization-level", "5", "--detailed-profiling", "--workspace", "512"])
     opts = build_options(args)
     assert args.fre_fp16 and (opts.version_compatible, opts.tf32, opts.optimization_level) == (True, True, 5)
+    assert args.fp32_softmax and not parser.parse_args(["spai-tiny"]).fp32_softmax  # attention FP16 by default
     assert (opts.detailed_profiling, opts.workspace_mb) == (True, 512)
     assert build_options(parser.parse_args(["spai-tiny"])).tf32 is False  # FP32 layers run in FP32 by default

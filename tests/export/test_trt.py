@@ -52,6 +52,37 @@ def test_buffer_pool_keeps_one_buffer_when_chunks_alternate_between_the_batch_an
     assert pool.get("patches", (5, 3, 224, 224), torch.float16).dtype == torch.float16 and pool.allocations == 3
 
 
+def _aligned(shape: tuple[int, ...], dtype) -> object:
+    """A tensor whose address is a multiple of 256 bytes (as the CUDA caching allocator's are)."""
+    import torch
+
+    n = int(torch.tensor(shape).prod()) * torch.empty(0, dtype=dtype).element_size()
+    raw = torch.empty(n + 256, dtype=torch.uint8)
+    return raw[(-raw.data_ptr()) % 256:][:n].view(dtype).view(shape)
+
+
+def test_infer_device_stages_non_contiguous_and_misaligned_inputs_into_the_runners_buffers():
+    """Issue 33, finding 4: TensorRT binds input addresses as they are, so a transposed input or a slice whose
+    offset breaks the 256-byte alignment setTensorAddress needs is copied into the runner's own (kept, aligned)
+    buffers; an aligned contiguous input is bound in place, with no copy."""
+    import torch
+
+    from export.trt import BufferPool, needs_staging, staged_inputs
+
+    pool = BufferPool(_aligned)
+    base = _aligned((6, 4, 8), torch.float16)
+    base.copy_(torch.arange(base.numel(), dtype=torch.float16).view(6, 4, 8))
+    inputs = {"aligned": base, "transposed": base.transpose(1, 2), "offset": base[1:]}
+    assert [needs_staging(t) for t in inputs.values()] == [False, True, True]  # 1 row = 64 bytes: not aligned
+    staged = staged_inputs(inputs, pool)
+    assert staged["aligned"].data_ptr() == base.data_ptr() and pool.allocations == 2
+    for name in ("transposed", "offset"):
+        assert torch.equal(staged[name], inputs[name]) and not needs_staging(staged[name])
+        assert staged[name].data_ptr() != base.data_ptr()
+    again = staged_inputs(inputs, pool)  # the same buffers next call: nothing allocated per call
+    assert again["offset"].data_ptr() == staged["offset"].data_ptr() and pool.allocations == 2
+
+
 def test_builder_flags_tf32_off_by_default_and_version_compatible_on_request():
     from export.trt import BuildOptions, builder_flag_changes
     from spai.errors import ExportError

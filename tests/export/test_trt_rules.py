@@ -17,6 +17,9 @@ from spai.errors import AccuracyError, report_errors
 
 F, U8, I32, I64, B, F64 = (TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT32, TensorProto.INT64,
                            TensorProto.BOOL, TensorProto.DOUBLE)
+H, BF16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
+# spai-tiny's graphs: (attention blocks, fusable): 4 ViT blocks in the backbone, 1 attention pooling in the aggregator
+TINY_ATTENTION = {"fp32": (4, 0), "fp16": (4, 4), "fre_fp16": (4, 4), "torch_fp16": (4, 4), "aggregator": (1, 0)}
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=18):
@@ -45,6 +48,7 @@ def test_every_spai_tiny_graph_passes(graph, tiny_export, tiny_fre_fp16, tiny_to
             "torch_fp16": tiny_torch_fp16, "aggregator": art.graphs.aggregator}[graph]
     verdict = _assert_passes(path)
     assert "LayerNormalization" in verdict.ops and "MatMul" in verdict.ops
+    assert (len(verdict.attention.blocks), verdict.attention.fusable) == TINY_ATTENTION[graph]
 
 
 @pytest.mark.slow
@@ -54,6 +58,8 @@ def test_every_b16_graph_passes(b16_exports):
             start = time.perf_counter()
             verdict = _assert_passes(path)
             print(f"{config} {kind}: {verdict.summary()} ({time.perf_counter() - start:.1f} s)")
+            blocks, fusable = len(verdict.attention.blocks), verdict.attention.fusable
+            assert (blocks, fusable) == ((12, 12) if "fp16" in kind else (12, 0) if kind == "fp32" else (1, 0))
 
 
 def test_uint8_input_read_by_identity_fails():
@@ -144,6 +150,58 @@ def test_opset_above_the_lowest_10x_parser_fails():
     assert support_matrix("10").opset_max == 20 and "DFT" not in support_matrix("10").supported_ops
 
 
+def _attention(dtype=H, island=False, scale="q", mask=False):
+    """softmax(scale(Q) K^T [+ mask]) V on [1, 2, 4, 8] tensors of ``dtype``; ``island``: Cast -> FP32 Softmax ->
+    Cast; ``scale`` "q" (on Q before the first MatMul) or "scores" (a Div after it)."""
+    const = [helper.make_tensor("c", dtype, [], [8 ** 0.5]), helper.make_tensor("m", dtype, [1, 1, 4, 4], [0.0] * 16)]
+    q = "q" if scale != "q" else "qs"
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 1, 3, 2])]
+    nodes += [helper.make_node("Div", ["q", "c"], ["qs"], name="scale_q")] if scale == "q" else []
+    nodes += [helper.make_node("MatMul", [q, "kt"], ["s"], name="bmm1")]
+    last = "s"
+    for op, extra in (("Div", "c"), ("Add", "m")):
+        if (op == "Div" and scale == "scores") or (op == "Add" and mask):
+            nodes.append(helper.make_node(op, [last, extra], [f"{last}_{op}"], name=f"{op}_scores"))
+            last = f"{last}_{op}"
+    if island:
+        nodes.append(helper.make_node("Cast", [last], ["s32"], name="to_fp32", to=F))
+        last = "s32"
+    nodes.append(helper.make_node("Softmax", [last], ["p"], name="softmax", axis=-1))
+    if island:
+        nodes.append(helper.make_node("Cast", ["p"], ["p16"], name="to_fp16", to=dtype))
+    nodes.append(helper.make_node("MatMul", ["p16" if island else "p", "v"], ["o"], name="bmm2"))
+    shape = [1, 2, 4, 8]
+    return _model(nodes, [("q", dtype, shape), ("k", dtype, shape), ("v", dtype, shape)], [("o", dtype, shape)],
+                  const)
+
+
+@pytest.mark.parametrize("form, fusable, scale", [
+    ({}, True, "q/k"), ({"dtype": BF16, "scale": "scores", "mask": True}, True, "scores"),
+    ({"island": True}, False, "q/k"), ({"dtype": F}, False, "q/k"), ({"dtype": F, "island": True}, False, "q/k")])
+def test_attention_fusion_counts_fusable_and_unfusable_blocks(form, fusable, scale):
+    verdict = check_graph(_attention(**form))
+    assert verdict.passed  # a performance rule: never a violation
+    [block] = verdict.attention.blocks
+    assert (block.softmax, block.bmm1, block.bmm2, block.scale) == ("softmax", "bmm1", "bmm2", scale)
+    assert block.fusable is fusable and verdict.attention.fusable == int(fusable) and bool(block.reason) != fusable
+    assert block.casts == (2 if form.get("island") else 0)
+    if form.get("island"):
+        assert "Cast" in block.reason and block.dtypes[2] == "FLOAT"
+    entry = verdict.to_dict()["attention"]
+    assert (entry["rule"], entry["attention_blocks"], entry["fusable"]) == ("fused-attention", 1, int(fusable))
+    assert json.loads(json.dumps(entry))["blocks"][0]["softmax"] == "softmax"
+
+
+def test_softmax_outside_attention_is_not_counted():
+    alone = _model([helper.make_node("Softmax", ["x"], ["y"], name="softmax", axis=-1)],
+                   [("x", H, [2, 4])], [("y", H, [2, 4])])
+    logits = _model([helper.make_node("MatMul", ["x", "w"], ["s"], name="head"),
+                     helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)],
+                    [("x", H, [2, 4]), ("w", H, [4, 3])], [("y", H, [2, 3])])
+    for model in (alone, logits):
+        assert check_graph(model).attention.blocks == []
+
+
 def _bad_encoder(art, out):
     """The tiny fp16 encoder with an Identity planted on its uint8 input: ONNX Runtime runs it, TensorRT cannot."""
     model = onnx.load(str(art.patch_encoder_fp16))
@@ -190,7 +248,11 @@ def test_export_report_records_verdicts_and_refuses_without_tensorrt(tiny_export
                                                       "aggregator.onnx"]
     assert all(g["passed"] and g["rules"] == list(RULES) and g["nodes"] and g["ops"] for g in report["graphs"])
     assert any("int8" in n for n in report["notes"])
-    assert "## TensorRT compatibility" in (tmp_path / "good" / "export_report.md").read_text()
+    assert [(g["attention"]["attention_blocks"], g["attention"]["fusable"]) for g in report["graphs"]] == [
+        TINY_ATTENTION["fp32"], TINY_ATTENTION["fp16"], TINY_ATTENTION["aggregator"]]
+    assert report["fp16_attention"] == {"softmax": "fp16", "fp32_softmax": False}
+    markdown = (tmp_path / "good" / "export_report.md").read_text()
+    assert "## TensorRT compatibility" in markdown and "| pass | 4/4 |" in markdown
 
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()

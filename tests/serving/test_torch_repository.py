@@ -16,7 +16,16 @@ from helpers import pbtxt_parameters as params
 from serving.repository import AGGREGATOR, ENCODER, ENTRY, MODELS_DIR, TORCH_CHECKPOINT, build_torch_repository
 from spai.errors import ServingError
 from spai.runners import Runner
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES, aggregator_spec, patch_encoder_spec
+from spai.specs import (
+    ATTENTION,
+    DEFAULT_OPT_BATCH,
+    LOGITS,
+    PATCH_FEATURES,
+    PATCH_MASK,
+    PATCHES,
+    aggregator_spec,
+    patch_encoder_spec,
+)
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 pytest.importorskip("google.protobuf.text_format")
@@ -66,7 +75,7 @@ def test_gpu_configs_autocast_and_the_trt_tuning(tiny_checkpoint, tmp_path):
     assert (kind(enc), kind(agg)) == ("KIND_GPU", "KIND_GPU")
     assert params(enc)["precision"] == params(agg)["precision"] == "bf16"
     assert [enc.instance_group[0].count, agg.instance_group[0].count] == [2, 1]
-    assert list(enc.dynamic_batching.preferred_batch_size) == [128, 256]
+    assert list(enc.dynamic_batching.preferred_batch_size) == [DEFAULT_OPT_BATCH]  # the trt tuning's
     assert "max_torch_batch" not in params(enc)  # one torch call per merged batch, up to max_batch_size
     assert parse(root / ENTRY / "config.pbtxt").instance_group[0].count == 4
 
@@ -197,14 +206,14 @@ def test_big_dynamic_batches_run_in_slices_of_max_torch_batch(torch_repo, tiny_m
 
 
 def test_autocast_runner_computes_in_low_precision(tiny_model):
-    """One AutocastRunner (serving and benchmarks/gpu_check.py): bf16 autocast changes the features, a little."""
-    from serving.models.torch_graph import AutocastRunner, torch_runner
-    from spai.runners import TorchRunner
+    """One autocast runner (serving, spai predict --device cuda and benchmarks/gpu_check.py): bf16 autocast changes
+    the features, a little; the aggregator stays fp32."""
+    from serving.models.torch_graph import torch_runner
 
     patches = np.random.default_rng(1).random((2, 3, 224, 224), dtype=np.float32)
-    assert type(torch_runner(tiny_model, "patch_encoder")) is TorchRunner
+    assert not torch_runner(tiny_model, "patch_encoder").autocast
     low = torch_runner(tiny_model, "patch_encoder", "bf16")
-    assert isinstance(low, AutocastRunner) and low.name == "autocast-bf16:patch_encoder"
+    assert low.autocast and low.name == "torch:patch_encoder:bf16:autocast"
     fp32 = torch_runner(tiny_model, "patch_encoder").infer({PATCHES: patches})[PATCH_FEATURES]
     bf16 = low.infer({PATCHES: patches})[PATCH_FEATURES]
     assert bf16.dtype == np.float32
@@ -244,7 +253,7 @@ def test_a_gpu_instance_runs_fp16_autocast_close_to_fp32(torch_repo, tiny_model)
     enc = TorchGraph(graph_settings(torch_repo, ENCODER, precision="fp16"), "cuda:0")
     feed = {PATCHES: np.random.default_rng(2).integers(0, 256, (4, 3, 224, 224), dtype=np.uint8)}
     ((out,), (ref,)) = enc.infer([feed]), TorchGraph(graph_settings(torch_repo, ENCODER), "cpu").infer([feed])
-    assert enc.runner.name == "autocast-fp16:patch_encoder"
+    assert enc.runner.name == "torch:patch_encoder:fp16:autocast"
     np.testing.assert_allclose(out[PATCH_FEATURES], ref[PATCH_FEATURES], atol=0.05 * np.abs(ref[PATCH_FEATURES]).max())
 
 

@@ -47,6 +47,8 @@ def test_configs_follow_a_hand_written_manifest_with_non_default_profiles(tmp_pa
     assert list(enc.input[0].dims) == [3, 224, 224] and list(agg.input[0].dims) == [-1, 96]
     (warm_enc,), (warm_agg,) = enc.model_warmup, agg.model_warmup
     assert warm_enc.batch_size == 48 and list(warm_enc.inputs["patches"].dims) == [3, 224, 224]
+    # the batcher prefers the batch the engine was tuned at (its profile's opt), and the entry sends chunks of it
+    assert list(enc.dynamic_batching.preferred_batch_size) == [48]
     assert warm_agg.batch_size == 2
     assert {k: list(v.dims) for k, v in warm_agg.inputs.items()} == {"patch_features": [24, 96], "patch_mask": [24]}
     entry = {k: v.string_value for k, v in parse(root / ENTRY / "config.pbtxt").parameters.items()}

@@ -108,8 +108,10 @@ def test_every_route_scores_images_close_to_fp32(tiny_model, tiny_onnx_dir, tmp_
     assert np.abs(api - want).max() <= 1e-2
     with TorchRunner(tiny_model, "patch_encoder", 2, "bf16") as enc:
         assert enc.name == "torch:patch_encoder:bf16"
-    with pytest.raises(ConfigError, match="runs fp32 or bf16"):
+    with pytest.raises(ConfigError, match="runs fp32, fp16 or bf16"):
         TorchRunner(tiny_model, "patch_encoder", 2, "int8")
+    with pytest.raises(ConfigError, match="fp16 is a GPU precision"):
+        TorchRunner(tiny_model, "patch_encoder", 2, "fp16")
 
 
 def test_bf16_runner_keeps_the_routes_fp32_layers(tiny_model) -> None:

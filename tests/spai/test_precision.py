@@ -110,3 +110,98 @@ def test_bf16_keep_fp32_keeps_the_group_whose_rounding_moves_the_probabilities()
     assert [s["group"] for s in steps] == [None, "0.weight"]
     assert steps[0]["max_abs_dprob"] > 5e-3 >= steps[1]["max_abs_dprob"]  # keeping layer 0 is enough
     assert steps[1]["alone"] > 5e-3
+
+
+# --- autocast: what must stay fp32 stays fp32 (issue 33) ---------------------------------------------------------
+
+AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_spectral_views_are_fp32_under_autocast(dtype):
+    """torch.autocast casts matmul to bf16/fp16 (on CPU too): the DFT filter must not follow it (before the fix the
+    views moved by up to 7e-3 under bf16, about 2 grey levels)."""
+    x = _patches(2)
+    ref_low, ref_high = spai.split_frequencies(x)
+    with torch.autocast("cpu", dtype=dtype):
+        low, high = spai.split_frequencies(x)
+    assert low.dtype == high.dtype == torch.float32
+    assert torch.equal(low, ref_low) and torch.equal(high, ref_high)
+
+
+def _backbone_input(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The normalised [orig; low; high] views the backbone receives in ``encode_patches(x)``."""
+    seen: list[torch.Tensor] = []
+    hook = model.mfvit.vit.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), autocast:
+            model.encode_patches(x)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_model_views_and_normalisation_are_fp32_under_autocast(tiny_model, dtype):
+    x = _patches(2)
+    views = _backbone_input(tiny_model, x, dtype)
+    assert views.dtype == torch.float32
+    assert torch.equal(views, _backbone_input(tiny_model, x, None))
+
+
+def test_the_training_forward_sees_fp32_views_under_autocast(tiny_model):
+    """TRAIN.AMP (bf16 on H100/H200) runs the training forward under autocast: it must learn on the views the
+    engines compute (fp32), not on bf16 ones."""
+    images = torch.rand(2, 3, 224, 448, generator=torch.Generator().manual_seed(4))
+    seen: dict[str, torch.Tensor] = {}
+    hook = tiny_model.mfvit.vit.register_forward_pre_hook(lambda _m, args: seen.setdefault("amp", args[0]))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = tiny_model(images)
+    finally:
+        hook.remove()
+    assert logits.dtype == torch.float32
+    assert seen["amp"].dtype == torch.float32
+    patches = torch.stack([spai.patchify(img) for img in images]).flatten(0, 1)
+    assert torch.equal(seen["amp"], _backbone_input(tiny_model, patches, None))
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_statistics_and_context_reductions_are_fp32_under_autocast(dtype):
+    """The cosine-similarity moments and the context branch's moments of low-precision projector outputs are
+    computed in fp32: the same as fp32 arithmetic on the same (rounded) inputs."""
+    torch.manual_seed(0)
+    fp32 = spai.create_model("spai-tiny").mfvit.features_processor
+    views = [torch.randn(3, 4, 16, fp32.patch_projector.projectors[0].norm2.normalized_shape[0]).to(dtype)
+             for _ in range(3)]
+    ref_stats = fp32.statistics(*(v.float() for v in views))
+    ref_context = fp32.original_features_processor(views[0].float())
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        stats = fp32.statistics(*views)
+        context = fp32.original_features_processor(views[0])
+    assert stats.dtype == torch.float32
+    assert torch.equal(stats, ref_stats)
+    # the projectors inside the context branch are Linear layers: autocast's precision; the moments feeding them and
+    # the layer-weighted sum are fp32 (before the fix: all of it in the low precision)
+    assert (context.float() - ref_context).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_aggregator_is_fp32_under_autocast(tiny_model, dtype):
+    """The aggregator and head run in fp32 under any autocast, as every exported aggregator does: its logits equal
+    the fp32 ones exactly for the same features (before the fix: to_kv and the head in bf16/fp16)."""
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(3, 5, tiny_model.feature_dim, generator=gen)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    with torch.no_grad():
+        ref, ref_attn = tiny_model.aggregate(feats, mask, return_attention=True)
+        with torch.autocast("cpu", dtype=dtype):
+            logits, attn = tiny_model.aggregate(feats.to(dtype), mask, return_attention=True)
+            logits_fp32_in = tiny_model.aggregate(feats, mask)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits_fp32_in, ref)
+    assert torch.equal(attn[1, :, 3:], torch.zeros_like(attn[1, :, 3:]))
+    ref_rounded = tiny_model.aggregate(feats.to(dtype).float(), mask)
+    assert torch.equal(logits, ref_rounded)

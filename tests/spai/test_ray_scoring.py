@@ -61,15 +61,18 @@ def test_plans_that_cannot_run_are_refused() -> None:
         plan_from_nodes([{"CPU": 0.0}], None)
 
 
-def test_gpu_actors_run_torch_fp32_and_refuse_a_cpu_route(tiny_model, tmp_path) -> None:
+def test_gpu_actors_run_the_torch_route_asked_for_and_refuse_a_cpu_route(tiny_model, tmp_path) -> None:
     import spai
 
     ckpt = spai.save_checkpoint(tiny_model, tmp_path / "tiny.pth")
     args = argparse.Namespace(model="spai-tiny", checkpoint=str(ckpt), backend=None, precision="auto", onnx=None,
                               operating_point=None, chunk_size=None, device=None)
     fixed = ray_actor_args(args, ActorPlan(2, 1.0, 1, 4))
-    assert (fixed.backend, fixed.precision, fixed.device) == ("torch", "fp32", "cuda") and args.device is None
-    with pytest.raises(ConfigError, match="torch fp32 route.*--device cpu"):
+    # each GPU actor gates fp16 / bf16 on its own GPU: auto stays auto (the actor picks what passed there)
+    assert (fixed.backend, fixed.precision, fixed.device) == ("torch", "auto", "cuda") and args.device is None
+    fp16 = ray_actor_args(argparse.Namespace(**{**vars(args), "precision": "fp16"}), ActorPlan(2, 1.0, 1, 4))
+    assert (fp16.backend, fp16.precision, fp16.device) == ("torch", "fp16", "cuda")
+    with pytest.raises(ConfigError, match="CPU route.*--device cpu"):
         ray_actor_args(argparse.Namespace(**{**vars(args), "backend": "ort", "precision": "int8"}),
                        ActorPlan(2, 1.0, 1, 4))
     with pytest.raises(CheckpointError):  # checked once on the driver, before any actor starts
@@ -207,7 +210,7 @@ def test_remote_outputs_and_cuda_without_a_gpu_are_refused(corpus, tmp_path, spa
         cuda = spai_cli("predict", str(images), "--checkpoint", str(ckpt), "--device", "cuda")
         assert_clean_failure(cuda, 1, "no CUDA GPU")
     int8 = spai_cli("predict", str(images), "--checkpoint", str(ckpt), "--device", "cuda", "--precision", "int8")
-    assert_clean_failure(int8, 1, "torch fp32 route")
+    assert_clean_failure(int8, 1, "CPU precision")
 
 
 @pytest.mark.parametrize("moments", [pytest.param(1), pytest.param(3, marks=pytest.mark.slow)])

@@ -136,3 +136,54 @@ def test_bf16_verdicts_hold_only_for_the_layers_the_route_kept_in_fp32(tiny_mode
     stale = evidence_for(tiny_model)
     assert stale.verdict(identity, "torch-bf16") is None and stale.speed(identity, "torch-bf16") is None
     assert stale.speed(identity, "ort-int8") == 1.0  # the other routes' evidence stays
+
+
+# --- a GPU's torch fp16 / bf16 (autocast) routes: gated like the others, here on CPU autocast (issue 33) ----------
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_routes_are_gated_once_and_kept(tiny_model, precision, monkeypatch):
+    from spai import routes
+
+    gated: list[list[str]] = []
+    real_gate = routes.gate_routes
+
+    def counting(model, entered, say):
+        gated.append([r.name for r in entered])
+        return real_gate(model, entered, say)
+
+    monkeypatch.setattr(routes, "gate_routes", counting)
+    choice = routes.require_passed(tiny_model, precision, autocast=True)
+    name = f"torch-{precision}-autocast"
+    assert gated == [[name]]
+    assert choice.precision == precision and choice.reason.startswith(f"route: {name} on ")
+    verdict = evidence_for(tiny_model).verdict(cpu_identity(cpu_flags()), name)
+    assert verdict["passed"] and verdict["images"]["n"] > 0 and verdict["random_patches"]["n"] > 0
+    assert routes.require_passed(tiny_model, precision, autocast=True) == choice
+    assert gated == [[name]]  # kept: not gated again
+
+
+def test_an_autocast_route_that_fails_its_gate_is_refused_with_the_verdict(tiny_model, monkeypatch):
+    from spai import parity, routes
+
+    strict = parity.Gates(bf16_max_dprob=1e-12)
+    monkeypatch.setattr(parity, "Gates", lambda: strict)
+    evidence = evidence_for(tiny_model)
+    evidence.cpu(cpu_identity(cpu_flags()))["verdicts"].pop("torch-bf16-autocast", None)
+    evidence.save()
+    with pytest.raises(ConfigError, match=r"torch-bf16-autocast failed its parity gate .* max \|Δp\|"):
+        routes.require_passed(tiny_model, "bf16", autocast=True)
+    with pytest.raises(ConfigError, match="failed its parity gate"):  # the failed verdict is kept, and refused
+        routes.require_passed(tiny_model, "bf16", autocast=True)
+
+
+def test_autocast_route_runners_and_gpu_route_names(tiny_model):
+    from spai.routes import require_passed, resolve_gpu_route, runners_for
+
+    route = runners_for("torch", "fp16", model=tiny_model, autocast=True)
+    assert route.name == "torch-fp16-autocast" and route.encoder.autocast and not route.aggregator.autocast
+    assert require_passed(tiny_model, "fp32").name == "torch-fp32"
+    assert resolve_gpu_route(None, "fp16") == ("torch", "fp16")
+    with pytest.raises(ConfigError, match="CPU precision"):
+        resolve_gpu_route(None, "int8")
+    with pytest.raises(ConfigError, match="--backend ort is a CPU route"):
+        resolve_gpu_route("ort", "fp32")
