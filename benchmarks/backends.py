@@ -18,7 +18,7 @@ import torch
 from benchmarks.baseline import OriginalAlgorithm, original_baseline
 from benchmarks.common import cpu_threads
 from spai.lazy import lazy_import
-from spai.specs import ENCODER_FILES, PLAN_FILES
+from spai.model.specs import ENCODER_FILES, PLAN_FILES
 
 onnx_lib = lazy_import("onnx")
 
@@ -48,11 +48,11 @@ def baseline_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[Step, Origin
 
 def torch_step(model: torch.nn.Module, x: torch.Tensor, dtype: str) -> Step:
     """Eager PyTorch in ``dtype`` (a converted copy of the model for fp16/bf16 on a GPU; on a CPU bf16 is the
-    torch-bf16 route: :class:`spai.models.precision.Bf16Gemms`, norms, statistics and the route's kept layers fp32)."""
+    torch-bf16 route: :class:`spai.model.nn.precision.Bf16Gemms`, norms, statistics and the route's kept layers fp32)."""
     if dtype == "fp32":
         return _no_grad(model.encode_patches, x)
     if dtype == "bf16" and x.device.type == "cpu":
-        from spai.models.precision import Bf16Gemms, bf16_fp32_layers
+        from spai.model.nn.precision import Bf16Gemms, bf16_fp32_layers
 
         mode = Bf16Gemms(model, bf16_fp32_layers(model))
 
@@ -94,8 +94,8 @@ def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
     """An ONNX Runtime CPU runner on ``patch_encoder[.fp16].onnx`` (one thread per core) declared for this batch."""
     if importlib.util.find_spec("onnxruntime") is None:
         raise Unavailable("onnxruntime is not installed")
-    from spai.runners import OrtRunner
-    from spai.specs import PATCHES
+    from spai.infer.runners import OrtRunner
+    from spai.model.specs import PATCHES
 
     path = onnx_dir / ENCODER_FILES[precision]
     if not path.is_file():
@@ -108,8 +108,8 @@ def ort_step(onnx_dir: Path, x: torch.Tensor, precision: str) -> Step:
 
 
 def graph_patches(x: torch.Tensor) -> np.ndarray:
-    """Float patches in [0, 1] as the exported graphs take them (:data:`spai.specs.PATCHES_INPUT`: uint8)."""
-    from spai.specs import PATCHES_INPUT
+    """Float patches in [0, 1] as the exported graphs take them (:data:`spai.model.specs.PATCHES_INPUT`: uint8)."""
+    from spai.model.specs import PATCHES_INPUT
 
     if PATCHES_INPUT.np_dtype == np.uint8:
         return (x.detach().cpu() * 255).round().to(torch.uint8).numpy()
@@ -145,7 +145,7 @@ def trt_step(onnx_dir: Path, x: torch.Tensor, work_dir: Path) -> TrtStep:
 
     if not tensorrt_importable():
         raise Unavailable("TensorRT (the `tensorrt` package, not only its type stubs) is not installed here")
-    from spai.specs import PATCHES, patch_encoder_spec, trt_profile
+    from spai.model.specs import PATCHES, patch_encoder_spec, trt_profile
 
     batch = x.shape[0]
     onnx = onnx_dir / ENCODER_FILES["fp16"]

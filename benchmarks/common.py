@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import torch
 
-from spai.runners import available_cores as cpu_threads  # noqa: F401  (one definition of it)
+from spai.infer.runners import available_cores as cpu_threads  # noqa: F401  (one definition of it)
 
 MB = 1024 * 1024
 

@@ -5,7 +5,7 @@ run, the plan and docs/benchmarks.md follow): the environment and the GEMM peak 
 in the same run; where nvidia-pytriton brings its tritonserver, the served rate (a ``python-torch`` repository of
 the model, KIND_GPU, fp16 autocast, on the bundled server: patches/s through the ``spai`` model at concurrency 1,
 16 and 64 beside the in-process rate of the same route); fp16 and bf16 autocast parity against fp32 on 256 random
-patches (max |dp|, flips; the one comparator, :mod:`spai.parity`); patch-encoder throughput at batch 1, 16, 64,
+patches (max |dp|, flips; the one comparator, :mod:`spai.infer.parity`); patch-encoder throughput at batch 1, 16, 64,
 256 for eager fp32, TF32, fp16, bf16 and CUDA graphs (the step builders of :mod:`benchmarks.backends`), with % of
 the measured peak; the aggregator at 16 x 1024; ``torch.compile``; then, only where something reads an ONNX
 export: ``spai export``'s ONNX step, where ``tensorrt`` imports the engine builds (with ``--fre-fp16`` and
@@ -229,10 +229,10 @@ def tf32(allowed: bool) -> Iterator[None]:
 
 
 def autocast_parity(check: Check, entry: dict[str, Any]) -> None:
-    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through spai.parity: the torch routes
+    """fp16 and bf16 autocast against fp32 (TF32 off) on random patches, through spai.infer.parity: the torch routes
     ``spai predict --device cuda --precision fp16|bf16`` and the python-torch graph models run and gate."""
-    from spai.parity import compare_routes
-    from spai.routes import runners_for
+    from spai.infer.parity import compare_routes
+    from spai.infer.routes import runners_for
 
     model = model_of(check)
     routes = {runners_for("torch", p, model=model, autocast=True).name: p for p in ("fp16", "bf16")}
@@ -370,7 +370,7 @@ def onnx_export(check: Check, entry: dict[str, Any], variant: str) -> None:
 
     from export.fp16 import fp16_from_onnx
     from export.onnx import onnx_from_torch
-    from spai.specs import ENCODER_FILES
+    from spai.model.specs import ENCODER_FILES
 
     out = check.out / onnx_phase(variant)
     out.mkdir(exist_ok=True)
@@ -408,8 +408,8 @@ def ort_cuda(check: Check, entry: dict[str, Any]) -> None:
     import torch
 
     from benchmarks.backends import graph_patches
-    from spai.runners import OrtRunner
-    from spai.specs import PATCHES
+    from spai.infer.runners import OrtRunner
+    from spai.model.specs import PATCHES
 
     art = exported(check, "fp16")
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -434,9 +434,9 @@ def tensorrt_engines(check: Check, entry: dict[str, Any], variant: str) -> None:
     from export.compare import write_report
     from export.pipeline import engine_profiles, engines_from_onnx
     from export.trt import BuildOptions, TrtRunner, engine_layer_information, tensorrt_importable
-    from spai.parity import compare_routes
-    from spai.runners import Route
-    from spai.specs import DEFAULT_OPT_BATCH
+    from spai.infer.parity import compare_routes
+    from spai.infer.runners import Route
+    from spai.model.specs import DEFAULT_OPT_BATCH
 
     if not tensorrt_importable() or check.device.type != "cuda":
         raise Skip("tensorrt does not import here (or no CUDA device): no engine can be built")
@@ -501,7 +501,7 @@ def fused_attention(layer_json: str, out: Path) -> dict[str, Any]:
 def served_throughput(check: Check, entry: dict[str, Any]) -> None:
     """The python-torch repository of the model (its weights saved to a checkpoint under DIR/served) on the bundled
     tritonserver: patches/s through the ``spai`` model (``spai score``'s client) per concurrency, beside the
-    in-process rate of the same route (the same torch runners through spai.inference); the server is stopped on
+    in-process rate of the same route (the same torch runners through spai.infer.scorer); the server is stopped on
     every path (a phase process killed at its deadline takes it along)."""
     import spai
     from serving.repository import ENTRY, TORCH_VARIANT, build_torch_repository, tuning_with
@@ -561,7 +561,7 @@ def in_process_rate(check: Check, model: Any, images: list[Path], precision: str
     import torch
 
     from serving.models.torch_graph import torch_runner
-    from spai.inference import Scorer
+    from spai.infer.scorer import Scorer
 
     with torch_runner(model, "patch_encoder", precision, chunk) as enc, \
             torch_runner(model, "aggregator", precision) as agg:

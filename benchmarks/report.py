@@ -460,7 +460,7 @@ def write_report(json_paths: Path | list[Path], out_dir: Path) -> Path:
                 ["## CPU routes versus the original algorithm (same weights, same images, same run)",
                  "Baselines:", *baseline_lines(routes), "", *(route_table(routes) if routes else ["(none)"])],
                 ["## Chunk sizes (spai-b16, one 8-patch image)", *(chunk_table(rows) or ["(none)"])],
-                ["## Parity of the routes (spai.parity gates: fp32 1e-5; bf16/int8/fp16 1e-2, no flip)",
+                ["## Parity of the routes (spai.infer.parity gates: fp32 1e-5; bf16/int8/fp16 1e-2, no flip)",
                  *(parity_table(rows) or ["(none)"]), *precision_lines(rows)],
                 ["## bf16: every GEMM against the route's fp32 layers (same run)",
                  *(bf16_keep_table(rows) or ["(none)"])],

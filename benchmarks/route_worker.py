@@ -10,7 +10,7 @@ up on one patch, prints ``{"ready": ...}`` and then answers one JSON line per co
 
 Each contender is a separate process so that its memory is its own: the ORT routes never import torch, the torch
 routes and the baselines do. Threads: the cores available to the process, the same for every contender
-(:func:`spai.runners.available_cores`).
+(:func:`spai.infer.runners.available_cores`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MB = 1024 * 1024
 class ContenderSpec:
     """What a worker runs: ``contender`` is ``original-<chunk>`` (the model's original algorithm, ``chunk``
     patches per encoder call; ``original-cfg`` = the config's FEATURE_EXTRACTION_BATCH) or ``<backend>-<precision>``
-    (a route of :func:`spai.runners.runners_for`)."""
+    (a route of :func:`spai.infer.runners.runners_for`)."""
 
     contender: str
     model: str  # named config (seeded random weights, torch.manual_seed(0)) unless checkpoint is set
@@ -82,8 +82,8 @@ def _model(spec: ContenderSpec) -> Any:
 def _patch_spec(spec: ContenderSpec, model: Any) -> Any:
     if model is not None:
         return model.patch_spec
-    from spai.config import get_config
-    from spai.patching import patch_spec_from_config
+    from spai.model.config import get_config
+    from spai.model.patching import patch_spec_from_config
 
     return patch_spec_from_config(get_config(spec.model))
 
@@ -99,9 +99,9 @@ def build(spec: ContenderSpec) -> Callable[[np.ndarray], float]:
         base = original_baseline(model, None if variant == "cfg" else int(variant))
         base.encode(torch.rand(1, 3, 224, 224))
         return base.score
-    from spai.inference import Scorer
-    from spai.routes import runners_for
-    from spai.specs import PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
+    from spai.infer.routes import runners_for
+    from spai.infer.scorer import Scorer
+    from spai.model.specs import PATCH_FEATURES, PATCH_MASK, PATCHES, PATCHES_INPUT
 
     model = _model(spec) if kind == "torch" else None
     route = runners_for(kind, variant, model=model, onnx_dir=spec.onnx_dir, chunk=spec.chunk,
@@ -115,7 +115,7 @@ def build(spec: ContenderSpec) -> Callable[[np.ndarray], float]:
 
 def serve(spec: ContenderSpec) -> None:
     """The worker loop (stdin commands -> stdout JSON lines)."""
-    from spai.runners import available_cores
+    from spai.infer.runners import available_cores
 
     spec = ContenderSpec(**{**asdict(spec), "threads": spec.threads or available_cores()})
     start = time.perf_counter()

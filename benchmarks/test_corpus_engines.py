@@ -68,7 +68,7 @@ def ray_init_s() -> Iterator[float]:
 def test_corpus_engine(benchmark, engine: str, size: int, corpus: tuple[dict[int, Path], Path],
                        bench_mode: BenchMode, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """One ``spai predict`` of the corpus per round, by ``engine``; every image scored."""
-    from spai.scores import read_score_rows
+    from spai.corpus.writers import read_score_rows
     from spai_cli import main
 
     folders, ckpt = corpus
@@ -81,7 +81,7 @@ def test_corpus_engine(benchmark, engine: str, size: int, corpus: tuple[dict[int
             *(["--engine", "ray"] if engine == "ray" else [])]
 
     def fresh_output() -> tuple[tuple, dict]:
-        from spai.scores import parts_dir
+        from spai.corpus.writers import parts_dir
 
         out.unlink(missing_ok=True)
         for part in parts_dir(out).glob("*") if parts_dir(out).is_dir() else []:

@@ -3,7 +3,7 @@
 Contenders (each in its own fresh process, :mod:`benchmarks.route_worker`; the same threads for all):
 ``original-1`` / ``original-cfg`` (the model's original algorithm, :mod:`benchmarks.baseline`, one patch per
 call / its FEATURE_EXTRACTION_BATCH of 400) and our routes ``torch-fp32``, ``torch-bf16``, ``ort-fp32``,
-``ort-int8`` (:func:`spai.runners.runners_for` through :mod:`spai.inference`). Each scores the same seeded images
+``ort-int8`` (:func:`spai.infer.runners.runners_for` through :mod:`spai.infer.scorer`). Each scores the same seeded images
 of 0.25, 1, 3 and 12 MP (sizes per model and mode: :data:`benchmarks.common.MODES`); the parent samples a matmul
 probe around each case (a loaded machine shows as a drop; the report then refuses the run's ratios). Also here:
 patches/s per chunk size of each route (the declared chunks are chosen from it), the comparator's parity of
@@ -22,14 +22,14 @@ from benchmarks.baseline import FORK, UPSTREAM
 from benchmarks.common import ROUTE_IMAGES, BenchMode, device_label, matmul_probe
 from benchmarks.conftest import TRAINED_TINY
 from benchmarks.route_worker import ContenderSpec
-from spai.specs import ENCODER_FILES
+from spai.model.specs import ENCODER_FILES
 
 PATCH = 224
 
 
 def _skip_unsupported(contender: str) -> None:
     from spai.errors import ConfigError
-    from spai.routes import resolve_route
+    from spai.infer.routes import resolve_route
 
     if contender.startswith("original"):
         return
@@ -69,7 +69,7 @@ def _device() -> str:
 
 def _first_guess_route() -> str:
     """The route the CPU's flags put first (``auto`` then decides by this checkpoint's gates and speeds)."""
-    from spai.routes import cpu_routes
+    from spai.infer.cpu import cpu_routes
 
     return "-".join(cpu_routes()[0])
 
@@ -126,16 +126,16 @@ def test_route_chunk(benchmark, chunk_case: tuple[str, int], route_model: Callab
 
 def test_route_parity(benchmark, parity_model: str, bench_mode: BenchMode, route_model: Callable,
                       check_images_dir: Any, request: pytest.FixtureRequest) -> None:
-    """The comparator (spai.parity) on torch-bf16 and ort-int8 against torch fp32: random patches, the generated
+    """The comparator (spai.infer.parity) on torch-bf16 and ort-int8 against torch fp32: random patches, the generated
     corpus at native sizes (up to ``parity_max_mp``) and, for the trained spai-tiny, its labelled proxy test
     split (AUC delta against the labels)."""
     from dataclasses import asdict
 
     from export.compare import load_images
     from export.quantize import precision_table_onnx
-    from spai.models.precision import precision_table
-    from spai.parity import compare_routes
-    from spai.routes import runners_for
+    from spai.infer.parity import compare_routes
+    from spai.infer.routes import runners_for
+    from spai.model.nn.precision import precision_table
 
     benchmark.group = f"parity-{parity_model}"
     info = route_model(parity_model)
@@ -166,8 +166,8 @@ def test_bf16_kept_layers(benchmark, bf16_case: tuple[str, str], bench_mode: Ben
     import torch
 
     import spai
-    from spai.models.precision import bf16_fp32_layers, flop_share
-    from spai.runners import TorchRunner
+    from spai.infer.runners import TorchRunner
+    from spai.model.nn.precision import bf16_fp32_layers, flop_share
 
     model_id, case = bf16_case
     _skip_unsupported("torch-bf16")

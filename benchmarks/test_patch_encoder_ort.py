@@ -34,8 +34,8 @@ def _exported(name: str, tmp_root: Path):
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 @pytest.mark.parametrize(("name", "batch"), CASES)
 def test_patch_encoder_throughput(benchmark, tmp_path_factory, name, batch, backend):
-    from spai.runners import OrtRunner, TorchRunner, available_cores
-    from spai.specs import PATCHES
+    from spai.infer.runners import OrtRunner, TorchRunner, available_cores
+    from spai.model.specs import PATCHES
 
     model, graphs = _exported(name, tmp_path_factory.getbasetemp())
     feed = {PATCHES: np.random.default_rng(0).integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)}

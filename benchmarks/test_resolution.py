@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import BenchMode, run_benchmark
+from spai.infer.runners import torch_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def test_score_image_cpu(benchmark, res_case: tuple[str, float], bench_mode: Ben
     median = run_benchmark(benchmark, lambda: model.score_images([image]), torch.device("cpu"), rounds=rounds,
                            warmup_rounds=warmup, items=1, kind="resolution", backend="torch-fp32", model=name,
                            nominal_mp=megapixels, megapixels=actual_mp, side=side, patches=patches,
-                           chunk=model.default_chunk_size())
+                           chunk=torch_chunk(model))
     benchmark.extra_info.update(seconds_per_mp=median / actual_mp, seconds_per_patch=median / patches)
 
 

@@ -1,6 +1,6 @@
 """Serving against in-process scoring: end-to-end images/s and p50/p99 latency through the bundled tritonserver
 (python-ort repository, its default tuning) at concurrency 1, 4, 16 and 32, side by side with in-process scoring
-of the same images with the same route (:func:`spai.routes.runners_for`, as `spai predict` runs it, one image at a
+of the same images with the same route (:func:`spai.infer.routes.runners_for`, as `spai predict` runs it, one image at a
 time, all cores), for each served encoder graph: fp32 and int8 (exported and gated on this CPU first, as `spai
 export --precision int8` does). ``ratio`` = serving images/s / in-process images/s of the same precision (above 1:
 the server is faster).
@@ -34,7 +34,7 @@ MODELS = ("spai-tiny", "spai-fusion-b16")
 def sample_paths(model: str, work: Path) -> list[Path]:
     """The images a model is measured on (see the module docstring)."""
     from spai.data.samples import write_sample_images
-    from spai.images import list_images
+    from spai.infer.images import list_images
 
     if model == "spai-fusion-b16":
         return small_jpegs(work, FUSION_IMAGES)
@@ -62,8 +62,8 @@ def make_export(model: str, out: Path, int8: bool = False) -> Path:
     import spai
     from export.onnx import onnx_from_torch
     from export.quantize import patch_encoder_int8
-    from spai.routes import choose_route
-    from spai.specs import ENCODER_FILES
+    from spai.infer.routes import choose_route
+    from spai.model.specs import ENCODER_FILES
 
     torch.manual_seed(0)
     scoring_model = spai.create_model(model)
@@ -76,9 +76,9 @@ def make_export(model: str, out: Path, int8: bool = False) -> Path:
 
 def measure_inprocess(export: Path, paths: list[Path], precision: str = "fp32") -> dict[str, float]:
     """Images/s of the same inference path with the route's two ONNX graphs in this process, as `spai predict`
-    runs them (:func:`spai.routes.runners_for`), one image at a time."""
-    from spai.inference import Scorer
-    from spai.routes import runners_for
+    runs them (:func:`spai.infer.routes.runners_for`), one image at a time."""
+    from spai.infer.routes import runners_for
+    from spai.infer.scorer import Scorer
 
     lat = []
     blobs = [p.read_bytes() for p in paths]

@@ -1,8 +1,8 @@
-"""CPU-side cost of the serving path per patch: decode + patch grid + cut (:func:`spai.inference.score_requests`,
+"""CPU-side cost of the serving path per patch: decode + patch grid + cut (:meth:`spai.infer.scorer.Scorer.score_requests`,
 what the Triton ``spai`` model runs) with the encoder and aggregator replaced by no-op runners, on one core, for
 photo-like JPEGs of 1, 3 and 12 MP. ``patches_per_s`` is per core: what one Python-backend instance can feed.
-``path``: ``sync`` (:func:`spai.inference.score_requests`) or ``async`` (what the Triton model's ``execute`` runs:
-:func:`spai.inference.score_prepared_requests_async` with 2 encoder calls in flight, on one event loop).
+``path``: ``sync`` (:meth:`spai.infer.scorer.Scorer.score_requests`) or ``async`` (what the Triton model's ``execute`` runs:
+:meth:`spai.infer.scorer.Scorer.score_prepared_async` with 2 encoder calls in flight, on one event loop).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from spai.runners import Runner
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES
+from spai.infer.runners import Runner
+from spai.model.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES
 
 SIZES = {1: (1152, 864), 3: (2000, 1500), 12: (4000, 3000)}  # megapixels -> width, height
 
@@ -65,7 +65,8 @@ def one_core():
 @pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("megapixels", sorted(SIZES), ids=[f"{mp}MP" for mp in sorted(SIZES)])
 def test_serving_cpu_cost_per_patch(benchmark, megapixels: int, path: str, one_core: None) -> None:
-    from spai.inference import SERVING_LIMITS, Scorer
+    from spai.infer.prepare import SERVING_LIMITS
+    from spai.infer.scorer import Scorer
 
     blob = photo_like_jpeg(*SIZES[megapixels])
     encoder, aggregator = NoOpRunner("patch_encoder"), NoOpRunner("aggregator")

@@ -10,8 +10,8 @@ from pathlib import Path
 def train_demo_like(out: Path) -> dict[str, Path]:
     """Train spai-tiny as ``spai demo`` does (its proxy data size and epochs) in ``out``: ``{"checkpoint":
     best.pth, "test_dir": the proxy test images with a samples.csv of their labels}``."""
-    from spai.config import get_config
     from spai.data.proxy import make_proxy_dataset
+    from spai.model.config import get_config
     from spai.train.trainer import TrainOptions, train
     from spai_cli.demo import DEMO_EPOCHS, DEMO_SOURCES
 

@@ -1,6 +1,6 @@
 """The parity report of ``spai export``: labelled check images in, ``export_report.json`` / ``.md`` out.
 
-The comparator and its gates are :mod:`spai.parity` (the library gates CPU routes with it too); this module reads
+The comparator and its gates are :mod:`spai.infer.parity` (the library gates CPU routes with it too); this module reads
 the check images a user passes and writes what the comparator found.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from spai.files import atomic_path
-from spai.images import IMAGE_EXTENSIONS
-from spai.parity import ParityReport
+from spai.infer.images import IMAGE_EXTENSIONS
+from spai.infer.parity import ParityReport
 
 
 def load_images(image_dir: str | os.PathLike) -> tuple[list[Path], np.ndarray | None]:

@@ -4,7 +4,7 @@ Policy (both routes): the CLIP backbone's matmuls, attention (Q/K scale, MatMul,
 residual adds run in FP16; FP32 stays where FP16 is unsafe: the spectral filter (DFT matmuls), the CLIP
 normalisation, every LayerNormalization, and the FrequencyRestorationEstimator (FRE: cosine-similarity statistics,
 unbiased std, Softmax, gates, fusion). Inputs (uint8 patches) and outputs (float32) keep their dtypes, so the
-serving contract of :mod:`spai.specs` is unchanged.
+serving contract of :mod:`spai.model.specs` is unchanged.
 
 The backbone's attention stays FP16 end to end (MatMul -> Softmax -> MatMul, no Cast between) because that is the
 form TensorRT fuses into one attention kernel (which keeps its softmax statistics in FP32 itself); an FP32 Softmax
@@ -14,7 +14,7 @@ restores the island, to compare both on a GPU; :func:`export.trt_rules.attention
 ``fre_fp16=True`` (``spai export --fre-fp16``) also runs the FRE's Linear layers in FP16 (its MatMul/Gemm nodes:
 about half the FLOPs of spai-fusion-b16, 99.7 of 205.1 GFLOP a patch, are the per-layer projectors); their bias
 adds, the cosine similarities, moments, LayerNorm, GELU, Softmax and gates stay FP32. Like every precision route,
-the result passes the FP16 parity gates of :mod:`spai.parity` or the export fails.
+the result passes the FP16 parity gates of :mod:`spai.infer.parity` or the export fails.
 
 Routes, measured in docs/export.md:
 * ``"convert"`` (default): rewrite the FP32 ONNX graph with onnxconverter-common's
@@ -39,8 +39,8 @@ from export.onnx import check_graph, example_inputs, export_graph
 from spai.errors import ExportError
 from spai.files import atomic_path
 from spai.lazy import lazy_import
-from spai.models.spai_model import to_unit_float
-from spai.specs import patch_encoder_spec
+from spai.model.nn.spai_model import to_unit_float
+from spai.model.specs import patch_encoder_spec
 
 onnx = lazy_import("onnx")
 onnxconverter_common = lazy_import("onnxconverter_common")

@@ -4,7 +4,7 @@ A plan loads only on the TensorRT build (and GPU architecture) that made it, unl
 version-compatible; Triton refuses a config whose ``max_batch_size`` or warm-up exceeds the engine's profile.
 ``spai export`` writes this manifest beside the plans; ``spai repository --variant trt`` reads it, so configs follow
 the engines that were really built and plans from another TensorRT are refused before Triton sees them.
-Light: json and :mod:`spai.specs` only (it runs inside the Triton container too).
+Light: json and :mod:`spai.model.specs` only (it runs inside the Triton container too).
 
 Shape (extra keys allowed)::
 
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from spai.errors import ExportError
 from spai.files import atomic_path
 from spai.lazy import lazy_import
-from spai.specs import (
+from spai.model.specs import (
     ATTENTION,
     MANIFEST_FILE,
     PATCH_FEATURES,

@@ -1,5 +1,5 @@
 """PyTorch -> ONNX: ``patch_encoder.onnx`` and ``aggregator.onnx`` with the names and dynamic axes of
-:mod:`spai.specs`.
+:mod:`spai.model.specs`.
 
 Exporter choice: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``). Our spectral filter is
 already plain MatMuls, so the dynamo exporter's one advantage (FFT -> ``DFT``) is moot, and in our trials the
@@ -24,9 +24,9 @@ from torch import nn
 
 from spai.errors import CheckpointError, ExportError
 from spai.files import atomic_path
-from spai.inference import UNCALIBRATED, write_export_calibration
 from spai.lazy import lazy_import
-from spai.specs import (
+from spai.model.calibration import UNCALIBRATED, write_export_calibration
+from spai.model.specs import (
     AGGREGATOR_FILE,
     ENCODER_FILES,
     OPSET,
@@ -147,7 +147,7 @@ def check_graph(model: Any, name: str) -> None:
     values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
     if bad or any(v.type.tensor_type.elem_type in complex_types for v in values):
         raise ExportError(f"{name}: exported graph holds FFT ops {bad} or complex tensors; the spectral filter "
-                          "must export as MatMuls (spai.models.spectral.SpectralFilter).")
+                          "must export as MatMuls (spai.model.nn.spectral.SpectralFilter).")
 
 
 def example_inputs(feature_dim: int, batch: int = 2, patches: int = 3) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -163,7 +163,7 @@ def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int 
                     progress: Progress | None = None) -> OnnxExport:
     """Write ``patch_encoder.onnx`` and ``aggregator.onnx`` for ``model`` (a :class:`spai.SPAIModel`) to
     ``out_dir``, and a calibrated model's ``calibration.json`` beside them (the graphs output raw logits; the
-    calibration is applied by :mod:`spai.inference` and carried into the Triton ``spai`` model's parameters).
+    calibration is applied by :mod:`spai.infer.scorer` and carried into the Triton ``spai`` model's parameters).
     The model's train/eval mode is restored afterwards."""
     say = progress or (lambda _msg: None)
     out = ensure_writable_dir(out_dir)

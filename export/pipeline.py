@@ -19,10 +19,12 @@ from export.quantize import patch_encoder_int8, precision_table_onnx
 from export.trt_rules import TrtVerdict, check_graph, verdicts_markdown
 from export.trt_rules import enforce as enforce_trt_rules
 from spai.files import sha256_file
-from spai.parity import Gates, ParityReport, compare_routes, enforce
-from spai.routes import ROUTES, cpu_flags, cpu_identity, evidence_for, record_verdicts, runners_for
-from spai.runners import CPU_CHUNKS, OrtRunner, Route
-from spai.specs import (
+from spai.infer.cpu import cpu_flags, cpu_identity
+from spai.infer.evidence import evidence_for, record_verdicts
+from spai.infer.parity import Gates, ParityReport, compare_routes, enforce
+from spai.infer.routes import ROUTES, runners_for
+from spai.infer.runners import CPU_CHUNKS, OrtRunner, Route
+from spai.model.specs import (
     PATCHES,
     PLAN_FILES,
     Shape,
@@ -116,7 +118,7 @@ def attention_form(art: OnnxArtifacts) -> str:
 
 def engine_profiles(feature_dim: int, *, min_batch: int | None = None, opt_batch: int | None = None,
                     max_batch: int | None = None, max_patches: int | None = None) -> Profiles:
-    """The TensorRT optimisation profiles of both engines (None = the defaults of :mod:`spai.specs`)."""
+    """The TensorRT optimisation profiles of both engines (None = the defaults of :mod:`spai.model.specs`)."""
     return {"patch_encoder": trt_profile(patch_encoder_spec(feature_dim), min_batch, opt_batch, max_batch),
             "aggregator": trt_profile(aggregator_spec(feature_dim), max_patches=max_patches)}
 
@@ -195,7 +197,7 @@ def precision_tables(art: OnnxArtifacts, precisions: Sequence[str]) -> dict[str,
     if "bf16" in precisions:
         import torch
 
-        from spai.models.precision import precision_table
+        from spai.model.nn.precision import precision_table
 
         tables["torch-bf16"] = precision_table(art.model, torch.rand(1, 3, 224, 224))
     return {"precision_layers": tables} if tables else {}

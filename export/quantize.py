@@ -10,7 +10,7 @@ softmax, every LayerNorm, GELU/sigmoid, the cosine-similarity statistics and the
 and the whole aggregator (a separate fp32 graph). Static (QDQ) quantisation was not chosen: its activation ranges
 come from calibration images, and images of any content would fall outside them; dynamic ranges follow each call.
 
-The input keeps the deployed contract (:data:`spai.specs.PATCHES_INPUT`: N x 3 x 224 x 224 uint8).
+The input keeps the deployed contract (:data:`spai.model.specs.PATCHES_INPUT`: N x 3 x 224 x 224 uint8).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from spai.errors import ExportError
 from spai.lazy import lazy_import
-from spai.specs import ENCODER_FILES, PATCHES_INPUT
+from spai.model.specs import ENCODER_FILES, PATCHES_INPUT
 
 onnx = lazy_import("onnx")
 ort_quantization = lazy_import("onnxruntime.quantization")

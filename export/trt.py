@@ -24,8 +24,8 @@ import numpy as np
 
 from spai.errors import ExportError
 from spai.files import atomic_path
+from spai.infer.runners import Runner
 from spai.lazy import lazy_import
-from spai.runners import Runner
 
 if TYPE_CHECKING:  # TensorRT's own types (tensorrt-stubs under pyright); imported at first use at run time
     import tensorrt as trt
@@ -175,7 +175,7 @@ def engine_from_onnx(onnx_path: str | os.PathLike, plan_path: str | os.PathLike,
                      timing_cache: str | os.PathLike | None = None,
                      options: BuildOptions = BuildOptions()) -> Path:
     """Build a serialized engine (``.plan``) from ONNX with one optimisation profile covering ``profile``
-    (input name -> (min, opt, max) shapes, see :func:`spai.specs.trt_profile`). The timing cache, if given, is
+    (input name -> (min, opt, max) shapes, see :func:`spai.model.specs.trt_profile`). The timing cache, if given, is
     loaded and written back. Nothing is left at ``plan_path`` if the build fails."""
     import_tensorrt()
 
@@ -286,7 +286,7 @@ class TrtRunner(Runner):
     """Runs a serialized engine (optimisation profile 0) on one CUDA device, on a stream of its own.
 
     Declares the engine's own limits and minimums (the largest and smallest shape of profile 0 per input) and dtypes:
-    a batch below the minimum is padded by :meth:`spai.runners.Runner.infer`. Device buffers and the pinned host
+    a batch below the minimum is padded by :meth:`spai.infer.runners.Runner.infer`. Device buffers and the pinned host
     staging buffers grow to the largest shape seen and are reused as views (:class:`BufferPool`); :meth:`infer`
     copies numpy inputs through pinned memory on the runner's stream, :meth:`infer_device` takes tensors already
     on the device (what the benchmark times). ``device_memory_bytes``: the execution context's own memory.

@@ -345,7 +345,7 @@ def opset_violations(model: Any, m: SupportMatrix) -> list[Violation]:
     return [Violation(model.graph.name or "(model)", "", "opset",
                       f"the graph imports ONNX opset {opset}; TensorRT {m.trt_version}'s parser takes opsets "
                       f"{m.opset_min} to {m.opset_max} (on every {m.trt_version}.x we support). Fix: export with "
-                      f"an opset in that range (spai.specs.OPSET, torch.onnx.export(opset_version=...)).")]
+                      f"an opset in that range (spai.model.specs.OPSET, torch.onnx.export(opset_version=...)).")]
 
 
 def _path_to_matmul(name: str, producer: dict[str, Any], depth: int = 6) -> list[Any] | None:

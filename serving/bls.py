@@ -1,12 +1,12 @@
 """The ``spai`` Triton model's logic besides pb_utils (pure, testable on CPU): its settings from config
-parameters (limits, and the model's calibration: the same :class:`spai.inference.Calibration` that
+parameters (limits, and the model's calibration: the same :class:`spai.model.calibration.Calibration` that
 ``model.score`` applies), the requested operating point, the guard on BLS outputs that are still in GPU memory,
 the Triton error code each failure answers with, the scoring of one execute's requests
 (:func:`score_entry_batch`) and the response arrays. The model itself is
 ``serving/triton_models/spai/1/model.py``.
 
 Ragged outputs: ``patch_attention`` is zero-padded to the longest image of a request (``num_patches[i]``
-gives each image's real length); its patches are in :func:`spai.patching.patch_grid` order.
+gives each image's real length); its patches are in :func:`spai.model.patching.patch_grid` order.
 """
 
 from __future__ import annotations
@@ -18,19 +18,13 @@ from typing import Any
 import numpy as np
 
 from spai.errors import CalibrationError, ImageError, ServingError, SPAIError, detached
-from spai.inference import (
-    SERVING_LIMITS,
-    UNCALIBRATED,
-    Calibration,
-    ImageScore,
-    InputLimits,
-    OperatingPoint,
-    Scorer,
-    prepare_requests,
-)
-from spai.patching import PatchSpec
-from spai.runners import Limits, Runner
-from spai.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
+from spai.infer.prepare import SERVING_LIMITS, InputLimits
+from spai.infer.runners import Limits, Runner
+from spai.infer.scorer import Scorer, prepare_requests
+from spai.infer.scores import ImageScore
+from spai.model.calibration import UNCALIBRATED, Calibration, OperatingPoint
+from spai.model.patching import PatchSpec
+from spai.model.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
 # config.pbtxt integer parameter -> the EntrySettings field it sets ("limits.x" / "patch.x": a nested field)
 INTEGER_PARAMETERS = {"encoder_chunk": "encoder_chunk", "aggregator_batch": "aggregator_batch",
@@ -158,7 +152,7 @@ def with_requested_points(prepared: list[Any], inputs: Sequence[np.ndarray | Non
                           ) -> tuple[list[Any], list[str | None]]:
     """(prepared requests, the operating point each names): a request whose ``operating_point`` input is
     malformed fails alone (its entry becomes the error); unknown names fail in
-    :meth:`spai.inference.Scorer.score_prepared_async`."""
+    :meth:`spai.infer.scorer.Scorer.score_prepared_async`."""
     points: list[str | None] = []
     for i, values in enumerate(inputs):
         try:

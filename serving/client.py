@@ -1,6 +1,6 @@
 """Client side of ``spai score``: send encoded images to the ``spai`` model over HTTP or gRPC (tritonclient),
 N requests in flight (threads), retries on connection errors and on the server's retryable errors (INTERNAL,
-UNAVAILABLE), one :class:`spai.inference.ImageScore` per image. Light: no torch.
+UNAVAILABLE), one :class:`spai.infer.scores.ImageScore` per image. Light: no torch.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spai.corpus import InputRef, map_bounded, read_input
+from spai.corpus.inputs import InputRef, map_bounded, read_input
 from spai.errors import ImageError, ServingError, detached
-from spai.inference import InputLimits
+from spai.infer.prepare import InputLimits
+from spai.infer.scores import ImageScore
 from spai.lazy import lazy_import
-from spai.scores import ImageScore
 
 tqdm = lazy_import("tqdm")
-# What the client reads of one input: the server refuses more (spai.inference.SERVING_LIMITS) anyway.
+# What the client reads of one input: the server refuses more (spai.infer.prepare.SERVING_LIMITS) anyway.
 CLIENT_LIMITS = InputLimits(max_bytes=64 * 2**20)
 
 # Server answers worth a retry: INTERNAL (an encoder/aggregator failure), UNAVAILABLE (loading, overloaded).

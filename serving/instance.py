@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from spai.runners import available_cores
+from spai.infer.runners import available_cores
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 POD_SHARE_VARIABLE = "SPAI_INTRA_OP_THREADS"  # threads per CPU instance from the pod's CPU request

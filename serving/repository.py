@@ -1,4 +1,4 @@
-"""Generate Triton model repositories (config.pbtxt + model files) from :mod:`spai.specs`.
+"""Generate Triton model repositories (config.pbtxt + model files) from :mod:`spai.model.specs`.
 
 Three models: ``spai`` (Python/BLS entry point taking encoded image bytes), ``spai_patch_encoder`` and
 ``spai_aggregator``. Variants of the two graphs: ``trt`` (``tensorrt_plan``, GPU, production), ``onnx``
@@ -6,7 +6,7 @@ Three models: ``spai`` (Python/BLS entry point taking encoded image bytes), ``sp
 only kind the tritonserver bundled in nvidia-pytriton can load), all built from an export directory
 (:func:`build_repository`); and ``python-torch`` (Python backend running the checkpoint itself in PyTorch, KIND_GPU
 with fp16/bf16 autocast or KIND_CPU in fp32: no export, no engines; :func:`build_torch_repository`). Tensor names,
-dtypes and shapes come from ``spai.specs`` only, so configs cannot drift from the exported graphs. The ``spai``
+dtypes and shapes come from ``spai.model.specs`` only, so configs cannot drift from the exported graphs. The ``spai``
 model's code is the one file ``serving/triton_models/spai/1/model.py``; generated repositories copy it.
 """
 
@@ -27,10 +27,11 @@ from export.manifest import (
 from serving.bls import DEFAULT_TRIM_HEAP_MB, EntrySettings
 from serving.models.torch_graph import PRECISIONS
 from spai.errors import ConfigError, ExportError, ServingError
-from spai.inference import SERVING_LIMITS, calibration_from_export
-from spai.routes import ORT_SERVED, served_ort_route
-from spai.runners import CPU_CHUNKS
-from spai.specs import (
+from spai.infer.prepare import SERVING_LIMITS
+from spai.infer.routes import ORT_SERVED, served_ort_route
+from spai.infer.runners import CPU_CHUNKS
+from spai.model.calibration import calibration_from_export
+from spai.model.specs import (
     AGGREGATOR_FILE,
     ATTENTION,
     DEFAULT_MAX_BATCH,
@@ -54,7 +55,7 @@ ALL_VARIANTS = (*VARIANTS, TORCH_VARIANT)
 DEVICES = ("cpu", "gpu")  # python-torch: KIND_CPU or KIND_GPU graph models
 TORCH_PRECISIONS = PRECISIONS  # python-torch: fp16 / bf16 = torch.autocast on a GPU
 # --precision per variant: python-ort serves the fp32 or the int8 encoder graph (auto: the route that passed, by the
-# export's route evidence, spai.routes.served_ort_route); trt's engines carry the precision `spai export` built.
+# export's route evidence, spai.infer.routes.served_ort_route); trt's engines carry the precision `spai export` built.
 VARIANT_PRECISIONS = {"trt": (), "onnx": ("fp32",), "python-ort": ORT_SERVED, TORCH_VARIANT: TORCH_PRECISIONS}
 TORCH_CHECKPOINT = "checkpoint.pth"  # python-torch: the repository root's one copy, read by both graph models
 ENTRY, ENCODER, AGGREGATOR = "spai", "spai_patch_encoder", "spai_aggregator"
@@ -222,7 +223,7 @@ def _batching(queue_delay_us: int, preferred: tuple[int, ...] = ()) -> str:
 
 def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The engine's (min, opt, max) input shapes: the manifest's where built from engines, else
-    spai.specs.trt_profile of the options. max_batch_size = max[0]; the warm-up runs the opt shapes."""
+    spai.model.specs.trt_profile of the options. max_batch_size = max[0]; the warm-up runs the opt shapes."""
     if opts.profiles is not None:
         return opts.profiles[spec.name]
     return trt_profile(spec, max_batch=opts.max_batch, max_patches=opts.settings.limits.max_patches,
@@ -362,11 +363,11 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
 
     D and the attention output are read from ``engine.json`` for ``trt`` (checked against ``aggregator.onnx`` where
     the onnx package can read it; the Triton image has none), else from ``aggregator.onnx``; the model's
-    calibration from the export's ``calibration.json`` (:func:`spai.inference.calibration_from_export`);
+    calibration from the export's ``calibration.json`` (:func:`spai.model.calibration.calibration_from_export`);
     ``overrides`` go to :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json``
     (:func:`trt_options`): configs follow the profiles the plans were built with, and plans another TensorRT built
     are refused. ``precision`` (python-ort): the encoder graph to serve, fp32, int8 or auto
-    (:func:`spai.routes.served_ort_route`: int8 only where it passed its gate for this export on this CPU);
+    (:func:`spai.infer.routes.served_ort_route`: int8 only where it passed its gate for this export on this CPU);
     ``say`` hears which route is served and why. Returns ``out``.
     """
     art = Path(artifacts)

@@ -2,11 +2,11 @@
 
 A corpus streams (:mod:`spai_cli.streaming`): inputs listed lazily, read and decoded ahead on worker threads at
 most ``--window`` at a time, scored one by one, each row written as it finishes (CSV or Parquet, ``--resume``);
-``--engine ray`` scores the same way on a Ray Data pipeline (:mod:`spai.ray_scoring`, the ``ray`` extra).
+``--engine ray`` scores the same way on a Ray Data pipeline (:mod:`spai.corpus.ray_scoring`, the ``ray`` extra).
 
 The route is picked by name (``--backend torch|ort``, ``--precision fp32|bf16|int8|auto``,
-:mod:`spai.routes`; ``auto``: the fastest route that passed its parity gate for this checkpoint on this CPU), and
-every route scores through :class:`spai.inference.Scorer` over the runners of :func:`spai.routes.runners_for`;
+:mod:`spai.infer.routes`; ``auto``: the fastest route that passed its parity gate for this checkpoint on this CPU), and
+every route scores through :class:`spai.infer.scorer.Scorer` over the runners of :func:`spai.infer.routes.runners_for`;
 ``latency_ms`` in the CSV is each image's scoring time."""
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spai.corpus import InputRef, score_inputs
+from spai.corpus.inputs import InputRef, score_inputs
+from spai.corpus.writers import ScoreWriter
 from spai.errors import SPAIError
-from spai.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from spai.inference import Calibration, InputLimits, Scorer, calibration_from_export
-from spai.patching import PatchSpec, patch_spec_from_config
-from spai.routes import resolve_route
-from spai.scores import ImageScore, ScoreWriter
+from spai.infer.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from spai.infer.prepare import InputLimits
+from spai.infer.routes import resolve_route
+from spai.infer.scorer import Scorer
+from spai.infer.scores import ImageScore
+from spai.model.calibration import Calibration, calibration_from_export
+from spai.model.patching import PatchSpec, patch_spec_from_config
 from spai_cli.routes import (
     add_route_arguments,
     cached_export,
@@ -46,8 +49,8 @@ from spai_cli.streaming import (
 )
 
 if TYPE_CHECKING:
-    from spai.models.spai_model import SPAIModel
-    from spai.ray_scoring import ActorPlan
+    from spai.corpus.ray_scoring import ActorPlan
+    from spai.model.nn.spai_model import SPAIModel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
-    """A :class:`spai.inference.Scorer` over the entered route ``--backend`` / ``--precision`` / ``--device`` ask
+    """A :class:`spai.infer.scorer.Scorer` over the entered route ``--backend`` / ``--precision`` / ``--device`` ask
     for (:func:`spai_cli.routes.route_runners`), with the model's patch spec, its calibration (the checkpoint's, or
     the ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
     device = torch_device(args)
@@ -99,7 +102,7 @@ def scoring_model(args: argparse.Namespace, device: str = "cpu"
     export, which needs the graphs only), its patch spec and its calibration, whose ``--operating-point`` is
     checked here, before any export or scoring."""
     import spai
-    from spai.config import get_config
+    from spai.model.config import get_config
 
     explicit = "torch" if device != "cpu" or args.precision == "fp16" else \
         None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
@@ -177,7 +180,7 @@ def run_ray(args: argparse.Namespace, refs: Iterator[InputRef], writer: ScoreWri
     if writer is None:
         raise SPAIError("--engine ray writes its scores to a file: pass -o scores.parquet (or .csv).")
     try:
-        from spai.ray_scoring import predict_with_ray  # the one in-function import: Ray is an optional extra
+        from spai.corpus.ray_scoring import predict_with_ray  # the one in-function import: Ray is an optional extra
     except ImportError as e:
         raise SPAIError(f"--engine ray needs Ray ({e}); install the `ray` extra: pip install "
                         "'spai-deploy[ray]'.") from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from spai.report import DEFAULT_EMBEDDED_HEATMAPS, DEFAULT_THUMBNAILS
+from spai.review.report import DEFAULT_EMBEDDED_HEATMAPS, DEFAULT_THUMBNAILS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spai.report import html_report_from_scores
+    from spai.review.report import html_report_from_scores
 
     summary = html_report_from_scores(args.scores, args.output, heatmaps=args.heatmaps, root=args.root,
                                       thumbnails=args.thumbnails, embedded_heatmaps=args.embed_heatmaps,

@@ -1,6 +1,6 @@
 """Scoring routes on the command line: ``--backend torch|ort``, ``--precision fp32|bf16|int8|auto`` and
-``--onnx DIR``, shared by ``spai predict``, ``spai test`` and ``spai calibrate`` (:mod:`spai.routes` picks the
-route, by name or, for ``auto``, by evidence; :func:`spai.routes.runners_for` builds its runners)."""
+``--onnx DIR``, shared by ``spai predict``, ``spai test`` and ``spai calibrate`` (:mod:`spai.infer.routes` picks the
+route, by name or, for ``auto``, by evidence; :func:`spai.infer.routes.runners_for` builds its runners)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from spai.errors import ConfigError
 
 if TYPE_CHECKING:
-    from spai.models.spai_model import SPAIModel
-    from spai.runners import Route
+    from spai.infer.runners import Route
+    from spai.model.nn.spai_model import SPAIModel
 
 
 def add_route_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +34,9 @@ def add_route_arguments(p: argparse.ArgumentParser) -> None:
 
 def chosen_route(args: argparse.Namespace, model: SPAIModel | None) -> tuple[str, str, str | None]:
     """(backend, precision, the ONNX folder to use) the arguments ask for, printed to stderr. ``auto`` takes the
-    fastest route that passed its parity gate for ``model`` on this CPU (:func:`spai.routes.choose_route`); without
+    fastest route that passed its parity gate for ``model`` on this CPU (:func:`spai.infer.routes.choose_route`); without
     ``--onnx`` it first exports the model's graphs (fp32 and int8) into the cache, once per model."""
-    from spai.routes import resolve_route
+    from spai.infer.routes import resolve_route
 
     if args.precision != "auto":
         backend, precision = resolve_route(args.backend, args.precision)
@@ -67,7 +67,7 @@ def torch_device(args: argparse.Namespace) -> str:
 
 def check_gpu_route(args: argparse.Namespace) -> None:
     """On a GPU the routes are torch fp32 / fp16 / bf16: refuse a CPU route (int8 / ort) asked for by name."""
-    from spai.routes import resolve_gpu_route
+    from spai.infer.routes import resolve_gpu_route
 
     if args.precision != "auto":
         resolve_gpu_route(args.backend, args.precision)
@@ -78,7 +78,7 @@ def check_gpu_route(args: argparse.Namespace) -> None:
 def gpu_route(args: argparse.Namespace, model: SPAIModel) -> tuple[str, str]:
     """(backend, precision) for a model on a GPU, printed to stderr with why: fp32 as asked; fp16 / bf16 only
     where they passed their parity gate for this model on this GPU; ``auto`` the fastest route that passed."""
-    from spai.routes import choose_route, require_passed, resolve_gpu_route
+    from spai.infer.routes import choose_route, require_passed, resolve_gpu_route
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
@@ -94,8 +94,8 @@ def gpu_route(args: argparse.Namespace, model: SPAIModel) -> tuple[str, str]:
 def cached_export(model: SPAIModel) -> str:
     """The model's fp32 and int8 graphs in the cache (``$SPAI_CACHE_DIR/exports/<weights hash>``), exported the
     first time ``auto`` needs them."""
-    from spai.routes import cache_dir, model_fingerprint
-    from spai.specs import AGGREGATOR_FILE, ENCODER_FILES
+    from spai.infer.evidence import cache_dir, model_fingerprint
+    from spai.model.specs import AGGREGATOR_FILE, ENCODER_FILES
 
     folder = cache_dir() / "exports" / model_fingerprint(model)[:24]
     if not all((folder / f).is_file() for f in (ENCODER_FILES["fp32"], ENCODER_FILES["int8"], AGGREGATOR_FILE)):
@@ -106,9 +106,9 @@ def cached_export(model: SPAIModel) -> str:
 @contextlib.contextmanager
 def route_runners(model: SPAIModel | None, backend: str, precision: str, onnx_dir: str | None = None,
                   chunk: int | None = None) -> Iterator[Route]:
-    """The entered :class:`spai.runners.Route` of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
+    """The entered :class:`spai.infer.runners.Route` of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
     temporary folder first (and builds its int8 encoder for int8)."""
-    from spai.routes import runners_for
+    from spai.infer.routes import runners_for
 
     with contextlib.ExitStack() as stack:
         if backend == "ort":

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spai.errors import SPAIError
-from spai.scores import ImageScore
+from spai.infer.scores import ImageScore
 from spai_cli.streaming import add_corpus_arguments, check_sources, pending_inputs, scores_output, write_all
 
 
@@ -35,7 +35,7 @@ def write_heatmaps(rows: Sequence[ImageScore], directory: str | Path) -> int:
 
 def write_heatmap(row: ImageScore, directory: str | Path) -> bool:
     """<stem>.heatmap.png of one scored image with attention; whether it was written."""
-    from spai.heatmaps import save_heatmap
+    from spai.review.heatmaps import save_heatmap
 
     if row.error or row.attention is None or not len(row.attention):
         return False

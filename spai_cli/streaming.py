@@ -12,18 +12,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spai.corpus import InputRef, is_url, iter_inputs, todo_inputs
+from spai.corpus.inputs import InputRef, is_url, iter_inputs, todo_inputs
+from spai.corpus.writers import ROWS_PER_GROUP, ScoreWriter, done_inputs, open_score_writer
 from spai.errors import ImageError, SPAIError
+from spai.infer.scores import CSV_FIELDS, FlaggedCount, ImageScore
 from spai.lazy import lazy_import
-from spai.scores import (
-    CSV_FIELDS,
-    ROWS_PER_GROUP,
-    FlaggedCount,
-    ImageScore,
-    ScoreWriter,
-    done_inputs,
-    open_score_writer,
-)
 
 tqdm = lazy_import("tqdm")
 

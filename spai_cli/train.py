@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spai.config import get_config
+    from spai.model.config import get_config
     from spai.train import distributed as dist_utils
     from spai.train.trainer import TrainOptions, train
 

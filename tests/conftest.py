@@ -115,7 +115,7 @@ def generated_images(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="session")
 def check_images(generated_images) -> list[Path]:
     """What end-to-end checks score: the generated corpus, plus the shared samples where present."""
-    from spai.images import list_images
+    from spai.infer.images import list_images
 
     return [*generated_images, *(list_images(SAMPLES_DIR) if SAMPLES_DIR.is_dir() else [])]
 

@@ -136,7 +136,7 @@ def write_bad_checkpoints(model: Any, folder: Path) -> dict[str, tuple[Path, str
 
 def rows_on_disk(out: Path) -> int:
     """Rows a scoring run has made durable so far: CSV lines past the header, or Parquet row-group part files."""
-    from spai.scores import parts_dir
+    from spai.corpus.writers import parts_dir
 
     if out.suffix == ".csv":
         return max(0, out.read_bytes().count(b"\n") - 1) if out.exists() else 0

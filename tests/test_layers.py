@@ -10,8 +10,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("spai", "export", "serving", "spai_cli", "benchmarks")  # the layers, bottom first
-LIGHT = ("spai", "spai.errors", "spai.inference", "spai.runners", "spai.specs", "spai.images", "spai.patching",
-         "serving.client", "serving.bls", "serving.repository", "export.cli")
+LIGHT = ("spai", "spai.errors", "spai.infer", "spai.infer.scorer", "spai.infer.runners", "spai.infer.routes",
+         "spai.infer.evidence", "spai.infer.cpu", "spai.infer.prepare", "spai.infer.feeds", "spai.infer.scores",
+         "spai.infer.parity", "spai.infer.images", "spai.model.specs", "spai.model.patching", "spai.model.calibration",
+         "spai.corpus.writers", "serving.client", "serving.bls", "serving.repository", "export.cli")
+# Inside the library, bottom first: a package imports only those below it (base: errors, files, lazy).
+LIBRARY = ("spai.model", "spai.infer", "spai.corpus", "spai.review")
+BASE = ("spai.errors", "spai.files", "spai.lazy")
 
 
 def _modules() -> dict[str, Path]:
@@ -73,3 +78,28 @@ def test_light_modules_load_no_torch():
     code = f"import sys; import {', '.join(LIGHT)}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _package(module: str) -> str | None:
+    return next((p for p in LIBRARY if module == p or module.startswith(p + ".")), None)
+
+
+def test_the_model_knows_nothing_of_deployment_and_library_packages_import_downwards():
+    """spai.model (config, specs, checkpoint, factory, the nn.Modules) imports no inference, corpus, review, export
+    or serving module (in-function and TYPE_CHECKING imports count); model < infer < corpus < review."""
+    graph = _graph()
+    model = {m: sorted(d for d in deps if not d.startswith(("spai.model", *BASE)))
+             for m, deps in graph.items() if m.startswith("spai.model")}
+    assert not {m: d for m, d in model.items() if d}
+    rank = {p: i for i, p in enumerate(LIBRARY)}
+    upward = {m: sorted(d for d in deps if _package(d) and rank[_package(d)] > rank[_package(m)])
+              for m, deps in graph.items() if _package(m)}
+    assert not {m: d for m, d in upward.items() if d}
+
+
+def test_spai_keeps_a_handful_of_modules_and_each_package_says_what_it_owns():
+    top = sorted(p.stem for p in (ROOT / "spai").glob("*.py"))
+    assert top == ["__init__", "errors", "files", "lazy"]
+    for package in [p for p in (ROOT / "spai").iterdir() if p.is_dir() and (p / "__init__.py").exists()]:
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and len(doc) > 40, f"{package.name}/__init__.py says nothing of what the package owns"

@@ -49,7 +49,7 @@ def test_stage_requirements_are_read_from_pyproject_as_the_dockerfile_installs_t
 
 
 def test_a_module_outside_the_stage_fails_to_import_and_one_inside_imports():
-    names = ["numpy", "PIL.Image", "json", "spai.specs", "serving.repository", "export.manifest",  # allowed
+    names = ["numpy", "PIL.Image", "json", "spai.model.specs", "serving.repository", "export.manifest",  # allowed
              "onnx", "onnx.helper", "torch", "benchmarks", "tests", "triton_python_backend_utils"]  # refused
     proc = restricted.run_restricted("serve", ["-c", TRY_IMPORTS, *names])
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -81,7 +81,7 @@ def run_child(argv: list[str], log: Path, env: dict[str, str]) -> tuple[float, f
     return usage.ru_maxrss / 1024, time.monotonic() - start
 
 
-ROW_CHECK = """import sys; from spai.scores import iter_score_records as it
+ROW_CHECK = """import sys; from spai.corpus.writers import iter_score_records as it
 records = list(it(sys.argv[1])); print(len(records), len({r["image"] for r in records}), sum(bool(r["error"])
 for r in records))"""
 

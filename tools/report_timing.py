@@ -1,7 +1,7 @@
 """Size and speed of the review page (``spai report``) at a given number of rows, in headless Chromium:
 ``.venv/bin/python tools/report_timing.py [ROWS ...] [--heatmaps N]`` (default 1000 100000).
 
-A synthetic run per size (tests/spai/report_support.py: up to 1,000 distinct images, the other names hard links
+A synthetic run per size (tests/spai/review/report_support.py: up to 1,000 distinct images, the other names hard links
 to them, 0.5% error rows), the page built with the defaults of ``spai report`` (1,000 thumbnails embedded; with
 ``--heatmaps N``, N heatmap PNGs written and passed, of which the default 100 are embedded). Prints one JSON
 line per size: build seconds, page MiB, the browser's load and first-rows times, and the latency from a filter,
@@ -53,9 +53,9 @@ def _write_heatmaps(run: Path, scores: Path, count: int) -> Path:
 
     import numpy as np
 
-    from spai.heatmaps import save_heatmap
-    from spai.images import decode_image
-    from spai.patching import count_patches
+    from spai.infer.images import decode_image
+    from spai.model.patching import count_patches
+    from spai.review.heatmaps import save_heatmap
 
     out = run / "heatmaps"
     with open(scores, newline="", encoding="utf-8") as f:
@@ -92,8 +92,8 @@ def _browser_figures(chromium: ModuleType, page_path: Path) -> dict[str, Any]:
 
 def measure(rows: int, heatmaps: int = 0, images: int = 1000) -> dict[str, Any]:
     """Build the page of a synthetic run of ``rows`` rows and time it in Chromium."""
-    from spai.images import list_images
-    from spai.report import html_report_from_scores
+    from spai.infer.images import list_images
+    from spai.review.report import html_report_from_scores
 
     support, chromium = _load("report_support"), _load("chromium")
     pool = list_images(SAMPLES) if SAMPLES.is_dir() else None

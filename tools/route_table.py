@@ -3,7 +3,7 @@ under the AMX, VNNI and plain AVX2 orderings, printed as markdown (docs/benchmar
 
     .venv/bin/python tools/route_table.py [--trained CKPT] [--models spai-b16 spai-fusion-b16] [-o table.md]
 
-Each model is exported (fp32 + int8 graphs) into a temporary folder, and :func:`spai.routes.choose_route` gates
+Each model is exported (fp32 + int8 graphs) into a temporary folder, and :func:`spai.infer.routes.choose_route` gates
 and probes every route once on this CPU, with this CPU's kernels: int8 and bf16 accuracy are those of the machine
 that runs them. The AMX / VNNI / AVX2 columns then replay ``auto`` with each ordering's candidates
 (``SPAI_CPU_FLAGS``), over the verdicts and speeds measured here, copied under each ordering's CPU name in a
@@ -42,7 +42,10 @@ def measured_row(label: str, model: Any, folder: Path) -> dict[str, Any]:
     """Gate and probe every route once on this CPU; then ``auto`` under each ordering."""
     from export.onnx import onnx_from_torch
     from export.quantize import patch_encoder_int8
-    from spai.routes import EVIDENCE_FILE, choose_route, cpu_flags, cpu_identity, evidence_for
+    from spai.infer.cpu import cpu_flags, cpu_identity
+    from spai.infer.evidence import evidence_for
+    from spai.infer.routes import choose_route
+    from spai.model.specs import EVIDENCE_FILE
 
     graphs = onnx_from_torch(model, folder)
     patch_encoder_int8(graphs.patch_encoder)

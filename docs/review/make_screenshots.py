@@ -23,7 +23,7 @@ SAMPLES = ROOT.parent / "shared" / "data" / "samples"
 
 def _photos(directory: Path) -> list[Path]:
     from spai.data.samples import write_sample_images
-    from spai.images import list_images
+    from spai.infer.images import list_images
 
     photos = write_sample_images(directory / "generated")
     return photos + (list_images(SAMPLES) if SAMPLES.is_dir() else [])
@@ -39,9 +39,9 @@ def main() -> None:
     import torch
 
     import spai
-    from spai.heatmaps import save_heatmap
-    from spai.inference import write_scores_csv
-    from spai.report import html_report_from_scores
+    from spai.corpus.writers import write_scores_csv
+    from spai.review.heatmaps import save_heatmap
+    from spai.review.report import html_report_from_scores
 
     torch.manual_seed(0)
     model = spai.create_model("spai-tiny")
@@ -87,7 +87,7 @@ def _spread(model, photos: list[Path]) -> None:
 def _score_all(model, names: list[str]):
     """One score per file; a file that fails gets its error row, as ``spai predict`` writes it."""
     from spai.errors import SPAIError
-    from spai.inference import ImageScore
+    from spai.infer.scores import ImageScore
 
     Path("not_an_image.jpg").write_bytes(b"this is not a JPEG")
     out = []

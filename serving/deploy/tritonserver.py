@@ -31,7 +31,7 @@ from serving.instance import THREAD_VARIABLES as INSTANCE_THREAD_VARIABLES
 from serving.repository import SERVER_ARGS_FILE
 from serving.server import ServerOptions, check_shm_space
 from spai.errors import SPAIError
-from spai.specs import MANIFEST_FILE
+from spai.model.specs import MANIFEST_FILE
 
 THREAD_VARIABLES = (*INSTANCE_THREAD_VARIABLES, POD_SHARE_VARIABLE)
 CPU_REQUEST_VARIABLE = "SPAI_CPU_REQUEST_MILLI"

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spai.runners import Feed, Runner
+from spai.infer.runners import Feed, Runner
 
 
 def infer_in_slices(runner: Runner, feeds: Sequence[Feed], max_rows: int | None) -> list[Feed]:

@@ -1,9 +1,9 @@
 """Triton Python-backend model running one ONNX graph with ONNX Runtime (the ``python-ort`` variant of
 ``spai_patch_encoder`` / ``spai_aggregator``; copied to <repo>/<model>/1/model.py).
 
-A thin adapter around :class:`spai.runners.OrtRunner`: the requests of a dynamic batch whose shapes agree run as
-one ONNX Runtime call (:meth:`spai.runners.Runner.infer_many`), within the config's ``max_batch_size``.
-Input/output names come from config.pbtxt (generated from :mod:`spai.specs`). Each instance runs ONNX Runtime
+A thin adapter around :class:`spai.infer.runners.OrtRunner`: the requests of a dynamic batch whose shapes agree run as
+one ONNX Runtime call (:meth:`spai.infer.runners.Runner.infer_many`), within the config's ``max_batch_size``.
+Input/output names come from config.pbtxt (generated from :mod:`spai.model.specs`). Each instance runs ONNX Runtime
 and OpenMP/BLAS with the config's ``threads`` (0: the cores shared among the instances, :mod:`serving.instance`),
 in calls of at most ``max_ort_batch`` rows (:mod:`serving.models.batching`: bounds ONNX Runtime's arena). The
 encoder's graph is the fp32 or the int8 one (config parameter ``precision``, chosen by ``spai repository
@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from serving.instance import instance_count, instance_threads, limit_threads
 from serving.models.batching import infer_in_slices
-from spai.runners import OrtRunner, preferred_providers
+from spai.infer.runners import OrtRunner, preferred_providers
 
 
 class TritonPythonModel:

@@ -1,5 +1,5 @@
 """How a python-torch graph model runs (testable without pb_utils): its settings from config parameters, the device
-of its Triton instance, the checkpoint's model behind a :class:`spai.runners.TorchRunner` (under
+of its Triton instance, the checkpoint's model behind a :class:`spai.infer.runners.TorchRunner` (under
 ``torch.autocast`` for fp16 / bf16, also what benchmarks/gpu_check.py times), and dynamic
 batches run in calls of at most ``max_torch_batch`` rows (:mod:`serving.models.batching`).
 
@@ -18,10 +18,10 @@ from typing import Any
 from serving.instance import instance_threads, limit_threads
 from serving.models.batching import infer_in_slices
 from spai.errors import ServingError
+from spai.infer.routes import require_passed
+from spai.infer.runners import GRAPHS, Feed, TorchRunner
 from spai.lazy import lazy_import
-from spai.routes import require_passed
-from spai.runners import GRAPHS, Feed, TorchRunner
-from spai.specs import PATCH_FEATURES, PATCHES
+from spai.model.specs import PATCH_FEATURES, PATCHES
 
 torch = lazy_import("torch")
 log = logging.getLogger(__name__)

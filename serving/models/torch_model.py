@@ -6,7 +6,7 @@ parameter picks the encoder or the aggregator of the checkpoint named by ``check
 copy, read by both models). A KIND_GPU instance runs on its own device under ``torch.autocast`` in the config's
 ``precision`` (fp16 / bf16; fp32: no autocast); a KIND_CPU instance runs fp32 with the config's ``threads``. The
 requests of a dynamic batch whose shapes agree run together, in calls of at most ``max_torch_batch`` rows.
-Input/output names come from config.pbtxt (generated from :mod:`spai.specs`).
+Input/output names come from config.pbtxt (generated from :mod:`spai.model.specs`).
 """
 
 import json

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from spai.errors import DataError, ImageError
-from spai.images import decode_image
+from spai.infer.images import decode_image
 
 REQUIRED_COLUMNS = ("image", "class")
 

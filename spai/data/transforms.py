@@ -17,7 +17,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from spai.config import Config
+from spai.model.config import Config
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -128,7 +128,7 @@ class TrainTransform:
 
 def pad_to_size(image: torch.Tensor, size: int) -> torch.Tensor:
     """Reflect-101 centre padding of a C x H x W tensor to at least ``size`` x ``size`` (PadIfNeeded)."""
-    from spai.patching import PatchSpec, pad_image, patch_grid
+    from spai.model.patching import PatchSpec, pad_image, patch_grid
 
     return pad_image(image, patch_grid(image.shape[1], image.shape[2], PatchSpec(size)), channels_first=True)
 

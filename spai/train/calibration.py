@@ -3,7 +3,7 @@ rates, and the metrics that say how well probabilities and decisions hold (NLL, 
 with bootstrap intervals).
 
 The result is a checkpoint's ``calibration`` entry: plain data (``torch.load(weights_only=True)`` reads it) that
-:meth:`spai.inference.Calibration.from_entry` turns into what every scorer applies. Fitting uses scipy (the
+:meth:`spai.model.calibration.Calibration.from_entry` turns into what every scorer applies. Fitting uses scipy (the
 negative log-likelihood minimised with L-BFGS-B; Platt's smoothed targets, as in scikit-learn's sigmoid
 calibration, so a separable set cannot drive the temperature to 0), metrics scikit-learn, intervals
 ``scipy.stats.bootstrap`` (percentile, seeded: the same data give the same entry).
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from spai.errors import CalibrationError
-from spai.inference import Calibration, OperatingPoint
 from spai.lazy import lazy_import
+from spai.model.calibration import Calibration, OperatingPoint
 
 sp_optimize = lazy_import("scipy.optimize")
 sp_special = lazy_import("scipy.special")
@@ -291,8 +291,8 @@ def calibrated_checkpoint_from_checkpoint(source: str | os.PathLike, out: str | 
     """Write a copy of checkpoint ``source`` with the ``calibration`` entry, atomically, to ``out``. Ours is
     copied entry for entry; an upstream/fork checkpoint is written in our format (its imported weights and
     config), so it loads with ``weights_only=True`` like ours."""
-    from spai.checkpoint import NATIVE_FORMAT, read_checkpoint_file, save_checkpoint, save_payload
-    from spai.factory import load_checkpoint
+    from spai.model.checkpoint import NATIVE_FORMAT, read_checkpoint_file, save_checkpoint, save_payload
+    from spai.model.factory import load_checkpoint
 
     data = read_checkpoint_file(source)
     if data.get("format") == NATIVE_FORMAT:

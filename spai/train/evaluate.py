@@ -9,10 +9,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from spai.data.csv_dataset import CSVImageDataset, collate_list
-from spai.inference import UNCALIBRATED, Calibration, Scorer
+from spai.infer.runners import Route
+from spai.infer.scorer import Scorer
 from spai.lazy import lazy_import
-from spai.models.spai_model import SPAIModel
-from spai.runners import Route
+from spai.model.calibration import UNCALIBRATED, Calibration
+from spai.model.nn.spai_model import SPAIModel
 from spai.train import distributed as dist_utils
 
 dist = lazy_import("torch.distributed")
@@ -32,7 +33,7 @@ def make_eval_loader(dataset: CSVImageDataset, batch_size: int, workers: int, sh
 def score_loader(model: SPAIModel, loader: DataLoader, progress: bool = False, desc: str = "eval",
                  route: Route | None = None) -> dict[str, Any]:
     """Logits of every decodable image (gathered over ranks, ordered by dataset index) plus decode errors;
-    scored by ``model`` itself, or through :mod:`spai.inference` on another entered ``route`` (ONNX Runtime,
+    scored by ``model`` itself, or through :mod:`spai.infer.scorer` on another entered ``route`` (ONNX Runtime,
     bf16, int8)."""
     scorer = None if route is None else Scorer.for_route(route, spec=model.patch_spec)
 

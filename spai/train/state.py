@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spai.checkpoint import read_checkpoint_file
 from spai.errors import CheckpointError
+from spai.model.checkpoint import read_checkpoint_file
 
 CKPT_PATTERN = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
 

@@ -17,8 +17,8 @@ import numpy as np
 from spai.data.csv_dataset import CSVImageDataset, read_split_csv
 from spai.errors import CheckpointError, DataError
 from spai.files import sha256_file
-from spai.inference import Calibration
-from spai.runners import Route
+from spai.infer.runners import Route
+from spai.model.calibration import Calibration
 from spai.train.calibration import calibration_from_scores, detection_metrics
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.metrics import save_reliability_diagram, save_roc_curve

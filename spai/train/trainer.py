@@ -18,13 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from spai.checkpoint import load_state_dict_strict, read_checkpoint_file, save_checkpoint, save_payload
-from spai.config import Config
 from spai.data.csv_dataset import CSVImageDataset, EpochTaggedSampler, collate_train, read_split_csv
 from spai.data.transforms import TrainTransform
 from spai.errors import CalibrationError, ConfigError, DataError, SPAIError
 from spai.files import atomic_path
 from spai.lazy import lazy_import
+from spai.model.checkpoint import load_state_dict_strict, read_checkpoint_file, save_checkpoint, save_payload
+from spai.model.config import Config
 from spai.train import distributed as dist_utils
 from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, calibration_summary
 from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader

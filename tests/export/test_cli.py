@@ -59,7 +59,8 @@ def test_saved_checkpoint_exports_with_parity_report_and_trt_exit_code(tmp_path,
     assert "PASS" in (out / "export_report.md").read_text()
     evidence = json.loads((out / "route_evidence.json").read_text())  # what --precision auto reads
     from spai.files import sha256_file
-    from spai.routes import cpu_flags, cpu_identity, model_fingerprint
+    from spai.infer.cpu import cpu_flags, cpu_identity
+    from spai.infer.evidence import model_fingerprint
 
     assert evidence["checkpoint_sha256"] == sha256_file(ckpt)
     assert evidence["weights_sha256"] == model_fingerprint(spai.create_model(checkpoint=ckpt))

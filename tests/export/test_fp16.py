@@ -77,8 +77,8 @@ def test_fp32_softmax_restores_the_islands(route, tiny_fp32_softmax):
 
 
 def test_both_attention_forms_pass_the_fp16_gates(tiny_export, tiny_fp32_softmax, check_images):
-    from spai.parity import compare_routes, enforce
-    from spai.runners import OrtRunner, Route
+    from spai.infer.parity import compare_routes, enforce
+    from spai.infer.runners import OrtRunner, Route
 
     model, art = tiny_export
     with (OrtRunner(art.patch_encoder_fp16) as fp16, OrtRunner(tiny_fp32_softmax["convert"]) as island,

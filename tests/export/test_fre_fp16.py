@@ -1,5 +1,5 @@
 """--fre-fp16: the FRE's Linear layers (MatMul/Gemm with a weight) in FP16; the spectral filter, cosine
-similarities, moments, LayerNorm and Softmax stay FP32; parity-gated through spai.parity like every route."""
+similarities, moments, LayerNorm and Softmax stay FP32; parity-gated through spai.infer.parity like every route."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import argparse
 import pytest
 
 from export.fp16 import FILTER_SCOPE, FP16_SCOPE, fp16_from_onnx, fre_linear_nodes
-from spai.parity import compare_routes, enforce
-from spai.runners import OrtRunner, Route
+from spai.infer.parity import compare_routes, enforce
+from spai.infer.runners import OrtRunner, Route
 
 FP32_ONLY = ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMean", "Sqrt", "Div")
 

@@ -21,7 +21,7 @@ from export.manifest import (
     write_manifest,
 )
 from spai.errors import ExportError
-from spai.specs import MANIFEST_FILE, aggregator_spec, patch_encoder_spec, trt_profile
+from spai.model.specs import MANIFEST_FILE, aggregator_spec, patch_encoder_spec, trt_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 HAND_WRITTEN = ROOT / "tests" / "serving" / "data" / "engine.json"

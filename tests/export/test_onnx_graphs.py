@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from export.trt_rules import support_matrix
-from spai.specs import OPSET, aggregator_spec, patch_encoder_spec
+from spai.model.specs import OPSET, aggregator_spec, patch_encoder_spec
 
 
 def _graphs(art):
@@ -72,7 +72,7 @@ def test_fp16_graph_computes_backbone_in_fp16_with_fp32_islands(tiny_export):
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_ort_patch_encoder_keeps_batch_dynamic(tiny_export, batch):
-    from spai.runners import OrtRunner
+    from spai.infer.runners import OrtRunner
 
     _, art = tiny_export
     with OrtRunner(art.graphs.patch_encoder, limits={"patches": (batch, 3, 224, 224)}) as r:

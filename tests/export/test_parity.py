@@ -11,8 +11,8 @@ import torch
 
 from export.compare import load_images
 from spai.errors import AccuracyError
-from spai.parity import Gates, compare_outputs, compare_routes, enforce, logit_parity
-from spai.runners import OrtRunner, Route, TorchRunner
+from spai.infer.parity import Gates, compare_outputs, compare_routes, enforce, logit_parity
+from spai.infer.runners import OrtRunner, Route, TorchRunner
 
 SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "samples"
 
@@ -77,7 +77,7 @@ def test_compare_outputs_and_logit_parity_basics():
 
 
 def test_logit_parity_gates_the_raw_probability_and_decides_where_users_do():
-    from spai.inference import Calibration, OperatingPoint, sigmoid
+    from spai.model.calibration import Calibration, OperatingPoint, sigmoid
 
     ref, test = np.array([-1.0, 0.1, 2.0]), np.array([-1.0, 0.3, 2.0])
     assert logit_parity(ref, test)["decision_flips"] == 0  # uncalibrated: both above 0.5
@@ -95,7 +95,7 @@ def test_a_steeply_calibrated_model_is_judged_on_its_raw_logits_and_decided_at_i
     Numerical parity is judged on the raw logits / raw probability; decisions at the calibrated operating point."""
     import copy
 
-    from spai.inference import Calibration, OperatingPoint
+    from spai.model.calibration import Calibration, OperatingPoint
 
     model, art = tiny_export
     steep = copy.deepcopy(model)

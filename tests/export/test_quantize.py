@@ -15,8 +15,8 @@ import pytest
 from export.compare import load_images
 from export.quantize import check_int8_graph, patch_encoder_int8, precision_table_onnx
 from spai.errors import ExportError
-from spai.parity import Gates, _gate, compare_routes
-from spai.routes import runners_for
+from spai.infer.parity import Gates, _gate, compare_routes
+from spai.infer.routes import runners_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,8 +72,8 @@ def test_reduced_precision_routes_pass_the_gates_on_a_trained_spai_tiny(tmp_path
     import spai
     from benchmarks.trained import labelled_test_dir
     from export.onnx import onnx_from_torch
-    from spai.config import get_config
     from spai.data.proxy import make_proxy_dataset
+    from spai.model.config import get_config
     from spai.train.trainer import TrainOptions, train
 
     data = make_proxy_dataset(tmp_path / "proxy", n=12, seed=3)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 
 from export.pipeline import engine_profiles
-from spai.parity import compare_routes, enforce
-from spai.runners import OrtRunner, Route
-from spai.specs import max_shapes
+from spai.infer.parity import compare_routes, enforce
+from spai.infer.runners import OrtRunner, Route
+from spai.model.specs import max_shapes
 
 
 @contextlib.contextmanager

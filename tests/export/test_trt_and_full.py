@@ -11,7 +11,7 @@ import torch
 def test_engine_from_onnx_builds_and_matches_ort(tiny_export, tmp_path):
     from export.pipeline import engine_profiles, engines_from_onnx
     from export.trt import TrtRunner
-    from spai.runners import OrtRunner
+    from spai.infer.runners import OrtRunner
 
     _, art = tiny_export
     cache = tmp_path / "timing.cache"
@@ -29,8 +29,8 @@ def test_full_size_random_weights_export_parity(tmp_path):
     import spai
     from export.fp16 import patch_encoder_fp16
     from export.onnx import onnx_from_torch
-    from spai.parity import compare_routes, enforce
-    from spai.runners import OrtRunner, Route
+    from spai.infer.parity import compare_routes, enforce
+    from spai.infer.runners import OrtRunner, Route
 
     torch.manual_seed(0)
     model = spai.create_model("spai-fusion-b16")

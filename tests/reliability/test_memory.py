@@ -73,7 +73,7 @@ def test_pixel_limit_is_configurable_above_pils_default(tmp_path, record):
         spai.decode_image(data)
     with pytest.raises(ImageError, match="decompression-bomb"):
         spai.decode_image(data, max_pixels=150_000_000)
-    from spai.images import DEFAULT_MAX_BYTES, _open
+    from spai.infer.images import DEFAULT_MAX_BYTES, _open
 
     im = _open(data, DEFAULT_MAX_BYTES, "bomb.png", max_pixels=200_000_000)  # header only: lazy, no pixels yet
     assert im.size == (14000, 14000)

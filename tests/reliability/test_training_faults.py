@@ -48,7 +48,7 @@ def epoch_files(output: Path) -> dict[int, Path]:
 
 
 def assert_all_checkpoints_load(output: Path) -> dict[int, int]:
-    from spai.checkpoint import read_checkpoint_file
+    from spai.model.checkpoint import read_checkpoint_file
 
     epochs = {}
     for n, p in epoch_files(output).items():

@@ -22,10 +22,11 @@ from serving.bls import (
     with_requested_points,
 )
 from spai.errors import CalibrationError, ImageError, ServingError
-from spai.inference import Calibration, InputLimits, OperatingPoint
-from spai.scores import ImageScore
-from spai.runners import Runner
-from spai.specs import PATCH_FEATURES, PATCHES
+from spai.infer.prepare import InputLimits
+from spai.infer.runners import Runner
+from spai.infer.scores import ImageScore
+from spai.model.calibration import Calibration, OperatingPoint
+from spai.model.specs import PATCH_FEATURES, PATCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +118,7 @@ def test_a_request_names_one_operating_point_or_fails_alone():
 
 @contextlib.contextmanager
 def _ort_pair(onnx_dir, settings: EntrySettings):
-    from spai.runners import OrtRunner
+    from spai.infer.runners import OrtRunner
 
     with OrtRunner(onnx_dir / "patch_encoder.onnx", limits=settings.encoder_limits()) as encoder, \
             OrtRunner(onnx_dir / "aggregator.onnx", limits=settings.aggregator_limits()) as aggregator:
@@ -204,7 +205,7 @@ def test_a_tail_chunk_below_the_profile_minimum_is_padded_up_to_it(tmp_path, tin
     from PIL import Image
 
     from serving.repository import ENTRY, build_repository
-    from spai.runners import OrtRunner
+    from spai.infer.runners import OrtRunner
 
     art = tmp_path / "export"
     art.mkdir()

@@ -23,8 +23,8 @@ def calibrated(tiny_model, check_images, tmp_path_factory):
     import spai
     from export.onnx import onnx_from_torch
     from serving.repository import build_repository
+    from spai.model.checkpoint import save_checkpoint
     from spai.train.calibration import calibration_from_scores
-    from spai.checkpoint import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("calibrated")
     logits = np.array([s.logit for s in tiny_model.score_images(check_images)])
@@ -41,9 +41,10 @@ def calibrated(tiny_model, check_images, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inprocess_ort(calibrated, check_images):
-    """Image name -> ImageScore of the exported graphs scored in-process (spai.inference with ONNX Runtime)."""
-    from spai.inference import Scorer, calibration_from_export
-    from spai.runners import OrtRunner
+    """Image name -> ImageScore of the exported graphs scored in-process (spai.infer.scorer with ONNX Runtime)."""
+    from spai.infer.runners import OrtRunner
+    from spai.infer.scorer import Scorer
+    from spai.model.calibration import calibration_from_export
 
     model, _, export = calibrated
     with OrtRunner(export / "patch_encoder.onnx") as enc, OrtRunner(export / "aggregator.onnx") as agg:
@@ -64,7 +65,7 @@ def server(calibrated):
 def test_served_probabilities_and_decisions_equal_in_process(server, calibrated, inprocess_ort, check_images,
                                                               protocol):
     from serving.client import SpaiClient
-    from spai.inference import sigmoid
+    from spai.model.calibration import sigmoid
 
     model = calibrated[0]
     ref = {s.image: s for s in model.score_images(check_images)}

@@ -17,7 +17,7 @@ from serving.repository import (
     production_options,
     write_configs,
 )
-from spai.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
+from spai.model.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 pytest.importorskip("google.protobuf.text_format")
@@ -112,7 +112,7 @@ def test_a_calibrated_export_gives_the_entry_model_its_calibration(tiny_onnx_dir
 
     from serving.bls import EntrySettings
     from serving.repository import build_repository
-    from spai.inference import Calibration, OperatingPoint, write_export_calibration
+    from spai.model.calibration import Calibration, OperatingPoint, write_export_calibration
 
     art = shutil.copytree(tiny_onnx_dir, tmp_path / "export")
     cal = Calibration("temperature", 0.123, 0.0, (OperatingPoint("fpr0.05", 0.61), OperatingPoint("balanced", 0.4)),

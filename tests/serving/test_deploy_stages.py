@@ -20,7 +20,7 @@ import restricted_env as restricted  # tests/restricted_env.py
 import yaml
 
 from export.manifest import manifest_from_profiles, outputs_from_onnx, write_manifest
-from spai.specs import aggregator_spec, patch_encoder_spec, trt_profile
+from spai.model.specs import aggregator_spec, patch_encoder_spec, trt_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "serving" / "deploy"
@@ -178,8 +178,8 @@ from pathlib import Path
 import numpy as np
 
 from serving.bls import pack_scores, score_entry_batch
-from spai.runners import Runner
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES
+from spai.infer.runners import Runner
+from spai.model.specs import ATTENTION, LOGITS, PATCH_FEATURES, PATCH_MASK, PATCHES
 
 repo, dim, paths = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 spec = importlib.util.spec_from_file_location("spai_model", repo / "spai" / "1" / "model.py")  # as the backend does

@@ -1,13 +1,13 @@
-"""The heatmaps moved to spai.heatmaps; ``spai score --heatmaps`` still draws them through this name."""
+"""The heatmaps moved to spai.review.heatmaps; ``spai score --heatmaps`` still draws them through this name."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from spai.heatmaps import save_heatmap
-from spai.inference import ImageScore
-from spai.patching import count_patches
+from spai.infer.scores import ImageScore
+from spai.model.patching import count_patches
+from spai.review.heatmaps import save_heatmap
 
 
 def test_spai_score_heatmaps_still_draw_through_serving_heatmap(tmp_path):

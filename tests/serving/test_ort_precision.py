@@ -17,19 +17,21 @@ import pytest
 from serving.repository import ENCODER, build_repository
 from spai.errors import ServingError
 from spai.files import sha256_file
-from spai.routes import EVIDENCE_FILE, FLAGS_VARIABLE, choose_route, cpu_flags, cpu_identity, evidence_for
-from spai.specs import ENCODER_FILES
+from spai.infer.cpu import FLAGS_VARIABLE, cpu_flags, cpu_identity
+from spai.infer.evidence import evidence_for
+from spai.infer.routes import choose_route
+from spai.model.specs import ENCODER_FILES, EVIDENCE_FILE
 
 VNNI = "avx2,avx512f,avx512_vnni"  # int8 leads the first guess; the verdicts are this "CPU"'s
 
 
 @pytest.fixture(scope="module", autouse=True)
 def vnni_cpu():
-    """One CPU identity for the module; a smaller gate (its reach is tested in tests/spai/test_parity.py)."""
+    """One CPU identity for the module; a smaller gate (its reach is tested in tests/spai/infer/test_parity.py)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(FLAGS_VARIABLE, VNNI)
-        mp.setattr("spai.routes.GATE_PATCHES", 16)
-        mp.setattr("spai.routes.GATE_MAX_PIXELS", 200_000)
+        mp.setattr("spai.infer.evidence.GATE_PATCHES", 16)
+        mp.setattr("spai.infer.evidence.GATE_MAX_PIXELS", 200_000)
         yield
 
 
@@ -137,8 +139,9 @@ def served(request, gated, tmp_path_factory):
 @pytest.mark.triton
 def test_served_probabilities_equal_the_in_process_route(served, gated, tiny_model, check_images):
     from serving.client import SpaiClient
-    from spai.inference import Scorer, calibration_from_export
-    from spai.routes import runners_for
+    from spai.infer.routes import runners_for
+    from spai.infer.scorer import Scorer
+    from spai.model.calibration import calibration_from_export
 
     def in_process(precision: str) -> list:
         with runners_for("ort", precision, onnx_dir=gated) as route:

@@ -25,7 +25,7 @@ from serving.repository import (
     write_configs,
 )
 from spai.errors import ServingError
-from spai.specs import PATCHES, PATCHES_INPUT
+from spai.model.specs import PATCHES, PATCHES_INPUT
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 pytest.importorskip("google.protobuf.text_format")
@@ -71,8 +71,9 @@ def test_each_variant_has_its_defaults_and_bad_values_are_refused():
 def test_patches_travel_as_uint8_150528_bytes_each(tmp_path):
     """What the `spai` model sends the encoder: the generated config's settings declare uint8 patches, the
     encoder's config takes TYPE_UINT8 [3, 224, 224], and a request of n patches holds n x 150,528 bytes."""
-    from spai.inference import encoder_feeds, prepare_image
-    from spai.runners import Runner
+    from spai.infer.feeds import encoder_feeds
+    from spai.infer.prepare import prepare_image
+    from spai.infer.runners import Runner
 
     root = write_configs(tmp_path, RepositoryOptions(variant="trt", feature_dim=1168, attention=True))
     settings = EntrySettings.from_parameters(params(parse(root / ENTRY / "config.pbtxt")))
@@ -88,7 +89,7 @@ def test_patches_travel_as_uint8_150528_bytes_each(tmp_path):
 
 def test_thread_counts_per_instance(monkeypatch):
     from serving.instance import THREAD_VARIABLES, instance_count, instance_threads, limit_threads
-    from spai.runners import available_cores
+    from spai.infer.runners import available_cores
 
     assert instance_count({"instance_group": [{"count": 2}, {"count": 1}]}) == 3 and instance_count({}) == 1
     assert instance_threads(3, 2) == 3
@@ -243,7 +244,7 @@ def test_shared_memory_pools_do_not_grow_under_a_burst_of_large_images(ort_repo)
 
 def test_python_ort_graphs_run_in_calls_of_at_most_max_ort_batch_rows(tmp_path):
     from serving.models.batching import infer_in_slices
-    from spai.runners import Runner
+    from spai.infer.runners import Runner
 
     class Doubling(Runner):
         def __init__(self, limit):

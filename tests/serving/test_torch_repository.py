@@ -1,5 +1,5 @@
 """The python-torch variant: a repository that runs the checkpoint itself in PyTorch (no export, no engines). Its
-configs follow spai.specs and the device / precision asked for; the graph module (serving/models/torch_graph.py)
+configs follow spai.model.specs and the device / precision asked for; the graph module (serving/models/torch_graph.py)
 scores like the in-process torch route on the CPU; and the bundled tritonserver serving it answers the
 probabilities of ``model.score_images`` (torch fp32 route) within 1e-5."""
 
@@ -15,8 +15,8 @@ from helpers import pbtxt_parameters as params
 
 from serving.repository import AGGREGATOR, ENCODER, ENTRY, MODELS_DIR, TORCH_CHECKPOINT, build_torch_repository
 from spai.errors import ServingError
-from spai.runners import Runner
-from spai.specs import (
+from spai.infer.runners import Runner
+from spai.model.specs import (
     ATTENTION,
     DEFAULT_OPT_BATCH,
     LOGITS,
@@ -95,7 +95,7 @@ def test_mistakes_are_refused_with_how_to_fix(tiny_checkpoint, tiny_onnx_dir, tm
 def test_a_calibrated_checkpoint_gives_the_entry_model_its_calibration(tiny_model, tmp_path):
     import spai
     from serving.bls import EntrySettings
-    from spai.inference import Calibration, OperatingPoint
+    from spai.model.calibration import Calibration, OperatingPoint
 
     cal = Calibration("platt", 0.5, 0.25, (OperatingPoint("fpr0.05", 0.7), OperatingPoint("balanced", 0.45)),
                       "balanced")
@@ -150,7 +150,7 @@ def test_the_graphs_score_like_the_in_process_torch_route(torch_repo, tiny_model
     patch chunks into the encoder graph, padded groups into the aggregator graph; equal to score_images."""
     from serving.bls import EntrySettings
     from serving.models.torch_graph import TorchGraph
-    from spai.inference import Scorer
+    from spai.infer.scorer import Scorer
 
     s = EntrySettings.from_parameters(params(parse(torch_repo / ENTRY / "config.pbtxt")))
     enc = TorchGraph(graph_settings(torch_repo, ENCODER), "cpu")
@@ -182,7 +182,7 @@ def rows_per_call(graph, feeds) -> list[int]:
 
 def test_big_dynamic_batches_run_in_slices_of_max_torch_batch(torch_repo, tiny_model):
     from serving.models.torch_graph import TorchGraph
-    from spai.runners import TorchRunner
+    from spai.infer.runners import TorchRunner
 
     enc = TorchGraph(graph_settings(torch_repo, ENCODER, max_rows=3), "cpu")
     rng = np.random.default_rng(0)

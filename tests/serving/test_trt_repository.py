@@ -127,7 +127,7 @@ def test_an_old_manifest_without_outputs_falls_back_to_aggregator_onnx_or_says_h
 
 
 def test_max_patches_beyond_the_engine_is_refused(tmp_path):
-    from spai.inference import InputLimits
+    from spai.infer.prepare import InputLimits
 
     settings = EntrySettings(limits=InputLimits(max_patches=2048))
     with pytest.raises(ServingError, match="max_patches 2048 exceeds the aggregator engine's largest patch count 512"):

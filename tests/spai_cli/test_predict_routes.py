@@ -60,8 +60,8 @@ def test_predict_refuses_a_route_that_does_not_exist(args, message, generated_im
 def test_predict_auto_takes_a_gated_route_and_says_why(exported_tiny, generated_images, tmp_path, capsys,
                                                        monkeypatch) -> None:
     monkeypatch.setenv("SPAI_CPU_FLAGS", "avx2 avx512f avx512_vnni")  # a VNNI CPU without bf16
-    monkeypatch.setattr("spai.routes.GATE_PATCHES", 16)
-    monkeypatch.setattr("spai.routes.GATE_MAX_PIXELS", 200_000)
+    monkeypatch.setattr("spai.infer.evidence.GATE_PATCHES", 16)
+    monkeypatch.setattr("spai.infer.evidence.GATE_MAX_PIXELS", 200_000)
     args = ["predict", str(generated_images[0]), "--checkpoint", str(exported_tiny / "tiny.pth"), "--onnx",
             str(exported_tiny), "--precision", "auto", "-o", str(tmp_path / "auto.csv")]
     assert main(args) == 0

@@ -11,7 +11,7 @@ import pytest
 from helpers import run_spai_killed_at
 from PIL import Image
 
-from spai.scores import read_score_rows
+from spai.corpus.writers import read_score_rows
 from spai_cli import main
 
 N_IMAGES = 40

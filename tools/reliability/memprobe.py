@@ -35,11 +35,12 @@ def main() -> int:
     import torch
 
     import spai
-    from spai.images import decode_image
+    from spai.infer.images import decode_image
+    from spai.infer.runners import torch_chunk
 
     torch.manual_seed(0)
     model = spai.create_model("spai-tiny")
-    chunk = args.chunk or model.default_chunk_size()
+    chunk = args.chunk or torch_chunk(model)
     model.score_images([torch.zeros(3, 896, 896, dtype=torch.uint8)], chunk_size=chunk)  # warm-up, 16 patches
     proc = psutil.Process()
     baseline = proc.memory_info().rss

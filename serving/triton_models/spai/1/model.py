@@ -1,7 +1,7 @@
 """Triton Python-backend model ``spai``: encoded images in, scores out (the one source of this file; generated
 repositories copy it).
 
-A thin pb_utils adapter around :func:`serving.bls.score_entry_batch` (tested on CPU) over :mod:`spai.inference`,
+A thin pb_utils adapter around :func:`serving.bls.score_entry_batch` (tested on CPU) over :mod:`spai.infer.scorer`,
 the path every scorer shares: decode with limits, patch grid, chunked BLS calls to ``spai_patch_encoder``, padded
 BLS calls to ``spai_aggregator``. ``execute`` is a coroutine:
 it keeps up to ``in_flight`` encoder requests pending (``async_exec``), so that the next chunk is cut while the
@@ -9,7 +9,7 @@ earlier ones are encoded; the requests of one execute share chunks. The BLS requ
 (``preferred_memory``; TensorRT would otherwise answer in GPU memory). A bad image fails its own request with
 INVALID_ARG; an encoder or aggregator failure answers the batch's good requests with INTERNAL (retryable).
 Probabilities and decisions come from the calibration in the config parameters (the one
-:class:`spai.inference.Calibration`, as in-process); a request may name an ``operating_point``. Needs
+:class:`spai.model.calibration.Calibration`, as in-process); a request may name an ``operating_point``. Needs
 ``spai-deploy`` importable by the stub's Python (pip install, or PYTHONPATH as ``spai serve`` sets it).
 """
 
@@ -20,8 +20,8 @@ import triton_python_backend_utils as pb_utils
 from serving.bls import EntrySettings, error_code, output_array, pack_scores, score_entry_batch
 from serving.instance import HeapTrimmer, limit_threads
 from spai.errors import ServingError
-from spai.runners import Runner
-from spai.specs import ATTENTION, LOGITS, PATCH_FEATURES
+from spai.infer.runners import Runner
+from spai.model.specs import ATTENTION, LOGITS, PATCH_FEATURES
 
 
 class BlsRunner(Runner):
