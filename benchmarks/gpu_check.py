@@ -571,7 +571,7 @@ def in_process_rate(check: Check, model: Any, images: list[Path], precision: str
         t0 = time.perf_counter()
         scores = scorer.score_images(paths)
         seconds = time.perf_counter() - t0
-    patches = sum(s.num_patches for s in scores)
+    patches = sum(s.num_patches or 0 for s in scores)
     entry["in_process"] = {"images": len(paths), "patches_per_s": round(patches / seconds, 2),
                            "images_per_s": round(len(paths) / seconds, 2), "seconds": round(seconds, 2)}
     if check.device.type == "cuda":
@@ -602,7 +602,7 @@ def served_levels(check: Check, url: str, images: list[Path], reference: dict[st
         seconds = time.perf_counter() - t0
         failed(rows)
         latency = np.array([r.latency_ms for r in rows])
-        patches = sum(r.num_patches for r in rows)
+        patches = sum(r.num_patches or 0 for r in rows)
         levels[str(concurrency)] = {"requests": requests, "patches_per_s": round(patches / seconds, 2),
                                     "images_per_s": round(requests / seconds, 2),
                                     "p50_ms": round(float(np.percentile(latency, 50)), 1),

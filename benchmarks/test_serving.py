@@ -70,7 +70,7 @@ def make_export(model: str, out: Path, int8: bool = False) -> Path:
     folder = onnx_from_torch(scoring_model, out).directory
     if int8:
         patch_encoder_int8(folder / ENCODER_FILES["fp32"])
-        choose_route(scoring_model, onnx_dir=folder, backend="ort", say=lambda line: print(f"  {line}"))
+        choose_route(scoring_model, onnx_dir=folder, backend="ort")
     return folder
 
 

@@ -8,13 +8,19 @@ Exit codes: 0 ok (also with --onnx-only), 1 user error (nothing half-written), 3
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spai.errors import AccuracyError
+
 if TYPE_CHECKING:
+    from export.pipeline import OnnxArtifacts, Profiles
     from export.trt import BuildOptions
 
 EXIT_TRT_UNAVAILABLE = 4
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """checkpoint -> ONNX -> (TensorRT engines) -> parity report; returns the exit code."""
+    """checkpoint -> ONNX -> (TensorRT engines) -> parity report (printed: the command's output); returns the exit
+    code. Progress goes to the ``export`` loggers."""
     from export import pipeline
     from export.trt import tensorrt_available
 
@@ -65,19 +72,33 @@ def run(args: argparse.Namespace) -> int:
     profiles = pipeline.engine_profiles(art.graphs.feature_dim, min_batch=args.min_batch, opt_batch=args.opt_batch,
                                         max_batch=args.max_batch, max_patches=args.max_patches)
     if args.onnx_only or not tensorrt_available():
-        pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images,
-                                  n_random=args.check_patches, precisions=precisions)
+        parity(args, art, profiles)
         if args.onnx_only:
             return 0
-        print("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
-              f"parity report are in {args.output}; run again on a GPU machine to build the engines "
-              f"(exit code {EXIT_TRT_UNAVAILABLE}).", file=sys.stderr)
+        log.warning("TensorRT (the `tensorrt` package and a CUDA GPU) is unavailable here: ONNX files and the ORT "
+                    "parity report are in %s; run again on a GPU machine to build the engines (exit code %d).",
+                    args.output, EXIT_TRT_UNAVAILABLE)
         return EXIT_TRT_UNAVAILABLE
     engines = pipeline.engines_from_onnx(art, args.output, profiles, timing_cache=args.timing_cache,
                                          options=build_options(args), fp32=args.fp32)
-    pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images, n_random=args.check_patches,
-                              engines=engines, precisions=precisions)
+    parity(args, art, profiles, engines)
     return 0
+
+
+def parity(args: argparse.Namespace, art: OnnxArtifacts, profiles: Profiles, engines: dict | None = None) -> None:
+    """Gate the graphs (and ``engines``) and print the parity report on stdout, whether the gates passed or not
+    (:func:`export.pipeline.parity_from_onnx` raises :class:`AccuracyError` only once the report is written)."""
+    from export import pipeline
+    from export.compare import REPORT_MD
+
+    report = Path(args.output) / REPORT_MD
+    try:
+        pipeline.parity_from_onnx(art, args.output, profiles, image_dir=args.check_images,
+                                  n_random=args.check_patches, engines=engines, precisions=tuple(args.precision))
+    except AccuracyError:  # a gate failed: the report says which
+        print(report.read_text(), flush=True)
+        raise
+    print(report.read_text(), flush=True)
 
 
 def build_options(args: argparse.Namespace) -> BuildOptions:

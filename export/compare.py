@@ -21,6 +21,8 @@ from spai.files import atomic_path
 from spai.infer.images import IMAGE_EXTENSIONS
 from spai.infer.parity import ParityReport
 
+REPORT_JSON, REPORT_MD = "export_report.json", "export_report.md"  # in the output folder
+
 
 def load_images(image_dir: str | os.PathLike) -> tuple[list[Path], np.ndarray | None]:
     """Image files of ``image_dir`` (sorted) and their labels from ``samples.csv`` (``image,class``) if present."""
@@ -68,10 +70,10 @@ def summary_markdown(report: ParityReport, header: Iterable[str] = (), sections:
 
 def write_report(report: ParityReport, out_dir: str | os.PathLike, header: Iterable[str] = (),
                  extra: dict | None = None, sections: Iterable[str] = ()) -> tuple[Path, Path]:
-    """``export_report.json`` and ``export_report.md`` in ``out_dir`` (written atomically)."""
+    """:data:`REPORT_JSON` and :data:`REPORT_MD` in ``out_dir`` (written atomically)."""
     out = Path(out_dir)
     data = {"passed": report.passed, **asdict(report), **(extra or {})}
-    json_path, md_path = out / "export_report.json", out / "export_report.md"
+    json_path, md_path = out / REPORT_JSON, out / REPORT_MD
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
     with atomic_path(md_path) as tmp:

@@ -11,10 +11,11 @@ Only its "legacy exporter" deprecation warning is silenced, and only around the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from spai.model.specs import (
 onnx = lazy_import("onnx")
 
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "Rfft", "Irfft"})  # no FFT op may reach TensorRT < 11.2
-Progress = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -159,28 +160,26 @@ def example_inputs(feature_dim: int, batch: int = 2, patches: int = 3) -> dict[s
             "aggregator": (torch.randn(batch, patches, feature_dim), mask)}
 
 
-def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int | None = None,
-                    progress: Progress | None = None) -> OnnxExport:
+def onnx_from_torch(model: nn.Module, out_dir: str | os.PathLike, *, opset: int | None = None) -> OnnxExport:
     """Write ``patch_encoder.onnx`` and ``aggregator.onnx`` for ``model`` (a :class:`spai.SPAIModel`) to
     ``out_dir``, and a calibrated model's ``calibration.json`` beside them (the graphs output raw logits; the
     calibration is applied by :mod:`spai.infer.scorer` and carried into the Triton ``spai`` model's parameters).
     The model's train/eval mode is restored afterwards."""
-    say = progress or (lambda _msg: None)
     out = ensure_writable_dir(out_dir)
     dim = int(model.feature_dim)
     inputs = example_inputs(dim)
     was_training = model.training
     try:
-        say(f"exporting patch encoder (D={dim}) to ONNX opset {opset or OPSET} ...")
+        log.info("exporting patch encoder (D=%d) to ONNX opset %d ...", dim, opset or OPSET)
         enc = export_graph(PatchEncoderGraph(model), inputs["patch_encoder"], patch_encoder_spec(dim),
                            out / ENCODER_FILES["fp32"], opset)
-        say("exporting aggregator to ONNX ...")
+        log.info("exporting aggregator to ONNX ...")
         agg = export_graph(AggregatorGraph(model), inputs["aggregator"], aggregator_spec(dim),
                            out / AGGREGATOR_FILE, opset)
     finally:
         model.train(was_training)
     calibration = write_export_calibration(getattr(model, "calibration", UNCALIBRATED), out)
     if calibration:
-        say(f"wrote the model's calibration ({model.calibration.method}, default operating point "
-            f"{model.calibration.default}) to {calibration}")
+        log.info("wrote the model's calibration (%s, default operating point %s) to %s", model.calibration.method,
+                 model.calibration.default, calibration)
     return OnnxExport(enc, agg, dim)

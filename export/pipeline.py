@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +37,7 @@ from spai.model.specs import (
 
 Profiles = dict[str, dict[str, tuple[Shape, Shape, Shape]]]  # graph -> input -> (min, opt, max)
 
-
-def log(msg: str) -> None:
-    """Progress line with a timestamp (stdout, flushed)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,22 +62,22 @@ def onnx_from_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, 
     ``fre_fp16`` its FRE Linear layers in FP16 too, with ``fp32_softmax`` its attention Softmax in FP32 islands)
     and ``aggregator.onnx`` to ``out_dir`` (and ``patch_encoder.int8.onnx`` if ``precisions`` holds int8)."""
     out = ensure_writable_dir(out_dir)  # fail fast, before the (slow) model load
-    log(f"loading {source} ...")
+    log.info("loading %s ...", source)
     model, description = model_from_source(source)
-    log(f"model: {description}; feature dim {model.feature_dim}")
-    graphs = onnx_from_torch(model, out, opset=opset, progress=log)
+    log.info("model: %s; feature dim %s", description, model.feature_dim)
+    graphs = onnx_from_torch(model, out, opset=opset)
     fre = ", FRE Linear layers FP16" if fre_fp16 else ""
     softmax = "FP32 Softmax islands" if fp32_softmax else "FP16 attention"
-    log(f"building mixed-precision patch encoder (route {fp16_route}{fre}, {softmax}) ...")
+    log.info("building mixed-precision patch encoder (route %s%s, %s) ...", fp16_route, fre, softmax)
     fp16 = patch_encoder_fp16(model, graphs.patch_encoder, fp16_route, fre_fp16=fre_fp16, fp32_softmax=fp32_softmax)
-    int8 = patch_encoder_int8(graphs.patch_encoder, progress=log) if "int8" in precisions else None
+    int8 = patch_encoder_int8(graphs.patch_encoder) if "int8" in precisions else None
     for path in (graphs.patch_encoder, fp16, int8, graphs.aggregator):
         if path is not None:
-            log(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+            log.info("wrote %s (%.1f MiB)", path, path.stat().st_size / 2**20)
     sha = sha256_file(source) if Path(source).is_file() else ""
     art = OnnxArtifacts(model, description, graphs, fp16, fre_fp16, int8, sha, fp32_softmax=fp32_softmax)
     for verdict in trt_verdicts_from_onnx(art):
-        log(f"TensorRT rules: {verdict.summary()}")
+        log.info("TensorRT rules: %s", verdict.summary())
     return art
 
 
@@ -128,11 +125,11 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
                      engines: dict[str, Any] | None = None, extra: dict | None = None,
                      precisions: Sequence[str] = ()) -> ParityReport:
     """Compare PyTorch with ORT fp32, ORT fp16 (and TensorRT engines if given; the CPU routes torch bf16 / ORT
-    int8 named in ``precisions``); write the report; raise :class:`spai.AccuracyError` if a gate fails. The ORT
-    fp32/fp16 runners declare the engines' profile limits and minimums, so the check chunks and groups exactly as the engines
-    will be fed (the encoder in chunks of ONNX Runtime's measured CPU chunk at most: the chunk changes neither
-    features nor grouping, only memory); the CPU routes are
-    checked as they run (their own chunk limits)."""
+    int8 named in ``precisions``); write the report; raise :class:`spai.AccuracyError` if a gate fails (after the
+    report is written). The ORT fp32/fp16 runners declare the engines' profile limits and minimums, so the check
+    chunks and groups exactly as the engines will be fed (the encoder in chunks of ONNX Runtime's measured CPU chunk
+    at most: the chunk changes neither features nor grouping, only memory); the CPU routes are checked as they run
+    (their own chunk limits)."""
     paths, labels = load_images(image_dir) if image_dir else ([], None)
     enc_limits, agg_limits = max_shapes(profiles["patch_encoder"]), max_shapes(profiles["aggregator"])
     batch, *patch = enc_limits[PATCHES]
@@ -155,12 +152,11 @@ def parity_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: P
     with contextlib.ExitStack() as stack:
         entered = [stack.enter_context(route) for route in routes]
         report = compare_routes(art.model, entered, image_paths=paths, labels=labels, n_random=n_random,
-                                gates=gates, progress=log)
-    log(f"wrote the CPU routes' verdicts to {route_evidence_from_report(art, report, out_dir)}")
+                                gates=gates)
+    log.info("wrote the CPU routes' verdicts to %s", route_evidence_from_report(art, report, out_dir))
     header = [f"Model: {art.source}", f"Random patches: {n_random}; images: {image_dir or 'none'}"]
     json_path, md_path = write_report(report, out_dir, header, extra, sections=trt_section)
-    print(md_path.read_text(), flush=True)
-    log(f"wrote {json_path} and {md_path}")
+    log.info("wrote %s and %s", json_path, md_path)
     if not engines:  # no TensorRT here (or --onnx-only): refuse graphs no engine could be built from, report kept
         enforce_trt_rules(verdicts)
     enforce(report)
@@ -216,16 +212,16 @@ def engines_from_onnx(art: OnnxArtifacts, out_dir: str | os.PathLike, profiles: 
 
     options = options or BuildOptions()
     out = Path(out_dir)
-    log(f"building TensorRT patch encoder from {enc_onnx.name} (profile {profiles['patch_encoder']}) ...")
+    log.info("building TensorRT patch encoder from %s (profile %s) ...", enc_onnx.name, profiles["patch_encoder"])
     enc = engine_from_onnx(enc_onnx, out / PLAN_FILES["patch_encoder"], profiles["patch_encoder"],
                            timing_cache=timing_cache, options=options)
-    log("building TensorRT aggregator (FP32) ...")
+    log.info("building TensorRT aggregator (FP32) ...")
     agg = engine_from_onnx(art.graphs.aggregator, out / PLAN_FILES["aggregator"], profiles["aggregator"],
                            timing_cache=timing_cache, options=dataclasses.replace(options, tf32=False))
     sources = {"patch_encoder": enc_onnx, "aggregator": art.graphs.aggregator}
     manifest = manifest_for_engines(art, out, profiles, sources, "fp32" if fp32 else "fp16", options)
     for path in (enc, agg, manifest):
-        log(f"wrote {path}")
+        log.info("wrote %s", path)
     return {"patch_encoder": enc, "aggregator": agg, "fp32": fp32, "manifest": manifest,
             "version_compatible": options.version_compatible}
 

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from spai.model.specs import ENCODER_FILES, PATCHES_INPUT
 
 onnx = lazy_import("onnx")
 ort_quantization = lazy_import("onnxruntime.quantization")
+log = logging.getLogger(__name__)
 
 FP32_SCOPES = ("/mfvit/filter/",)  # node-name scopes (torch module paths) never quantised
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
@@ -57,8 +57,7 @@ def fold_weight_identities(model: Any) -> Any:
     return model
 
 
-def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None = None,
-                       progress: Callable[[str], None] | None = None) -> Path:
+def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``patch_encoder.int8.onnx`` (next to ``fp32_onnx`` unless ``out`` is given) and return its path."""
 
     from spai.files import atomic_path
@@ -66,7 +65,7 @@ def patch_encoder_int8(fp32_onnx: str | os.PathLike, out: str | os.PathLike | No
     src = Path(fp32_onnx)
     dst = Path(out) if out is not None else src.with_name(ENCODER_FILES["int8"])
     model = fold_weight_identities(onnx.load(str(src)))
-    (progress or (lambda _m: None))(f"quantising {src.name} to int8 (dynamic, per-channel weights) ...")
+    log.info("quantising %s to int8 (dynamic, per-channel weights) ...", src.name)
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice concerns static ranges
     try:

@@ -11,6 +11,7 @@ gives each image's real length); its patches are in :func:`spai.model.patching.p
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,7 +23,7 @@ from spai.infer.prepare import SERVING_LIMITS, InputLimits
 from spai.infer.runners import Limits, Runner
 from spai.infer.scorer import Scorer, prepare_requests
 from spai.infer.scores import ImageScore
-from spai.model.calibration import UNCALIBRATED, Calibration, OperatingPoint
+from spai.model.calibration import UNCALIBRATED, Calibration
 from spai.model.patching import PatchSpec
 from spai.model.specs import PATCH_FEATURES, PATCHES, PATCHES_INPUT
 
@@ -37,6 +38,10 @@ INTEGER_PARAMETERS = {"encoder_chunk": "encoder_chunk", "aggregator_batch": "agg
 AT_LEAST_ONE = ("encoder_chunk", "aggregator_batch", "in_flight", "encoder_min_batch", "aggregator_min_images",
                 "aggregator_min_patches")
 DEFAULT_TRIM_HEAP_MB = 64  # the repository's default too (serving.repository.Tuning.entry_trim_heap_mb)
+CALIBRATION_PARAMETER = "calibration"  # config.pbtxt parameter: the JSON of Calibration.to_entry()
+# What an older `spai repository` wrote instead (refused: the repository must be rebuilt, not served uncalibrated)
+LEGACY_CALIBRATION_PARAMETERS = ("calibration_method", "temperature", "bias", "default_operating_point",
+                                 "operating_points")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class EntrySettings:
     encoder_model: str = "spai_patch_encoder"
     aggregator_model: str = "spai_aggregator"
     attention: bool = False  # the aggregator has the `attention` output
-    calibration: Calibration = UNCALIBRATED  # probabilities and decisions (calibration_parameters)
+    calibration: Calibration = UNCALIBRATED  # probabilities and decisions (parameter `calibration`: JSON)
     in_flight: int = 1  # K: encoder requests one execute keeps pending (BLS async_exec); 1 = one at a time
     threads: int = 1  # OMP/BLAS threads of each instance (decode and cutting are single-threaded)
     trim_heap_mb: int = DEFAULT_TRIM_HEAP_MB  # malloc_trim after every this many MiB of decoded pixels (0: never)
@@ -115,27 +120,34 @@ class EntrySettings:
 
 
 def calibration_parameters(calibration: Calibration) -> dict[str, str]:
-    """The config.pbtxt parameters that carry a calibration (none for an uncalibrated model); floats are written
-    with ``repr`` so they read back bit for bit."""
+    """The config.pbtxt parameter that carries a calibration, :data:`CALIBRATION_PARAMETER`: the JSON of
+    :meth:`Calibration.to_entry` (none for an uncalibrated model); JSON writes floats with ``repr``, so they read
+    back bit for bit."""
     if not calibration.calibrated:
         return {}
-    return {"calibration_method": calibration.method, "temperature": repr(calibration.temperature),
-            "bias": repr(calibration.bias), "default_operating_point": calibration.default,
-            "operating_points": ";".join(f"{p.name}={p.threshold!r}" for p in calibration.operating_points)}
+    return {CALIBRATION_PARAMETER: json.dumps(calibration.to_entry(), separators=(",", ":"))}
 
 
 def calibration_from_parameters(params: dict[str, str]) -> Calibration:
-    """Inverse of :func:`calibration_parameters`; :class:`ServingError` naming the parameter if malformed."""
-    if "calibration_method" not in params:
+    """Inverse of :func:`calibration_parameters`; :class:`ServingError` naming the parameter if malformed, or if
+    the parameters are those of an older repository (:data:`LEGACY_CALIBRATION_PARAMETERS`)."""
+    legacy = [key for key in LEGACY_CALIBRATION_PARAMETERS if key in params]
+    if legacy:
+        raise ServingError(f"config.pbtxt calibration parameters are malformed: {', '.join(legacy)} are those of an "
+                           f"older `spai repository` (the calibration is now the one JSON parameter "
+                           f"{CALIBRATION_PARAMETER}); rebuild the repository with `spai repository`.")
+    if CALIBRATION_PARAMETER not in params:
         return UNCALIBRATED
+    text = params[CALIBRATION_PARAMETER]
     try:
-        points = tuple(OperatingPoint(name, float(value)) for name, _, value in
-                       (item.partition("=") for item in params["operating_points"].split(";")))
-        return Calibration(params["calibration_method"], float(params["temperature"]), float(params["bias"]),
-                           points, params["default_operating_point"])
-    except (KeyError, ValueError, CalibrationError) as e:
-        raise ServingError(f"config.pbtxt calibration parameters are malformed ({type(e).__name__}: {e}); "
-                           "rebuild the repository with `spai repository`.") from e
+        entry = json.loads(text)
+        if not isinstance(entry, dict) or "method" not in entry:
+            raise ValueError("not a JSON object with the calibration's method, temperature, bias, default and "
+                             "operating_points")
+        return Calibration.from_entry(entry)
+    except (ValueError, AttributeError, CalibrationError) as e:  # json.JSONDecodeError is a ValueError
+        raise ServingError(f"config.pbtxt parameter {CALIBRATION_PARAMETER}={text[:200]!r} is malformed "
+                           f"({type(e).__name__}: {e}); rebuild the repository with `spai repository`.") from e
 
 
 def requested_point(values: np.ndarray | None) -> str | None:

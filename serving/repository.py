@@ -13,10 +13,13 @@ model's code is the one file ``serving/triton_models/spai/1/model.py``; generate
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from export.manifest import (
     EngineManifest,
@@ -48,6 +51,8 @@ from spai.model.specs import (
     patch_encoder_spec,
     trt_profile,
 )
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("trt", "onnx", "python-ort")  # built from an export directory (build_repository)
 TORCH_VARIANT = "python-torch"  # built from a checkpoint (build_torch_repository)
@@ -186,39 +191,90 @@ def production_options() -> RepositoryOptions:
     return RepositoryOptions(variant="trt", feature_dim=PRODUCTION_FEATURE_DIM, attention=True)
 
 
-def _dims(shape: tuple[int, ...]) -> str:
-    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+# ---- config.pbtxt: Triton's own ModelConfig schema, printed and parsed by google.protobuf.text_format ----------
+
+_BACKEND = {"trt": {"platform": "tensorrt_plan"}, "onnx": {"platform": "onnxruntime_onnx"},
+            "python-ort": {"backend": "python"}, TORCH_VARIANT: {"backend": "python"}}
+_BLOCKS = {"model_warmup"}  # config fields printed as indented blocks (the others: one line per value)
 
 
-def _tensor_block(t: TensorSpec, optional: bool = False) -> str:
-    lines = [f'    name: "{t.name}"', f"    data_type: {t.triton_dtype}", f"    dims: {_dims(t.shape)}"]
-    if optional:
-        lines.append("    optional: true")
-    return "  {\n" + "\n".join(lines) + "\n  }"
+def model_config_pb2() -> ModuleType:
+    """Triton's ModelConfig schema (``tritonclient.grpc.model_config_pb2``), which builds and reads every config."""
+    try:
+        from tritonclient.grpc import model_config_pb2 as schema
+    except ImportError as e:
+        raise ServingError(f"Triton configs are built and read with tritonclient's ModelConfig schema, which cannot be "
+                           f"imported here ({e}): pip install 'tritonclient[grpc]' protobuf (both are in the serve "
+                           "and triton extras of spai-deploy).") from None
+    return schema
 
 
-def _io(kind: str, tensors: tuple[TensorSpec, ...], optional: set[str] = frozenset()) -> str:
-    return f"{kind} [\n" + ",\n".join(_tensor_block(t, t.name in optional) for t in tensors) + "\n]"
+def config_text(config: Any) -> str:
+    """A ModelConfig as config.pbtxt (``text_format``): fields in the schema's order, each value on a line of its
+    own (one line per tensor, instance group and parameter, sorted by key) except warm-ups (indented blocks)."""
+    from google.protobuf import text_format
+
+    present = {fd.name for fd, _ in config.ListFields()}
+    parts = [text_format.MessageToString(type(config)(**{fd.name: part}), as_one_line=fd.name not in _BLOCKS)
+             for fd in config.DESCRIPTOR.fields if fd.name in present for part in _field_parts(config, fd)]
+    return "\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
-def _parameters(params: dict[str, str]) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items())
+def _field_parts(config: Any, fd: Any) -> list[Any]:
+    """A set field's values, one per line: each map entry, each element of a repeated field, or the one value."""
+    from google.protobuf.message import Message
+
+    value = getattr(config, fd.name)
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        return [{key: value[key]} for key in sorted(value)]
+    if isinstance(value, (str, bytes, int, float, Message)):
+        return [value]
+    return [[item] for item in value]
 
 
-def _header(name: str, variant: str, max_batch: int) -> str:
-    kind = {"trt": 'platform: "tensorrt_plan"', "onnx": 'platform: "onnxruntime_onnx"',
-            "python-ort": 'backend: "python"', TORCH_VARIANT: 'backend: "python"'}[variant]
-    return f'name: "{name}"\n{kind}\nmax_batch_size: {max_batch}'
+def read_config(path: str | Path) -> Any:
+    """A config.pbtxt parsed into Triton's ModelConfig; :class:`ServingError` (how to fix) where it is none."""
+    from google.protobuf import text_format
+
+    schema = model_config_pb2()
+    try:
+        return text_format.Parse(Path(path).read_text(), schema.ModelConfig())
+    except text_format.ParseError as e:
+        raise ServingError(f"{path} is not a Triton model config ({e}); rebuild the repository with "
+                           "`spai repository`.") from e
 
 
-def _instances(variant: str, count: int, device: str = "cpu") -> str:
-    gpu = variant == "trt" or (variant == TORCH_VARIANT and device == "gpu")
-    return f"instance_group [ {{ count: {count} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]"
+def _model_config(name: str, variant: str, max_batch: int, inputs: tuple[TensorSpec, ...],
+                  outputs: tuple[TensorSpec, ...], optional: AbstractSet[str] = frozenset()) -> Any:
+    """A ModelConfig with the model's name, platform or backend, max_batch_size and tensors."""
+    schema = model_config_pb2()
+    config = schema.ModelConfig(name=name, max_batch_size=max_batch, **_BACKEND[variant])
+    for t in inputs:
+        config.input.add(name=t.name, data_type=schema.DataType.Value(t.triton_dtype), dims=t.shape,
+                         optional=t.name in optional)
+    for t in outputs:
+        config.output.add(name=t.name, data_type=schema.DataType.Value(t.triton_dtype), dims=t.shape)
+    return config
 
 
-def _batching(queue_delay_us: int, preferred: tuple[int, ...] = ()) -> str:
-    sizes = f"preferred_batch_size: {_dims(preferred)} " if preferred else ""
-    return f"dynamic_batching {{ {sizes}max_queue_delay_microseconds: {queue_delay_us} }}"
+def _schedule(config: Any, count: int, gpu: bool, queue_delay_us: int, preferred: tuple[int, ...] = ()) -> None:
+    """Add the dynamic batcher and the instance group (``count`` instances, KIND_GPU or KIND_CPU) to ``config``."""
+    kind = model_config_pb2().ModelInstanceGroup.Kind
+    config.dynamic_batching.SetInParent()  # present even without a delay: dynamic batching on
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    config.instance_group.add(count=count, kind=kind.Value("KIND_GPU" if gpu else "KIND_CPU"))
+
+
+def _parameters(config: Any, params: dict[str, str]) -> None:
+    """Add string ``parameters`` to ``config``."""
+    for key, value in params.items():
+        config.parameters[key].string_value = value
+
+
+def _on_gpu(variant: str, device: str) -> bool:
+    """Whether the variant's graph models run KIND_GPU."""
+    return variant == "trt" or (variant == TORCH_VARIANT and device == "gpu")
 
 
 def profile(spec: ModelSpec, opts: RepositoryOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -239,16 +295,13 @@ def _preferred_batch(t: Tuning, opts: RepositoryOptions, shapes: dict[str, tuple
     return t.encoder_preferred_batch
 
 
-def _warmup(spec: ModelSpec, opt: dict[str, tuple[int, ...]]) -> str:
-    """One warm-up request at the profile's opt shapes."""
-    blocks = []
-    batch = next(iter(opt.values()))[0]
+def _warmup(config: Any, spec: ModelSpec, opt: dict[str, tuple[int, ...]]) -> None:
+    """Add one warm-up request at the profile's opt shapes to ``config``."""
+    schema = model_config_pb2()
+    warmup = config.model_warmup.add(name=f"warmup_{spec.name}", batch_size=next(iter(opt.values()))[0])
     for t in spec.inputs:
-        shape = opt[t.name][1:]
-        blocks.append(f'    inputs {{ key: "{t.name}" value {{ data_type: {t.triton_dtype} dims: {_dims(shape)} '
-                      "random_data: true } }")
-    return (f'model_warmup [\n  {{\n    name: "warmup_{spec.name}"\n    batch_size: {batch}\n'
-            + "\n".join(blocks) + "\n  }\n]")
+        warmup.inputs[t.name].CopyFrom(schema.ModelWarmup.Input(
+            data_type=schema.DataType.Value(t.triton_dtype), dims=opt[t.name][1:], random_data=True))
 
 
 def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: tuple[TensorSpec, ...]) -> str:
@@ -261,21 +314,27 @@ def graph_config(spec: ModelSpec, name: str, opts: RepositoryOptions, outputs: t
                           else (t.aggregator_instances, t.aggregator_threads))
     delay = t.encoder_queue_delay_us if encoder else t.aggregator_queue_delay_us
     preferred = tuple(b for b in _preferred_batch(t, opts, shapes) if b <= max_batch) if encoder else ()
-    parts = [_header(name, opts.variant, max_batch), _io("input", spec.inputs), _io("output", outputs),
-             _batching(delay, preferred), _instances(opts.variant, instances, opts.device)]
+    config = _model_config(name, opts.variant, max_batch, spec.inputs, outputs)
+    _schedule(config, instances, _on_gpu(opts.variant, opts.device), delay, preferred)
+    _parameters(config, _graph_parameters(opts, t, encoder, threads, max_batch))
     if opts.variant == "trt":
-        parts.append(_warmup(spec, {k: v[1] for k, v in shapes.items()}))
+        _warmup(config, spec, {k: v[1] for k, v in shapes.items()})
+    return config_text(config)
+
+
+def _graph_parameters(opts: RepositoryOptions, t: Tuning, encoder: bool, threads: int, max_batch: int
+                      ) -> dict[str, str]:
+    """A graph model's string parameters for ``opts.variant`` (trt: none)."""
     if opts.variant == "python-ort":
-        parts.append(_parameters({"onnx_file": "model.onnx", "threads": str(threads),
-                                  **(_ort_encoder_parameters(opts, t, max_batch) if encoder else {})}))
-    if opts.variant == "onnx" and threads:
-        parts.append(_parameters({"intra_op_thread_count": str(threads)}))
+        return {"onnx_file": "model.onnx", "threads": str(threads),
+                **(_ort_encoder_parameters(opts, t, max_batch) if encoder else {})}
+    if opts.variant == "onnx":
+        return {"intra_op_thread_count": str(threads)} if threads else {}
     if opts.variant == TORCH_VARIANT:
         calls = {"max_torch_batch": str(min(t.encoder_ort_batch, max_batch))} if encoder and t.encoder_ort_batch else {}
-        parts.append(_parameters({"graph": "patch_encoder" if encoder else "aggregator",
-                                  "checkpoint": f"../{TORCH_CHECKPOINT}", "precision": opts.precision,
-                                  "threads": str(threads), **calls}))
-    return "\n".join(parts) + "\n"
+        return {"graph": "patch_encoder" if encoder else "aggregator", "checkpoint": f"../{TORCH_CHECKPOINT}",
+                "precision": opts.precision, "threads": str(threads), **calls}
+    return {}
 
 
 def _ort_encoder_parameters(opts: RepositoryOptions, t: Tuning, max_batch: int) -> dict[str, str]:
@@ -306,15 +365,15 @@ def aggregator_config(opts: RepositoryOptions) -> str:
 def entry_config(opts: RepositoryOptions) -> str:
     """``spai``: encoded image bytes [+ operating_point] -> probability, logit, decision, operating_point_name,
     num_patches [, patch_attention] (Python BLS); a calibrated model's calibration rides in its parameters."""
-    s = opts.settings
+    s, t = opts.settings, opts.tuning or default_tuning(opts.variant, opts.device)  # always set by __post_init__
     params = replace(s, encoder_model=ENCODER, aggregator_model=AGGREGATOR, attention=opts.attention,
                      encoder_chunk=min(s.encoder_chunk, opts.max_batch),
-                     aggregator_batch=min(s.aggregator_batch, opts.max_images), in_flight=opts.tuning.in_flight,
-                     threads=opts.tuning.entry_threads, trim_heap_mb=opts.tuning.entry_trim_heap_mb).to_parameters()
-    parts = [_header(ENTRY, "python-ort", opts.tuning.entry_max_batch), _io("input", ENTRY_INPUTS, OPTIONAL_INPUTS),
-             _io("output", ENTRY_OUTPUTS), _batching(opts.tuning.entry_queue_delay_us),
-             f"instance_group [ {{ count: {opts.tuning.entry_instances} kind: KIND_CPU }} ]", _parameters(params)]
-    return "\n".join(parts) + "\n"
+                     aggregator_batch=min(s.aggregator_batch, opts.max_images), in_flight=t.in_flight,
+                     threads=t.entry_threads, trim_heap_mb=t.entry_trim_heap_mb).to_parameters()
+    config = _model_config(ENTRY, "python-ort", t.entry_max_batch, ENTRY_INPUTS, ENTRY_OUTPUTS, OPTIONAL_INPUTS)
+    _schedule(config, t.entry_instances, False, t.entry_queue_delay_us)  # decoding and cutting: CPU instances
+    _parameters(config, params)
+    return config_text(config)
 
 
 def write_configs(out: str | Path, opts: RepositoryOptions) -> Path:
@@ -358,7 +417,7 @@ def onnx_feature_dim(path: Path, *, required: bool = True) -> tuple[int, bool] |
 
 def build_repository(artifacts: str | Path, variant: str, out: str | Path, feature_dim: int | None = None,
                      attention: bool | None = None, tensorrt_version: str | None = None, precision: str = "fp32",
-                     say: Callable[[str], None] = lambda _line: None, **overrides) -> Path:
+                     **overrides) -> Path:
     """Assemble a ready repository in ``out`` from an export directory (patch_encoder/aggregator .onnx/.plan).
 
     D and the attention output are read from ``engine.json`` for ``trt`` (checked against ``aggregator.onnx`` where
@@ -367,8 +426,8 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     ``overrides`` go to :class:`RepositoryOptions`. ``trt`` reads the engines' ``engine.json``
     (:func:`trt_options`): configs follow the profiles the plans were built with, and plans another TensorRT built
     are refused. ``precision`` (python-ort): the encoder graph to serve, fp32, int8 or auto
-    (:func:`spai.infer.routes.served_ort_route`: int8 only where it passed its gate for this export on this CPU);
-    ``say`` hears which route is served and why. Returns ``out``.
+    (:func:`spai.infer.routes.served_ort_route`: int8 only where it passed its gate for this export on this CPU;
+    the route served and why are logged). Returns ``out``.
     """
     art = Path(artifacts)
     if variant == TORCH_VARIANT:
@@ -377,7 +436,7 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     src_pattern, dst_name = GRAPH_FILES.get(variant, ("", ""))
     RepositoryOptions(variant=variant, feature_dim=1)  # validates the variant
     if variant == "python-ort":
-        precision = _served_precision(art, precision, say)
+        precision = _served_precision(art, precision)
     RepositoryOptions(variant=variant, feature_dim=1, precision=precision)  # validates the precision
     sources = {m: art / src_pattern.format(stem=stem) for m, stem in ((ENCODER, "patch_encoder"),
                                                                         (AGGREGATOR, "aggregator"))}
@@ -406,15 +465,15 @@ def build_repository(artifacts: str | Path, variant: str, out: str | Path, featu
     return root
 
 
-def _served_precision(art: Path, precision: str, say: Callable[[str], None]) -> str:
+def _served_precision(art: Path, precision: str) -> str:
     """The python-ort encoder's precision for ``precision`` fp32 | int8 | auto, by the export's route evidence."""
     if precision not in ORT_SERVED:
         raise ServingError(f"--variant python-ort serves --precision {', '.join(ORT_SERVED)}, not {precision!r}.")
     try:
-        choice = served_ort_route(art, precision, say=say)
+        choice = served_ort_route(art, precision)
     except ConfigError as e:
         raise ServingError(str(e)) from e
-    say(choice.reason)
+    log.info(choice.reason)
     return choice.precision
 
 

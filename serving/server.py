@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import re
 import shutil
 import signal
 import socket
@@ -159,7 +158,9 @@ def check_repository(repository: Path, bundled: bool) -> None:
         raise ServingError(f"{repository}: no <model>/config.pbtxt found; build one with "
                            "`spai repository --artifacts EXPORT_DIR --variant python-ort -o REPO`.")
     if bundled:
-        native = [c.parent.name for c in configs if "platform:" in c.read_text()]
+        from serving.repository import read_config
+
+        native = [c.parent.name for c in configs if read_config(c).platform]
         if native:
             raise ServingError(f"models {', '.join(native)} need TensorRT/ONNX Runtime backends that the tritonserver "
                                "bundled in nvidia-pytriton lacks; build the repository with --variant python-ort, or "
@@ -333,22 +334,21 @@ class TritonServer:
 
 def describe_repository(repository: str | os.PathLike) -> dict[str, dict]:
     """Per model of a repository: backend, instances (count and kind), max_batch_size, batching and the
-    ``threads`` / ``in_flight`` parameters, read from each config.pbtxt."""
+    ``threads`` / ``in_flight`` / ``encoder_chunk`` parameters, read from each config.pbtxt (Triton's ModelConfig)."""
+    from serving.repository import model_config_pb2, read_config
+
+    kind = model_config_pb2().ModelInstanceGroup.Kind
     out = {}
-    for config in sorted(Path(repository).glob("*/config.pbtxt")):
-        text = config.read_text()
-        params = dict(re.findall(r'key:\s*"([^"]+)"\s*value\s*{\s*string_value:\s*"([^"]*)"', text))
-        out[config.parent.name] = {
-            "backend": _find(text, r'backend:\s*"([^"]+)"') or _find(text, r'platform:\s*"([^"]+)"'),
-            "instances": int(_find(text, r"count:\s*(\d+)", "1")),
-            "kind": _find(text, r"kind:\s*(KIND_\w+)", "KIND_AUTO"),
-            "max_batch_size": int(_find(text, r"max_batch_size:\s*(\d+)", "0")),
-            "queue_delay_us": int(_find(text, r"max_queue_delay_microseconds:\s*(\d+)", "0")),
-            "preferred_batch_size": _find(text, r"preferred_batch_size:\s*\[([^\]]*)\]").strip(),
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = read_config(path)
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        groups, batching = config.instance_group, config.dynamic_batching
+        out[path.parent.name] = {
+            "backend": config.backend or config.platform,
+            "instances": sum(g.count or 1 for g in groups) or 1,  # Triton: a group without a count has one
+            "kind": kind.Name(groups[0].kind) if groups else "KIND_AUTO",
+            "max_batch_size": config.max_batch_size,
+            "queue_delay_us": batching.max_queue_delay_microseconds,
+            "preferred_batch_size": ", ".join(str(b) for b in batching.preferred_batch_size),
             **{k: params[k] for k in ("threads", "in_flight", "encoder_chunk") if k in params}}
     return out
-
-
-def _find(text: str, pattern: str, default: str = "") -> str:
-    m = re.search(pattern, text)
-    return m.group(1) if m else default

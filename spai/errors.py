@@ -1,13 +1,13 @@
-"""One error family for everything a user can get wrong, and the one wrapper every command runs in.
+"""One error family for everything a user can get wrong, each error with its exit code.
 
-:func:`report_errors` catches :class:`SPAIError`, prints its message and returns its ``exit_code``; any other
-exception is a bug and keeps its traceback. Messages say what went wrong *and* how to fix it.
+The command line (:func:`spai_cli.console.report_errors`) prints a :class:`SPAIError`'s message and exits with its
+``exit_code``; any other exception is a bug and keeps its traceback. Messages say what went wrong *and* how to fix
+it.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -77,15 +77,3 @@ def detached(error: E) -> E:
     for e in error_chain(error):
         e.__traceback__ = None
     return error
-
-
-def report_errors(work: Callable[[], int | None]) -> int:
-    """Run a command: its exit code; for a user error its message on stderr and the error's own exit code."""
-    try:
-        return int(work() or 0)
-    except SPAIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -2,8 +2,10 @@
 
 Each module ``spai_cli/<name>.py`` defines ``register(subparsers)``, which adds its parser and sets ``func``
 (taking the parsed args, returning an exit code). Commands are thin: the work is in the library (:mod:`spai`),
-:mod:`export` and :mod:`serving`. User mistakes raise :class:`spai.SPAIError`: :func:`spai.errors.report_errors`
-prints the message and returns the error's exit code (README, "Exit codes"); anything else is a bug.
+:mod:`export` and :mod:`serving`. Results go to stdout; messages (the library's log records) to stderr through the
+one handler :func:`main` sets up (:mod:`spai_cli.console`). User mistakes raise :class:`spai.SPAIError`:
+:func:`spai_cli.console.report_errors` prints the message and returns the error's exit code (README, "Exit codes");
+anything else is a bug.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from spai.errors import report_errors
+from spai_cli.console import console_logging, report_errors
 
 COMMAND_MODULES = ["demo", "predict", "data", "train", "calibrate", "test", "convert", "export", "repository", "serve",
                    "score", "report"]
@@ -28,4 +30,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``spai``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    return report_errors(lambda: args.func(args))
+    with console_logging():
+        return report_errors(lambda: args.func(args))

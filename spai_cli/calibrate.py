@@ -9,7 +9,7 @@ from pathlib import Path
 
 from spai.lazy import lazy_import
 from spai.train.calibration import DEFAULT_FPRS, DEFAULT_METHOD, METHODS
-from spai_cli.routes import scoring_runners
+from spai_cli.routes import scoring_route
 from spai_cli.test import add_scoring_arguments
 
 torch = lazy_import("torch")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = spai.create_model(None, checkpoint=checkpoint, device=device)
-    with scoring_runners(args, model) as route:
+    with scoring_route(args, model) as route:
         _, scores, missing = labelled_scores(model, Path(args.csv), args.split, args.root, args.strict,
                                              args.batch_size, args.workers, not args.no_progress, "calibrate", route)
     entry = calibration_entry(scores, args.csv, args.split, args.method, args.fpr)

@@ -4,16 +4,18 @@ A corpus streams (:mod:`spai_cli.streaming`): inputs listed lazily, read and dec
 most ``--window`` at a time, scored one by one, each row written as it finishes (CSV or Parquet, ``--resume``);
 ``--engine ray`` scores the same way on a Ray Data pipeline (:mod:`spai.corpus.ray_scoring`, the ``ray`` extra).
 
-The route is picked by name (``--backend torch|ort``, ``--precision fp32|bf16|int8|auto``,
-:mod:`spai.infer.routes`; ``auto``: the fastest route that passed its parity gate for this checkpoint on this CPU), and
-every route scores through :class:`spai.infer.scorer.Scorer` over the runners of :func:`spai.infer.routes.runners_for`;
-``latency_ms`` in the CSV is each image's scoring time."""
+The arguments make one :class:`spai.infer.job.ScoringJob` (``--backend torch|ort``, ``--precision
+fp32|bf16|fp16|int8|auto``, ``--device``; ``auto``: the fastest route that passed its parity gate for this checkpoint
+on this device), resolved once (:func:`spai_cli.routes.resolved_job`) and opened by
+:func:`spai.infer.job.open_scorer`, on this machine or in every Ray actor; ``latency_ms`` in the CSV is each image's
+scoring time."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
+import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,21 +25,11 @@ from spai.corpus.inputs import InputRef, score_inputs
 from spai.corpus.writers import ScoreWriter
 from spai.errors import SPAIError
 from spai.infer.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from spai.infer.prepare import InputLimits
-from spai.infer.routes import resolve_route
+from spai.infer.job import ScoringJob, open_scorer
 from spai.infer.scorer import Scorer
 from spai.infer.scores import ImageScore
-from spai.model.calibration import Calibration, calibration_from_export
-from spai.model.patching import PatchSpec, patch_spec_from_config
-from spai_cli.routes import (
-    add_route_arguments,
-    cached_export,
-    check_gpu_route,
-    chosen_route,
-    gpu_route,
-    route_runners,
-    torch_device,
-)
+from spai.model.calibration import Calibration
+from spai_cli.routes import add_route_arguments, check_gpu_job, job_from_args, resolved_job, torch_device
 from spai_cli.streaming import (
     TABLE_ROWS,
     RunTally,
@@ -50,7 +42,8 @@ from spai_cli.streaming import (
 
 if TYPE_CHECKING:
     from spai.corpus.ray_scoring import ActorPlan
-    from spai.model.nn.spai_model import SPAIModel
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,60 +74,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def predict_scorer(args: argparse.Namespace) -> Iterator[Scorer]:
-    """A :class:`spai.infer.scorer.Scorer` over the entered route ``--backend`` / ``--precision`` / ``--device`` ask
-    for (:func:`spai_cli.routes.route_runners`), with the model's patch spec, its calibration (the checkpoint's, or
-    the ``--onnx`` export's calibration.json) and the ``--max-pixels`` / ``--max-bytes`` limits."""
-    device = torch_device(args)
-    model, spec, calibration = scoring_model(args, device)
-    if device == "cpu":
-        backend, precision, onnx_dir = chosen_route(args, model)
-    else:
-        (backend, precision), onnx_dir = gpu_route(args, model), None
-    limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
-    with route_runners(model, backend, precision, onnx_dir, args.chunk_size) as route:
-        model = None  # an ORT route holds the graphs only: the torch weights can go
-        yield Scorer.for_route(route, limits=limits, spec=spec, calibration=calibration)
+    """The entered :class:`spai.infer.scorer.Scorer` of the job ``--checkpoint`` / ``--model`` / ``--backend`` /
+    ``--precision`` / ``--onnx`` / ``--device`` ask for (:func:`spai_cli.routes.resolved_job`, resolved once),
+    with the ``--max-pixels`` / ``--max-bytes`` limits."""
+    job, model = resolved_job(job_from_args(args, torch_device(args)))
+    with open_scorer(job, model) as scorer:
+        del model  # an ORT route holds the graphs only: the torch weights can go
+        yield scorer
 
 
-def scoring_model(args: argparse.Namespace, device: str = "cpu"
-                  ) -> tuple[SPAIModel | None, PatchSpec, Calibration]:
-    """The model ``--checkpoint`` / ``--model`` name on ``device`` (None for an ORT route over an ``--onnx``
-    export, which needs the graphs only), its patch spec and its calibration, whose ``--operating-point`` is
-    checked here, before any export or scoring."""
-    import spai
-    from spai.model.config import get_config
-
-    explicit = "torch" if device != "cpu" or args.precision == "fp16" else \
-        None if args.precision == "auto" else resolve_route(args.backend, args.precision)[0]
-    needs_model = explicit in (None, "torch") or not args.onnx or args.checkpoint or device != "cpu"
-    model = spai.create_model(None if args.checkpoint else args.model, checkpoint=args.checkpoint, device=device) \
-        if needs_model else None
-    spec = model.patch_spec if model is not None else patch_spec_from_config(get_config(args.model))
-    calibration = model.calibration if model is not None else calibration_from_export(args.onnx)
-    calibration.operating_point(args.operating_point)  # an unknown operating point fails before any export
-    return model, spec, calibration
-
-
-def ray_actor_args(args: argparse.Namespace, plan: ActorPlan) -> argparse.Namespace:
-    """``spai predict``'s arguments as every Ray actor scores with them, checked and fixed once on the driver: a
-    bad checkpoint or operating point fails here, before any actor starts; the route is chosen once (``auto``:
-    by this machine's evidence); an ORT route without ``--onnx`` is exported once, into the cache (cluster
-    workers must see that path, as they must see the checkpoint's); actors with a GPU run the torch route asked for
-    on it (fp16 / bf16 where they pass their parity gate on that GPU, checked by each actor)."""
-    fixed = copy.copy(args)
+def ray_job(args: argparse.Namespace, plan: ActorPlan) -> ScoringJob:
+    """The job every Ray actor opens, checked and resolved once on the driver: a bad checkpoint or operating point
+    fails here, before any actor starts; a CPU route is chosen once (``auto``: by this machine's evidence), an
+    ORT route's graphs exported once into the cache (cluster workers must see that path, as they must see the
+    checkpoint's). Actors with a GPU run the torch route asked for on it, resolving fp16 / bf16 / auto against
+    their GPU's own evidence."""
+    job = job_from_args(args, "cuda" if plan.num_gpus else "cpu")
     if plan.num_gpus:
-        check_gpu_route(args)
-        checked = copy.copy(args)
-        checked.backend, checked.precision = "torch", "fp32"
-        scoring_model(checked)  # the checkpoint and the operating point, checked on the driver's CPU
-        fixed.backend, fixed.device = "torch", "cuda"
-        return fixed
-    model, _, _ = scoring_model(args)
-    fixed.backend, fixed.precision, fixed.onnx = chosen_route(args, model)
-    if fixed.backend == "ort" and not fixed.onnx:
-        fixed.onnx = cached_export(model)
-    fixed.device = "cpu"
-    return fixed
+        check_gpu_job(job)
+        checked = dataclasses.replace(job, backend="torch", precision="fp32", device="cpu")
+        resolved_job(checked)  # the checkpoint and the operating point, checked on the driver's CPU
+        return dataclasses.replace(job, backend="torch")
+    return resolved_job(job)[0]
 
 
 def print_table(rows: Sequence[ImageScore]) -> None:
@@ -179,12 +140,17 @@ def run_ray(args: argparse.Namespace, refs: Iterator[InputRef], writer: ScoreWri
     """``--engine ray``: the same scoring on a Ray Data pipeline; its rows go to ``-o`` (required)."""
     if writer is None:
         raise SPAIError("--engine ray writes its scores to a file: pass -o scores.parquet (or .csv).")
-    try:
-        from spai.corpus.ray_scoring import predict_with_ray  # the one in-function import: Ray is an optional extra
+    try:  # the one in-function import: Ray is an optional extra
+        from spai.corpus.ray_scoring import live_nodes, plan_from_nodes, ray_started, score_with_ray
     except ImportError as e:
         raise SPAIError(f"--engine ray needs Ray ({e}); install the `ray` extra: pip install "
                         "'spai-deploy[ray]'.") from e
-    written = predict_with_ray(args, refs, writer, scorer_factory=predict_scorer, actor_args=ray_actor_args)
+    with ray_started(args.address):
+        plan = plan_from_nodes(live_nodes(), args.actors, args.device != "cpu")
+        job = ray_job(args, plan)
+        log.info("ray: %d scorer actor(s), %s %s each", plan.actors, plan.num_gpus or plan.threads,
+                 "GPU" if plan.num_gpus else "CPU thread(s)")
+        written = score_with_ray(job, plan, refs, writer, progress=not args.no_progress)
     print(f"scored {written} images with Ray -> {args.output}")
     return 0
 

@@ -8,8 +8,10 @@ serving/triton_models/. Instance counts, BLS calls in flight, batching and threa
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 TUNING_FLAGS = {  # flag -> (Tuning field, help)
     "--entry-instances": ("entry_instances", "instances of the `spai` model (each decodes and cuts on one core)"),
@@ -104,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
             raise ServingError("--artifacts and -o/--output are required (or --checked-in).")
         root = build_repository(args.artifacts, args.variant, args.output, feature_dim=args.feature_dim,
                                 tensorrt_version=args.tensorrt_version, precision=args.precision or "fp32",
-                                say=lambda line: print(line, file=sys.stderr),
                                 tuning=tuning_with(args.variant, **changes))
     print(root)
     args_file = root / SERVER_ARGS_FILE

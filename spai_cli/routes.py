@@ -1,21 +1,27 @@
-"""Scoring routes on the command line: ``--backend torch|ort``, ``--precision fp32|bf16|int8|auto`` and
-``--onnx DIR``, shared by ``spai predict``, ``spai test`` and ``spai calibrate`` (:mod:`spai.infer.routes` picks the
-route, by name or, for ``auto``, by evidence; :func:`spai.infer.routes.runners_for` builds its runners)."""
+"""Scoring jobs on the command line: ``--backend torch|ort``, ``--precision fp32|bf16|fp16|int8|auto``, ``--onnx
+DIR``, ``--chunk-size`` and ``--device``, shared by ``spai predict``, ``spai test`` and ``spai calibrate``. The
+arguments become one :class:`spai.infer.job.ScoringJob`, resolved once here (the model loaded where the route needs
+it, ONNX graphs exported into the cache where an ORT route needs them: the library does not import ``export``);
+:func:`spai.infer.job.open_scorer` then opens it."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-import tempfile
+import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from spai.errors import ConfigError
+from spai.infer.job import DEFAULT_MODEL, ScoringJob, load_model, open_route, record_export, recorded_job, resolve
+from spai.infer.prepare import InputLimits
 
 if TYPE_CHECKING:
     from spai.infer.runners import Route
     from spai.model.nn.spai_model import SPAIModel
+
+log = logging.getLogger(__name__)
 
 
 def add_route_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,22 +38,56 @@ def add_route_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
 
 
-def chosen_route(args: argparse.Namespace, model: SPAIModel | None) -> tuple[str, str, str | None]:
-    """(backend, precision, the ONNX folder to use) the arguments ask for, printed to stderr. ``auto`` takes the
-    fastest route that passed its parity gate for ``model`` on this CPU (:func:`spai.infer.routes.choose_route`); without
-    ``--onnx`` it first exports the model's graphs (fp32 and int8) into the cache, once per model."""
-    from spai.infer.routes import resolve_route
+def job_from_args(args: argparse.Namespace, device: str = "cpu") -> ScoringJob:
+    """The :class:`ScoringJob` the arguments ask for (not yet resolved); ``--checkpoint`` (predict) or the model
+    path (test, calibrate: ``args.checkpoint`` set by the caller)."""
+    limits = InputLimits(**{k: getattr(args, k) for k in ("max_bytes", "max_pixels") if getattr(args, k, None)})
+    return ScoringJob(getattr(args, "model", None) or DEFAULT_MODEL, getattr(args, "checkpoint", None),
+                      args.onnx, None if args.backend == "auto" else args.backend, args.precision, device,
+                      args.chunk_size, limits, getattr(args, "operating_point", None))
 
-    if args.precision != "auto":
-        backend, precision = resolve_route(args.backend, args.precision)
-        print(f"route: {backend}-{precision}", file=sys.stderr)
-        return backend, precision, args.onnx
-    if model is None:
-        raise ConfigError("--precision auto gates the routes against the model itself: pass --checkpoint (or "
-                          "--model), or pick a route (--backend ort --precision int8).")
-    onnx_dir = args.onnx or (None if args.backend == "torch" else cached_export(model))
-    backend, precision = model.route_for(args.backend, "auto", onnx_dir)
-    return backend, precision, onnx_dir
+
+def resolved_job(job: ScoringJob, model: SPAIModel | None = None) -> tuple[ScoringJob, SPAIModel | None]:
+    """``job`` resolved once (logged: the route and why), with its model where its route needs it:
+    the checkpoint is read and the operating point checked before any export or scoring; an ORT route (or
+    ``auto``, whose candidates include ORT) without ``--onnx`` gets the model's graphs exported into the cache
+    first (:func:`cached_export`)."""
+    if job.device != "cpu":
+        check_gpu_job(job)
+    recorded = recorded_job(job) if model is None else None
+    if recorded is not None:  # auto picked an ORT route from this checkpoint's recorded evidence: no torch model
+        return recorded, None
+    if model is None and job.needs_model():
+        model = load_model(job)
+    if model is not None:
+        model.calibration.operating_point(job.operating_point)  # an unknown operating point fails before any export
+    if job.device == "cpu" and not job.onnx_dir and model is not None and _may_run_ort(job):
+        job = dataclasses.replace(job, onnx_dir=cached_export(model))
+    asked, job = job, resolve(job, model)
+    if asked.precision != "auto" and (asked.device == "cpu" or asked.precision == "fp32"):  # by name: no gate
+        log.info("route: %s%s", job.route, "" if job.device == "cpu" else f" on {job.device}")
+    elif asked.precision == "auto" and model is not None:
+        record_export(job, model)
+    return job, model
+
+
+@contextlib.contextmanager
+def scoring_route(args: argparse.Namespace, model: SPAIModel) -> Iterator[Route | None]:
+    """For ``spai test`` / ``spai calibrate``: None for the default route (the model itself, on its device),
+    else the entered route of the job the arguments ask for."""
+    if args.backend in (None, "torch") and args.precision == "fp32" and not args.chunk_size:  # the reference
+        yield None
+        return
+    asked = dataclasses.replace(job_from_args(args, model.device.type), model=model.cfg.MODEL.NAME, checkpoint=None)
+    job, _ = resolved_job(asked, model)
+    with open_route(job, model) as route:
+        yield route
+
+
+def _may_run_ort(job: ScoringJob) -> bool:
+    if job.precision == "auto":
+        return job.backend != "torch"
+    return job.backend_and_precision()[0] == "ort"
 
 
 def torch_device(args: argparse.Namespace) -> str:
@@ -56,7 +96,7 @@ def torch_device(args: argparse.Namespace) -> str:
     device = getattr(args, "device", None) or "cpu"
     if device == "cpu":
         return device
-    check_gpu_route(args)
+    check_gpu_job(job_from_args(args, device))
     import torch
 
     if not torch.cuda.is_available():
@@ -65,30 +105,11 @@ def torch_device(args: argparse.Namespace) -> str:
     return device
 
 
-def check_gpu_route(args: argparse.Namespace) -> None:
+def check_gpu_job(job: ScoringJob) -> None:
     """On a GPU the routes are torch fp32 / fp16 / bf16: refuse a CPU route (int8 / ort) asked for by name."""
     from spai.infer.routes import resolve_gpu_route
 
-    if args.precision != "auto":
-        resolve_gpu_route(args.backend, args.precision)
-    elif args.backend not in (None, "torch", "auto"):
-        resolve_gpu_route(args.backend, "fp32")
-
-
-def gpu_route(args: argparse.Namespace, model: SPAIModel) -> tuple[str, str]:
-    """(backend, precision) for a model on a GPU, printed to stderr with why: fp32 as asked; fp16 / bf16 only
-    where they passed their parity gate for this model on this GPU; ``auto`` the fastest route that passed."""
-    from spai.infer.routes import choose_route, require_passed, resolve_gpu_route
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr)
-
-    if args.precision == "auto":
-        choice = choose_route(model, backend="torch", say=say)
-    else:
-        choice = require_passed(model, resolve_gpu_route(args.backend, args.precision)[1], say=say)
-    say(choice.reason)
-    return choice.backend, choice.precision
+    resolve_gpu_route(job.backend, "fp32" if job.precision == "auto" else job.precision)
 
 
 def cached_export(model: SPAIModel) -> str:
@@ -103,40 +124,12 @@ def cached_export(model: SPAIModel) -> str:
     return str(folder)
 
 
-@contextlib.contextmanager
-def route_runners(model: SPAIModel | None, backend: str, precision: str, onnx_dir: str | None = None,
-                  chunk: int | None = None) -> Iterator[Route]:
-    """The entered :class:`spai.infer.runners.Route` of a route; ``ort`` without ``onnx_dir`` exports ``model`` to a
-    temporary folder first (and builds its int8 encoder for int8)."""
-    from spai.infer.routes import runners_for
-
-    with contextlib.ExitStack() as stack:
-        if backend == "ort":
-            if not onnx_dir:
-                onnx_dir = exported(model, precision, stack.enter_context(tempfile.TemporaryDirectory()))
-            model = None  # the ORT route needs the graphs only (the caller may free the torch weights)
-        yield stack.enter_context(runners_for(backend, precision, model=model, onnx_dir=onnx_dir, chunk=chunk))
-
-
-@contextlib.contextmanager
-def scoring_runners(args: argparse.Namespace, model: SPAIModel) -> Iterator[Route | None]:
-    """For ``spai test`` / ``spai calibrate``: None for the default route (the model itself, on its device),
-    else the entered route the arguments ask for."""
-    if args.backend in (None, "torch") and args.precision == "fp32" and not args.chunk_size:  # the reference
-        yield None
-        return
-    backend, precision, onnx_dir = chosen_route(args, model)
-    with route_runners(model, backend, precision, onnx_dir=onnx_dir, chunk=args.chunk_size) as route:
-        yield route
-
-
 def exported(model: SPAIModel, precision: str, folder: str) -> str:
     """Export ``model`` to ONNX in ``folder`` (and its int8 encoder for ``precision`` int8)."""
     from export.onnx import onnx_from_torch
     from export.quantize import patch_encoder_int8
 
-    print(f"exporting the model to ONNX in {folder} (run `spai export` once and pass --onnx to skip this) ...",
-          file=sys.stderr)
+    log.info("exporting the model to ONNX in %s (run `spai export` once and pass --onnx to skip this) ...", folder)
     graphs = onnx_from_torch(model, folder)
     if precision == "int8":
         patch_encoder_int8(graphs.patch_encoder)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spai.corpus.inputs import InputRef, is_url, iter_inputs, todo_inputs
-from spai.corpus.writers import ROWS_PER_GROUP, ScoreWriter, done_inputs, open_score_writer
+from spai.corpus.writers import FLUSH_SECONDS, ROWS_PER_GROUP, ScoreWriter, done_inputs, open_score_writer
 from spai.errors import ImageError, SPAIError
 from spai.infer.scores import CSV_FIELDS, FlaggedCount, ImageScore
 from spai.lazy import lazy_import
@@ -29,15 +29,16 @@ def add_corpus_arguments(p: argparse.ArgumentParser, output_required: bool = Fal
                    "(paths from standard input) or URLs (s3://, gs://, https://, file://; a URL ending in / "
                    "names every image under it)")
     p.add_argument("-o", "--output", required=output_required,
-                   help=f"scores file, CSV or .parquet, written row by row: {', '.join(CSV_FIELDS)}")
+                   help=f"scores file, CSV or .parquet (a folder of part files), written as rows finish: "
+                        f"{', '.join(CSV_FIELDS)}")
     p.add_argument("--resume", action="store_true",
                    help="continue into an existing -o: score only the inputs it does not hold yet (or that "
                         "changed since, or failed)")
     p.add_argument("--window", type=int, default=16,
                    help="at most this many images read ahead and in flight (bounds memory; default 16)")
     p.add_argument("--row-group", type=int, default=ROWS_PER_GROUP,
-                   help=f"Parquet: rows per row group, each on disk once full (default {ROWS_PER_GROUP}; a kill "
-                        "loses at most the unfinished one)")
+                   help=f"Parquet: rows per part file, each on disk once full or {FLUSH_SECONDS:g} s old (default "
+                        f"{ROWS_PER_GROUP}; a kill loses at most the unfinished one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,7 +60,8 @@ def scores_output(args: argparse.Namespace) -> Iterator[ScoreWriter | None]:
     if is_url(args.output):
         raise SPAIError(f"-o {args.output}: scores are written to a local file (appended row by row, synced, "
                         "resumable), not to object storage; write them locally (-o scores.parquet) and copy the "
-                        "file when the run is done (e.g. aws s3 cp scores.parquet s3://bucket/).")
+                        "folder when the run is done (e.g. aws s3 cp --recursive scores.parquet "
+                        "s3://bucket/scores.parquet/).")
     with open_score_writer(args.output, resume=args.resume, rows_per_group=args.row_group) as writer:
         yield writer
 

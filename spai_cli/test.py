@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from spai.lazy import lazy_import
-from spai_cli.routes import add_route_arguments, scoring_runners
+from spai_cli.routes import add_route_arguments, scoring_route
 
 torch = lazy_import("torch")
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"Cannot create output directory {output}: {e.strerror}.") from e
     paths = [Path(c) for c in args.csv]
     summary = {}
-    with scoring_runners(args, model) as route:
+    with scoring_route(args, model) as route:
         for path, name in zip(paths, unique_names(paths)):
             m = test_csv(model, path, output, name, args.split, args.root, args.strict, args.batch_size,
                          args.workers, not args.no_progress, route)

@@ -135,12 +135,10 @@ def write_bad_checkpoints(model: Any, folder: Path) -> dict[str, tuple[Path, str
 
 
 def rows_on_disk(out: Path) -> int:
-    """Rows a scoring run has made durable so far: CSV lines past the header, or Parquet row-group part files."""
-    from spai.corpus.writers import parts_dir
-
+    """Rows a scoring run has made durable so far: CSV lines past the header, or Parquet part files."""
     if out.suffix == ".csv":
         return max(0, out.read_bytes().count(b"\n") - 1) if out.exists() else 0
-    return len(list(parts_dir(out).glob("part-*.parquet"))) if parts_dir(out).is_dir() else 0
+    return len(list(out.glob("part-*.parquet")))
 
 
 def run_spai_killed_at(args: list[str], out: Path, kill_after: int | None, poll_s: float = 0.02) -> int | None:

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,6 +174,8 @@ def measure(args: argparse.Namespace, workdir: Path, export: Path, command: str,
         images = make_images(workdir / f"images-{n}", n)
         for fmt in args.formats:
             out = workdir / f"{command}-{n}{SUFFIX[fmt]}"
+            if out.is_dir():  # Parquet: a folder of parts
+                shutil.rmtree(out)
             out.unlink(missing_ok=True)
             argv = command_argv(command, images, out, export, url)
             peak, wall = run_child(["-m", "spai_cli", *argv], workdir / f"{command}-{n}-{fmt}.log", env)

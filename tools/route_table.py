@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -51,11 +52,11 @@ def measured_row(label: str, model: Any, folder: Path) -> dict[str, Any]:
     patch_encoder_int8(graphs.patch_encoder)
     here = cpu_flags() | {"avx512_bf16"}  # bf16 gated here even where it is emulated (its speed says so)
     identity = cpu_identity(cpu_flags())
-    say = lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True)  # noqa: E731
-    choose_route(model, onnx_dir=folder, flags=cpu_flags(), say=say)
+    print(f"[{label}] gating and probing its routes on this CPU ...", file=sys.stderr, flush=True)
+    choose_route(model, onnx_dir=folder, flags=cpu_flags())
     evidence = evidence_for(model, folder)
     if cpu_identity(here) != identity:  # this CPU lacks native bf16: gate it all the same, under its own name
-        choose_route(model, onnx_dir=folder, flags=here, say=say)
+        choose_route(model, onnx_dir=folder, flags=here)
         evidence = evidence_for(model, folder)
         evidence.cpus[identity] = evidence.cpus[cpu_identity(here)]
     measured = evidence.cpus[identity]
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="configs scored with seeded random weights")
     p.add_argument("-o", "--output", help="also write the markdown here")
     args = p.parse_args(argv)
+    logging.basicConfig(format="  %(message)s")  # the library's progress (spai.infer: gating, probing) on stderr
+    logging.getLogger("spai").setLevel(logging.INFO)
     sources = ([("trained demo (spai-tiny)", args.trained)] if args.trained else []) + \
         [(f"{m} (random)", m) for m in args.models]
     rows = []

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     import spai
-    from spai.corpus.writers import write_scores_csv
+    from spai.corpus.writers import open_score_writer
     from spai.review.heatmaps import save_heatmap
     from spai.review.report import html_report_from_scores
 
@@ -65,7 +65,9 @@ def main() -> None:
                 save_heatmap(s.image, s.attention, run / "heatmaps" / f"{Path(s.image).stem}.heatmap.png",
                              probability=s.probability, decision=s.decision, operating_point=s.operating_point)
         Path(names[1]).unlink()  # a file gone since it was scored
-        write_scores_csv(scores, run / "scores.csv")
+        with open_score_writer(run / "scores.csv", resume=False) as writer:
+            for s in scores:
+                writer.write(s)
         html_report_from_scores("scores.csv", "report.html", heatmaps="heatmaps")
         _screenshot(run / "report.html", OUT / "report.png")
 

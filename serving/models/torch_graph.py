@@ -105,7 +105,7 @@ class TorchGraph:
         model = spai.create_model(checkpoint=settings.checkpoint, device=device)
         if settings.graph == "patch_encoder" and settings.precision != "fp32":
             # served only where it passed its parity gate for this checkpoint on this GPU (gated once, then kept)
-            log.info(require_passed(model, settings.precision, say=log.info).reason)
+            log.info(require_passed(model, settings.precision).reason)
         self.settings, self.device = settings, device
         self.runner = torch_runner(model, settings.graph, settings.precision, settings.max_rows)
         if settings.graph == "aggregator" and settings.max_rows:  # the encoder's limit is its max_batch

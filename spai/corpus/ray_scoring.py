@@ -2,8 +2,8 @@
 
 listing (an iterator of :class:`spai.corpus.inputs.InputRef`, already filtered by ``--resume``) -> windows of
 :data:`WINDOW` refs -> ``ray.data.from_items`` -> read bytes (``map_batches`` with :func:`spai.corpus.inputs.read_input`)
--> ``map_batches`` over a pool of :class:`ScoringActor` (each builds the route of ``spai predict`` once and scores
-through :class:`spai.infer.scorer.Scorer`) -> rows back on the driver (``iter_batches``), written by the
+-> ``map_batches`` over a pool of :class:`ScoringActor` (each opens the job's scorer once,
+:func:`spai.infer.job.open_scorer`, as ``spai predict`` does) -> rows back on the driver (``iter_batches``), written by the
 :class:`spai.corpus.writers.ScoreWriter` as blocks arrive, so a killed run resumes like ``spai predict``.
 
 Why windows: Ray Data plans a dataset from a list held by the driver; a window bounds that list, so a corpus of
@@ -16,16 +16,14 @@ whose workers need this package and the same checkpoint path (or ``--onnx`` fold
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import copy
 import inspect
 import itertools
 import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +31,10 @@ import numpy as np
 
 from spai.corpus.inputs import InputRef, read_input, score_inputs
 from spai.errors import ConfigError, ImageError, SPAIError, error_chain
+from spai.infer.job import ScoringJob, open_scorer
 from spai.infer.prepare import InputLimits
 from spai.infer.scorer import Scorer
-from spai.infer.scores import ImageScore
+from spai.infer.scores import COLUMNS, KEY_FIELDS, Column, ImageScore
 from spai.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -48,9 +47,6 @@ WINDOW = 20_000  # refs per dataset execution: bounds driver memory; one actor-p
 BATCH = 8  # images per actor call: small, so rows reach the writer (and resume) soon after they are scored
 DECODE_THREADS = 2  # threads of an actor decoding a block's images ahead of its scorer (as spai predict's --workers)
 READ_CPUS = 0.25  # logical CPUs of one read task: reading is I/O; the cores are left to the scorers
-
-ScorerFactory = Callable[[argparse.Namespace], contextlib.AbstractContextManager[Scorer]]
-
 
 @dataclass(frozen=True)
 class ActorPlan:
@@ -138,14 +134,16 @@ def read_batch(batch: dict[str, np.ndarray], limits: InputLimits) -> dict[str, n
 
 
 class ScoringActor:
-    """One scorer of the pool: the route ``factory(args)`` builds (what ``spai predict`` builds), entered once for
-    the actor's life, scoring a block's images as ``spai predict`` does (so the scores are its scores)."""
+    """One scorer of the pool: the job's scorer (:func:`spai.infer.job.open_scorer`, as ``spai predict`` opens
+    it), entered once for the actor's life, scoring a block's images as ``spai predict`` does (so the scores are
+    its scores). A GPU job runs on the GPU Ray assigned (CUDA_VISIBLE_DEVICES), resolving fp16 / bf16 / auto
+    against that GPU's own evidence."""
 
-    def __init__(self, factory: ScorerFactory, args: argparse.Namespace, threads: int) -> None:
+    def __init__(self, job: ScoringJob, threads: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # torch reads it at import (Ray sets it to the CPU share)
-        self.args = copy.copy(args)  # with a GPU, args.device is "cuda": the one Ray assigned (CUDA_VISIBLE_DEVICES)
+        self.job = job
         self.stack = contextlib.ExitStack()
-        self.scorer: Scorer = self.stack.enter_context(factory(self.args))
+        self.scorer: Scorer = self.stack.enter_context(open_scorer(job))
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(threads)
@@ -163,61 +161,47 @@ class ScoringActor:
             return bytes(data)
 
         refs = list(refs_from_batch(batch))
-        scores = list(score_inputs(self.scorer, refs, self.args.operating_point, len(refs), DECODE_THREADS, fetch))
+        scores = list(score_inputs(self.scorer, refs, self.job.operating_point, len(refs), DECODE_THREADS, fetch))
         for row in scores:
             row.attention = None  # not written: keep it out of the object store
         return {"key": batch["key"], "size": batch["size"], "mtime": batch["mtime"], **columns_from_scores(scores)}
 
 
 def columns_from_scores(scores: list[ImageScore]) -> dict[str, np.ndarray]:
-    """Scores as the columns of a Ray block (NaN / -1 for the empty fields of an error row)."""
-    def floats(values: Iterable[float | None]) -> np.ndarray:
-        return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-    return {"image": np.array([s.image for s in scores], dtype=object),
-            "probability": floats(s.probability for s in scores), "logit": floats(s.logit for s in scores),
-            "decision": np.array([-1 if s.decision is None else int(s.decision) for s in scores], dtype=np.int8),
-            "operating_point": np.array([s.operating_point for s in scores], dtype=object),
-            "num_patches": np.array([s.num_patches for s in scores], dtype=np.int64),
-            "latency_ms": np.array([s.latency_ms for s in scores], dtype=np.float64),
-            "error": np.array([s.error for s in scores], dtype=object)}
+    """Scores as the columns of a Ray block: the row's columns (:data:`spai.infer.scores.COLUMNS`) less the resume
+    key, which the ref's columns carry; a missing value as numpy holds an Arrow null: NaN in a number (or bool)
+    column, None in a text one (:meth:`ImageScore.from_record` reads both back as None)."""
+    return {c.name: np.array([getattr(s, c.name) for s in scores], dtype=object if c.kind is str else np.float64)
+            for c in COLUMNS if c.name not in KEY_FIELDS}
 
 
 def columns_from_refs(refs: Iterable[InputRef]) -> list[dict[str, Any]]:
-    """Refs as the items of a Ray dataset (-1 / NaN where a size / mtime is unknown: columns stay typed)."""
-    return [{"key": r.key, "size": -1 if r.size is None else int(r.size),
-             "mtime": math.nan if r.mtime is None else float(r.mtime)} for r in refs]
+    """Refs as the items of a Ray dataset (None where a size / mtime is unknown: Arrow's null)."""
+    return [{"key": r.key, "size": r.size, "mtime": r.mtime} for r in refs]
 
 
 def refs_from_batch(batch: dict[str, np.ndarray]) -> Iterator[InputRef]:
-    """The inverse of :func:`columns_from_refs`."""
-    for key, size, mtime in zip(batch["key"], batch["size"], batch["mtime"], strict=True):
-        yield InputRef(str(key), None if int(size) < 0 else int(size), None if math.isnan(mtime) else float(mtime))
+    """The inverse of :func:`columns_from_refs` (null, or NaN, its numpy form, reads back as None)."""
+    size, mtime = Column("size", int), Column("mtime", float)
+    for key, s, m in zip(batch["key"], batch["size"], batch["mtime"], strict=True):
+        yield InputRef(str(key), size.parse(s), mtime.parse(m))
 
 
 def scores_from_batch(batch: dict[str, np.ndarray]) -> Iterator[tuple[InputRef, ImageScore]]:
     """Each row of a scored block: its input ref and its :class:`ImageScore` (the inverse of
-    :func:`columns_from_scores`)."""
-    def num(column: str, i: int) -> float | None:
-        v = float(batch[column][i])
-        return None if math.isnan(v) else v
-
+    :func:`columns_from_scores`; the ref's size and mtime are its resume key)."""
+    names = [c.name for c in COLUMNS if c.name not in KEY_FIELDS]
     for i, ref in enumerate(refs_from_batch(batch)):
-        decision = int(batch["decision"][i])
-        score = ImageScore(str(batch["image"][i]), num("probability", i), num("logit", i), int(batch["num_patches"][i]),
-                           float(batch["latency_ms"][i]), str(batch["error"][i]),
-                           decision=None if decision < 0 else bool(decision),
-                           operating_point=str(batch["operating_point"][i]), size_bytes=ref.size, mtime=ref.mtime)
-        yield ref, score
+        row = {name: batch[name][i] for name in names}
+        yield ref, ImageScore.from_record({**row, "size_bytes": ref.size, "mtime": ref.mtime})
 
 
-def scored_window(refs: list[InputRef], plan: ActorPlan, factory: ScorerFactory, args: argparse.Namespace,
-                  limits: InputLimits) -> Iterator[tuple[InputRef, ImageScore]]:
+def scored_window(refs: list[InputRef], plan: ActorPlan, job: ScoringJob) -> Iterator[tuple[InputRef, ImageScore]]:
     """One window through the pipeline; rows as their blocks arrive (in no particular order)."""
     items = columns_from_refs(refs)
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / BATCH)))
-    ds = ds.map_batches(read_batch, fn_kwargs={"limits": limits}, batch_size=BATCH, num_cpus=READ_CPUS)
-    ds = ds.map_batches(ScoringActor, fn_constructor_kwargs={"factory": factory, "args": args,
-                                                             "threads": plan.threads},
+    ds = ds.map_batches(read_batch, fn_kwargs={"limits": job.limits}, batch_size=BATCH, num_cpus=READ_CPUS)
+    ds = ds.map_batches(ScoringActor, fn_constructor_kwargs={"job": job, "threads": plan.threads},
                         batch_size=BATCH, compute=actor_pool(plan.actors),
                         num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
     try:
@@ -251,31 +235,20 @@ def user_error(error: BaseException) -> SPAIError | None:
     return next((e for e in chain if isinstance(e, SPAIError)), None)
 
 
-ActorArgs = Callable[[argparse.Namespace, ActorPlan], argparse.Namespace]
-
-
-def predict_with_ray(args: argparse.Namespace, inputs: Iterator[InputRef], writer: ScoreWriter, *,
-                     scorer_factory: ScorerFactory, actor_args: ActorArgs) -> int:
-    """Score ``inputs`` on Ray (``args``: ``spai predict``'s, with ``address``, ``actors`` and ``device``) and write
-    each row with ``writer`` as it arrives; the number of rows written. ``actor_args(args, plan)`` runs once on
-    the driver: it checks and fixes what every actor scores with (so a bad checkpoint fails once, here);
-    ``scorer_factory`` enters that route in every actor (``spai predict``'s own builder: both engines score
-    alike)."""
-    limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+def score_with_ray(job: ScoringJob, plan: ActorPlan, inputs: Iterator[InputRef], writer: ScoreWriter,
+                   progress: bool = True) -> int:
+    """Score ``inputs`` with ``plan``'s actors on the running Ray (:func:`ray_started`), each opening ``job``'s
+    scorer (resolved on the driver: a bad checkpoint or operating point fails there, once), and write each row with
+    ``writer`` as it arrives; the number of rows written."""
+    _quiet_ray_data()
     written = 0
-    with ray_started(getattr(args, "address", None)):
-        _quiet_ray_data()
-        plan = plan_from_nodes(live_nodes(), getattr(args, "actors", None), getattr(args, "device", None) != "cpu")
-        fixed = actor_args(args, plan)
-        print(f"ray: {plan.actors} scorer actor(s), {plan.num_gpus or plan.threads} "
-              f"{'GPU' if plan.num_gpus else 'CPU thread(s)'} each", file=sys.stderr)
-        with tqdm.tqdm(desc="scoring (ray)", unit="img", file=sys.stderr, disable=True if args.no_progress else None,
-                       dynamic_ncols=True) as bar:
-            for window in windows(inputs, WINDOW):
-                for _, score in scored_window(window, plan, scorer_factory, fixed, limits):
-                    writer.write(score)
-                    written += 1
-                    bar.update()
+    with tqdm.tqdm(desc="scoring (ray)", unit="img", file=sys.stderr, disable=None if progress else True,
+                   dynamic_ncols=True) as bar:
+        for window in windows(inputs, WINDOW):
+            for _, score in scored_window(window, plan, job):
+                writer.write(score)
+                written += 1
+                bar.update()
     return written
 
 

@@ -9,77 +9,58 @@ what :func:`done_inputs` lacks):
 
 - CSV: each row is written and flushed as it finishes (fsync every few seconds and at close), so a kill loses at
   most the row being written; resuming first cuts a torn last row (and a torn header) off, then appends.
-- Parquet: a Parquet file is only readable once its footer is written, so rows are first written in row groups of
-  their own: each group (every :data:`ROWS_PER_GROUP` rows or :data:`FLUSH_SECONDS`) becomes a complete file
-  ``part-NNNNNN.parquet`` in the hidden sidecar folder ``.<name>.parts/`` beside the output, under a temporary name
-  renamed when complete (a part is whole or absent). Closing merges the previous output (if any) and the parts, one
-  row group per part, the last row per image kept, into the output (again renamed when complete) and removes the
-  sidecar. A kill loses at most the rows of the unfinished group; resuming reads the output and the parts (a part
-  that cannot be read is dropped: its rows are scored again). Until the run closes, the output is the previous
-  file (or absent) and the rows so far are in the sidecar.
+- Parquet: the output is a directory of part files (as ``pyarrow.dataset.write_dataset`` and Ray's
+  ``write_parquet`` write them; ``pyarrow.dataset.dataset(path)`` and ``pandas.read_parquet(path)`` read it, skipping
+  hidden files): every :data:`ROWS_PER_GROUP` rows or :data:`FLUSH_SECONDS`, the pending rows become one complete
+  file ``part-NNNNNN.parquet``, written under a hidden temporary name and renamed (a part is whole or absent). A kill
+  loses at most the pending rows; resuming removes leftover temporary files and any part that cannot be read (its
+  rows are scored again), then writes the next parts. A single Parquet file (what earlier versions wrote) is read too.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import logging
 import os
-import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from spai.errors import DataError, SPAIError
 from spai.files import atomic_path
-from spai.infer.scores import CSV_FIELDS, FlaggedCount, ImageScore, csv_row_from_record, record_from_csv_row
+from spai.infer.scores import COLUMNS, CSV_FIELDS, ImageScore, csv_row_from_record, record_from_csv_row
 from spai.lazy import lazy_import
 
+log = logging.getLogger(__name__)
 pa = lazy_import("pyarrow")
 pq = lazy_import("pyarrow.parquet")
 
 ROWS_PER_GROUP = 1000
 FLUSH_SECONDS = 10.0
 FSYNC_SECONDS = 5.0
-
-
-def write_scores_csv(scores: Sequence[ImageScore], path: str | Path) -> Path:
-    """One CSV schema for every scorer: :data:`CSV_FIELDS`, one row per image (the whole file at once)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # surrogateescape: a non-UTF-8 file name is written back byte for byte instead of crashing the run
-    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-        writer.writeheader()
-        writer.writerows(s.row() for s in scores)
-    return path
-
-
-def flagged_summary(scores: Iterable[ImageScore]) -> str:
-    """The closing line of ``spai predict`` / ``spai score``: how many scored images were flagged, and where."""
-    count = FlaggedCount()
-    for s in scores:
-        count.add(s)
-    return count.summary()
+PART_GLOB = "part-[0-9][0-9][0-9][0-9][0-9][0-9].parquet"  # what this writer names its parts
 
 
 def is_parquet_path(path: str | os.PathLike) -> bool:
-    """Outputs are Parquet by suffix (``.parquet`` / ``.pq``), CSV otherwise."""
-    return Path(path).suffix.lower() in (".parquet", ".pq")
+    """Outputs are Parquet by suffix (``.parquet`` / ``.pq``), CSV otherwise; a directory is read as Parquet parts."""
+    return Path(path).suffix.lower() in (".parquet", ".pq") or Path(path).is_dir()
 
 
-def parts_dir(path: str | os.PathLike) -> Path:
-    """The sidecar folder of a Parquet output's row groups while a run is writing it."""
-    p = Path(path)
-    return p.parent / f".{p.name}.parts"
+def arrow_schema() -> Any:
+    """The row (:data:`~spai.infer.scores.COLUMNS`) as Arrow columns, each nullable: a Parquet part's schema."""
+    return pa.schema([(c.name, pa.from_numpy_dtype(np.dtype(c.kind))) for c in COLUMNS])
 
 
-def _schema() -> Any:
-    return pa.schema([("image", pa.string()), ("probability", pa.float64()), ("logit", pa.float64()),
-                      ("decision", pa.bool_()), ("operating_point", pa.string()), ("num_patches", pa.int64()),
-                      ("latency_ms", pa.float64()), ("error", pa.string()), ("size_bytes", pa.int64()),
-                      ("mtime", pa.float64())])
+def parquet_files(path: Path) -> list[Path]:
+    """A Parquet output's files in written order: a directory's parts (what pyarrow.dataset reads: hidden names
+    and ``_`` names left out), or the file itself."""
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return [path] if path.exists() else []
 
 
 class ScoreWriter:
@@ -140,17 +121,14 @@ class CsvScoreWriter(ScoreWriter):
 
 
 class ParquetScoreWriter(ScoreWriter):
-    """Row groups as complete part files in the sidecar, merged into the output at close (module docstring)."""
+    """Rows in groups, each a complete part file of the output directory (module docstring)."""
 
     def __init__(self, path: Path, rows_per_group: int = ROWS_PER_GROUP, flush_s: float = FLUSH_SECONDS) -> None:
         super().__init__(path)
         self.rows_per_group, self.flush_s = rows_per_group, flush_s
-        self._parts = parts_dir(path)
-        self._parts.mkdir(parents=True, exist_ok=True)
-        self._seq = 1 + max((int(p.stem.split("-")[1]) for p in _part_files(self._parts)), default=0)
+        self._seq = 1 + max((int(p.stem[5:]) for p in path.glob(PART_GLOB)), default=0)
         self._pending: list[dict[str, Any]] = []
         self._flushed = time.monotonic()
-        self._closed = False
 
     def write_record(self, record: Mapping[str, Any]) -> None:
         self._pending.append({k: record.get(k) for k in CSV_FIELDS})
@@ -159,25 +137,18 @@ class ParquetScoreWriter(ScoreWriter):
             self.flush()
 
     def flush(self) -> None:
-        """Write the pending rows as one part (whole or absent, even if killed while writing)."""
+        """Write the pending rows as the next part (whole or absent, even if killed while writing)."""
         if self._pending:
-            table = pa.Table.from_pylist(self._pending, schema=_schema())
-            with atomic_path(self._parts / f"part-{self._seq:06d}.parquet", fsync=True) as tmp:
+            table = pa.Table.from_pylist(self._pending, schema=arrow_schema())
+            with atomic_path(self.path / f"part-{self._seq:06d}.parquet", fsync=True) as tmp:
                 pq.write_table(table, tmp)
+                os.chmod(tmp, 0o666 & ~_umask())  # a temporary file is private (0600); a part gets a new file's mode
             self._seq += 1
             self._pending = []
         self._flushed = time.monotonic()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         self.flush()
-        merge_parquet_parts(self.path)
-
-
-def _part_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("part-[0-9][0-9][0-9][0-9][0-9][0-9].parquet"))
 
 
 def _readable(path: Path) -> bool:
@@ -188,32 +159,6 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _parquet_sources(path: Path) -> list[Path]:
-    """The output (if any) then its parts, in the order their rows were written."""
-    parts = _part_files(parts_dir(path)) if parts_dir(path).is_dir() else []
-    return ([path] if path.exists() else []) + parts
-
-
-def merge_parquet_parts(path: Path) -> Path:
-    """Output + sidecar parts -> one Parquet file (one row group per source, the last row per image), renamed onto
-    ``path`` when complete; then the sidecar goes. Streams: only the images' names are held."""
-    sources = _parquet_sources(path)
-    last: dict[str, tuple[int, int]] = {}
-    for i, src in enumerate(sources):
-        for j, image in enumerate(pq.read_table(src, columns=["image"]).column("image").to_pylist()):
-            last[image] = (i, j)
-    with atomic_path(path, fsync=True) as tmp:
-        with pq.ParquetWriter(tmp, _schema()) as out:
-            for i, src in enumerate(sources):
-                table = pq.read_table(src, schema=_schema())
-                keep = [j for j, image in enumerate(table.column("image").to_pylist()) if last[image] == (i, j)]
-                if keep:
-                    out.write_table(table.take(keep) if len(keep) < table.num_rows else table)
-        os.chmod(tmp, 0o666 & ~_umask())  # a temporary file is private (0600); the output gets a new file's mode
-    shutil.rmtree(parts_dir(path), ignore_errors=True)
-    return path
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -221,15 +166,16 @@ def _umask() -> int:
 
 
 def repair_parquet(path: Path) -> None:
-    """Drop unreadable sidecar parts and leftover temporary files; refuse an unreadable output."""
-    if path.exists() and not _readable(path):
-        raise DataError(f"{path} is not a readable Parquet file; move it away and run again (or write to another "
-                        "path with -o).")
-    sidecar = parts_dir(path)
-    for leftover in [*path.parent.glob(f".{path.name}.*.partial"), *sidecar.glob(".*.partial")]:
+    """Remove what a killed run left: temporary files, parts that cannot be read; refuse a single-file output."""
+    if path.is_file():
+        raise DataError(f"{path} is one Parquet file (an earlier version's output); outputs are now folders of "
+                        f"parts. To resume into it: mv {path} {path}.old && mkdir {path} && mv {path}.old "
+                        f"{path}/part-000000.parquet; or write to a new path with -o.")
+    for leftover in path.glob(".*.partial"):
         leftover.unlink(missing_ok=True)
-    for part in _part_files(sidecar) if sidecar.is_dir() else []:
+    for part in parquet_files(path):
         if not _readable(part):
+            log.warning("%s cannot be read: removed, its rows are scored again", part)
             part.unlink()
 
 
@@ -267,11 +213,10 @@ def _complete_csv_end(path: Path) -> int:
 
 def open_score_writer(path: str | os.PathLike, *, resume: bool, rows_per_group: int = ROWS_PER_GROUP
                       ) -> ScoreWriter:
-    """A writer to ``path`` (Parquet by suffix, with ``rows_per_group``; else CSV). An existing output (or an
-    unfinished run's sidecar) is refused unless ``resume``: then it is repaired first and appended to."""
+    """A writer to ``path`` (Parquet by suffix: a folder of parts of ``rows_per_group`` rows; else CSV). An
+    existing output is refused unless ``resume``: then it is repaired first and appended to."""
     path = Path(path)
-    exists = path.exists() or (is_parquet_path(path) and parts_dir(path).is_dir())
-    if exists and not resume:
+    if path.exists() and not resume:
         raise SPAIError(f"{path} already exists (an earlier run's scores); pass --resume to score only the images "
                         "it does not hold yet, or choose another output with -o.")
     if is_parquet_path(path):
@@ -282,11 +227,11 @@ def open_score_writer(path: str | os.PathLike, *, resume: bool, rows_per_group: 
 
 
 def iter_score_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every typed row of a scores file in written order (a Parquet output's sidecar parts too; a CSV's torn last
-    row is skipped), duplicates included."""
+    """Every typed row of a scores file in written order (a Parquet output's parts one after the other, an
+    unreadable one left out; a CSV's torn last row is skipped), duplicates included."""
     path = Path(path)
     if is_parquet_path(path):
-        for src in _parquet_sources(path):
+        for src in parquet_files(path):
             if _readable(src):
                 for batch in pq.ParquetFile(src).iter_batches():
                     yield from batch.to_pylist()
@@ -327,6 +272,5 @@ def done_inputs(path: str | os.PathLike) -> dict[str, tuple[int | None, float | 
         if record.get("error"):
             done.pop(record["image"], None)
         else:
-            mtime = record.get("mtime")
-            done[record["image"]] = (record.get("size_bytes"), None if mtime is None or math.isnan(mtime) else mtime)
+            done[record["image"]] = (record.get("size_bytes"), record.get("mtime"))
     return done

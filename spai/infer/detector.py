@@ -5,25 +5,19 @@ prediction the same way)."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from spai.infer.images import ImageSource
+from spai.infer.job import ScoringJob, open_scorer
 from spai.infer.prepare import InputLimits
-from spai.infer.routes import choose_route, on_gpu, require_passed, resolve_gpu_route, resolve_route, runners_for
-from spai.infer.runners import Route, TorchRunner
-from spai.infer.scorer import Scorer
 from spai.infer.scores import ImageScore
 from spai.model import factory
 from spai.model.nn.spai_model import SPAIModel
-
-log = logging.getLogger(__name__)
-Say = Callable[[str], None]
 
 
 class SPAIDetector(SPAIModel):
@@ -41,30 +35,10 @@ class SPAIDetector(SPAIModel):
         this CPU; logged with why); on a GPU fp32 | fp16 | bf16 (autocast, where it passed) | auto. ``limits``:
         ``max_pixels`` / ``max_bytes`` for decoding. Every image is validated first; a bad one raises
         :class:`spai.ImageError`."""
-        if backend in (None, "torch") and precision == "fp32":  # the reference path, on any device
-            route = Route("torch-fp32", "fp32", TorchRunner(self, "patch_encoder", chunk_size),
-                          TorchRunner(self, "aggregator"))
-        else:
-            backend, precision = self.route_for(backend, precision, onnx_dir)
-            route = runners_for(backend, precision, model=self, onnx_dir=onnx_dir, chunk=chunk_size)
-        with route:
-            scorer = Scorer.for_route(route, limits=InputLimits(**limits), spec=self.patch_spec,
-                                      calibration=self.calibration)
+        job = ScoringJob(self.cfg.MODEL.NAME, None, onnx_dir, backend, precision, self.device.type, chunk_size,
+                         InputLimits(**limits), operating_point)
+        with open_scorer(job, model=self) as scorer:
             return scorer.score_images(images, operating_point)
-
-    def route_for(self, backend: str | None, precision: str, onnx_dir: str | os.PathLike | None = None,
-                  say: Say = log.info) -> tuple[str, str]:
-        """(backend, precision) of a route asked for by name: on a GPU fp16 / bf16 only where they passed their
-        gate; ``auto``: :func:`spai.infer.routes.choose_route`'s choice for this model on this device, told to
-        ``say`` with its reasons (default: this module's logger)."""
-        if precision != "auto" and on_gpu(self):
-            choice = require_passed(self, resolve_gpu_route(backend, precision)[1], say=say)
-        elif precision != "auto":
-            return resolve_route(backend, precision)
-        else:
-            choice = choose_route(self, onnx_dir=onnx_dir, backend=backend, say=say)
-        say(choice.reason)
-        return choice.backend, choice.precision
 
     def score(self, images: Sequence[ImageSource], chunk_size: int | None = None, **options: Any) -> np.ndarray:
         """Probabilities (1 = AI-generated; calibrated when the checkpoint is) for images of any size

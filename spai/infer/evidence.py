@@ -7,11 +7,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,7 @@ GATE_MAX_PIXELS = 1_000_000  # the project's generated images up to this size jo
 PROBE_PATCHES = 4  # patches a speed probe encodes after one warm-up call
 
 
-Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 def model_fingerprint(model: SPAIModel) -> str:
@@ -160,7 +161,8 @@ def evidence_for(model: SPAIModel, onnx_dir: str | os.PathLike | None = None) ->
 
 def _hold_bf16_rule(evidence: RouteEvidence, model: SPAIModel) -> None:
     """torch-bf16's verdicts and speeds hold while the route keeps the same layers in fp32 as when they were
-    measured (:func:`spai.model.nn.precision.bf16_fp32_layers`); measured with others, they are dropped (gated again)."""
+    measured (:func:`spai.model.nn.precision.bf16_fp32_layers`); measured with others, they are dropped (gated
+    again)."""
     torch = sys.modules.get("torch")  # a torch model means torch is imported; an ORT-only install has none
     if torch is None or not isinstance(model, torch.nn.Module):
         return
@@ -190,7 +192,7 @@ def record_verdicts(evidence: RouteEvidence, report: Any, identity: str) -> None
                           "date": datetime.date.today().isoformat()}
 
 
-def gate_routes(model: SPAIModel, routes: Sequence[Route], say: Say) -> Any:
+def gate_routes(model: SPAIModel, routes: Sequence[Route]) -> Any:
     """Gate entered ``routes`` against torch fp32 as ``spai export --precision`` does, smaller: random patches and
     the project's generated images up to :data:`GATE_MAX_PIXELS` (a route's gate runs once per model and device)."""
     from spai.data.samples import write_sample_images
@@ -200,8 +202,8 @@ def gate_routes(model: SPAIModel, routes: Sequence[Route], say: Say) -> Any:
     with tempfile.TemporaryDirectory() as folder:
         images = [p for p in write_sample_images(Path(folder))
                   if np.prod(decode_image(p).shape[:2]) <= GATE_MAX_PIXELS]
-        say(f"gating {', '.join(r.name for r in routes)} for this model on this device "
-            f"({GATE_PATCHES} random patches, {len(images)} images; once, then kept) ...")
+        log.info("gating %s for this model on this device (%d random patches, %d images; once, then kept) ...",
+                 ", ".join(r.name for r in routes), GATE_PATCHES, len(images))
         return compare_routes(model, routes, image_paths=images, n_random=GATE_PATCHES)
 
 
@@ -221,11 +223,11 @@ def probe_speed(route: Route) -> float:
     return done / (time.perf_counter() - start)
 
 
-def save_evidence(evidence: RouteEvidence, say: Say) -> None:
+def save_evidence(evidence: RouteEvidence) -> None:
     """Keep the evidence; an export folder that cannot be written keeps it in the cache instead."""
     try:
         evidence.save()
     except OSError as e:
         evidence.path = cache_dir() / "routes" / f"{evidence.fingerprint[:24]}.json"
-        say(f"cannot write route evidence beside the export ({e.strerror}); keeping it in {evidence.path}")
+        log.warning("cannot write route evidence beside the export (%s); keeping it in %s", e.strerror, evidence.path)
         evidence.save()

@@ -11,6 +11,7 @@ It lives in the library because choosing a CPU route (``--precision auto``, :mod
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from spai.infer.runners import Route, TorchRunner
 from spai.infer.scorer import Scorer
 from spai.model.calibration import UNCALIBRATED, Calibration, sigmoid
 from spai.model.specs import PATCHES_INPUT
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Gates:
     int8_max_dprob: float = 1e-2
     int8_max_flips: int = 0
 
+
 @dataclass
 class CompareResult:
     """Element-wise difference of two arrays; truthy when within ``atol``/``rtol`` (if given)."""
@@ -51,6 +55,7 @@ class CompareResult:
 
     def __bool__(self) -> bool:
         return self.passed
+
 
 def compare_outputs(ref: np.ndarray, test: np.ndarray, *, atol: float | None = None,
                     rtol: float | None = None) -> CompareResult:
@@ -65,6 +70,7 @@ def compare_outputs(ref: np.ndarray, test: np.ndarray, *, atol: float | None = N
     if atol is not None or rtol is not None:
         passed = passed and bool(np.all(diff <= (atol or 0.0) + (rtol or 0.0) * np.abs(ref64)))
     return CompareResult(max_abs, float(diff.mean()) if diff.size else 0.0, float(rel.max(initial=0.0)), passed)
+
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC by the rank-sum (Mann-Whitney) formula, ties sharing their mean rank (= scikit-learn's
@@ -106,6 +112,7 @@ def logit_parity(ref_logits: np.ndarray, test_logits: np.ndarray, labels: np.nda
             "auc_delta": None if auc_ref is None or auc_test is None else auc_test - auc_ref,
             "finite": bool(np.isfinite(test).all())}
 
+
 def random_patch_groups(n: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
     """``n`` random patches (uint8 pixel values, in the encoder's input dtype: floats scaled to [0, 1]) and a
     split of them into pseudo-images of 1..8 patches."""
@@ -116,6 +123,7 @@ def random_patch_groups(n: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
     pixels = rng.integers(0, 256, (n, *PATCHES_INPUT.shape), dtype=np.uint8)
     dtype = PATCHES_INPUT.np_dtype
     return (pixels if dtype == np.uint8 else (pixels.astype(dtype) / 255).astype(dtype)), counts
+
 
 @dataclass
 class ParityReport:
@@ -129,6 +137,7 @@ class ParityReport:
     @property
     def passed(self) -> bool:
         return not self.failures
+
 
 def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: bool) -> list[str]:
     if not hasattr(gates, f"{precision}_max_dprob"):
@@ -144,6 +153,7 @@ def _gate(name: str, precision: str, stats: dict, gates: Gates, flips_gated: boo
                      f"{stats['operating_point']} (allowed {max_flips})")
     return fails
 
+
 def image_logits(scorer: Scorer, images: Sequence[PreparedImage]) -> np.ndarray:
     """Raw logits of prepared images, all scored together (one request)."""
     (scores,) = scorer.score_prepared([list(images)])
@@ -151,12 +161,12 @@ def image_logits(scorer: Scorer, images: Sequence[PreparedImage]) -> np.ndarray:
         raise scores
     return np.array([s.logit for s in scores])
 
-def compare_routes(model: Any, routes: Sequence[Route], *,
-                     image_paths: Sequence[Path] = (), labels: np.ndarray | None = None, n_random: int = 256,
-                     gates: Gates | None = None, progress: Any = None) -> ParityReport:
+
+def compare_routes(model: Any, routes: Sequence[Route], *, image_paths: Sequence[Path] = (),
+                   labels: np.ndarray | None = None, n_random: int = 256, gates: Gates | None = None) -> ParityReport:
     """Compare each entered :class:`spai.infer.runners.Route` with PyTorch FP32, gated by its precision (fp32, fp16,
     bf16 or int8: the names of :class:`Gates`); the report is keyed by route name."""
-    gates, say = gates or Gates(), progress or (lambda _m: None)
+    gates = gates or Gates()
     report = ParityReport(gates=asdict(gates))
     calibration = getattr(model, "calibration", UNCALIBRATED)  # probabilities as users get them (spai.infer.scorer)
     if calibration.calibrated:
@@ -167,14 +177,14 @@ def compare_routes(model: Any, routes: Sequence[Route], *,
     images = [prepare_image(p, str(p), spec=model.patch_spec) for p in image_paths]
     ref_images = None
     if images:
-        say(f"scoring {len(images)} images with PyTorch ...")
+        log.info("scoring %d images with PyTorch ...", len(images))
         ref_images = image_logits(reference, images)
     patches, counts = random_patch_groups(n_random)
-    say(f"encoding {n_random} random patches with PyTorch ...")
+    log.info("encoding %d random patches with PyTorch ...", n_random)
     ref_feats, ref_random = reference.score_patch_groups(patches, counts)
     for route in routes:
         name, precision, scorer = route.name, route.precision, Scorer.for_route(route)
-        say(f"checking {name} ({precision}) ...")
+        log.info("checking %s (%s) ...", name, precision)
         entry: dict[str, Any] = {"precision": precision}
         feats, logits = scorer.score_patch_groups(patches, counts)
         entry["patch_features"] = asdict(compare_outputs(ref_feats, feats))
@@ -189,6 +199,7 @@ def compare_routes(model: Any, routes: Sequence[Route], *,
         report.notes.append(f"{len(images)} images at native resolution; labels from "
                             f"{'samples.csv' if labels is not None else 'PyTorch decisions'}")
     return report
+
 
 def enforce(report: ParityReport) -> None:
     """Raise :class:`spai.AccuracyError` (exit code 3) if a gate failed."""

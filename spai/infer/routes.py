@@ -23,7 +23,9 @@ A model on a CUDA GPU has its own routes (:data:`GPU_ROUTES`): ``torch-fp32`` an
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,6 @@ from spai.infer.cpu import cpu_flags, cpu_identity, cpu_routes, has_bf16
 from spai.infer.evidence import (
     PROBE_PATCHES,
     RouteEvidence,
-    Say,
     evidence_for,
     gate_routes,
     probe_speed,
@@ -60,6 +61,8 @@ ROUTES = (("torch", "fp32"), ("torch", "bf16"), ("ort", "fp32"), ("ort", "int8")
 # then the reference. TensorRT's fp16 engines are served by Triton (`spai export`).
 GPU_ROUTES = (("torch", "bf16"), ("torch", "fp16"), ("torch", "fp32"))
 GPU_PRECISIONS = ("fp32", "fp16", "bf16")
+
+log = logging.getLogger(__name__)
 
 
 def route_name(backend: str, precision: str, autocast_on_cpu: bool = False) -> str:
@@ -152,9 +155,6 @@ def _torch_route(model: SPAIModel | None, precision: str, chunk: int | None, aut
                  TorchRunner(model, "aggregator"))
 
 
-# --- Evidence: gate verdicts and speeds, per model and per CPU ------------------------------------------------------
-
-
 # --- auto: the fastest route that passed -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _has_graphs(onnx_dir: str | os.PathLike | None, precision: str) -> bool:
 
 
 def choose_route(model: SPAIModel, *, onnx_dir: str | os.PathLike | None = None, backend: str | None = None,
-                 flags: frozenset[str] | None = None, say: Say = lambda _line: None) -> RouteChoice:
+                 flags: frozenset[str] | None = None) -> RouteChoice:
     """The fastest route for this CPU (or the model's GPU) that passed its parity gate for ``model`` (module
     docstring): verdicts and speeds come from the model's evidence, and what is missing is measured once and kept.
     ONNX Runtime routes are candidates where ``onnx_dir`` holds their graphs. ``backend`` limits the candidates to
@@ -184,22 +184,51 @@ def choose_route(model: SPAIModel, *, onnx_dir: str | os.PathLike | None = None,
     flags = cpu_flags() if flags is None else flags
     identity = device_identity(model, flags)
     backend = None if backend == "auto" else backend
-    routes = list(GPU_ROUTES) if on_gpu(model) else cpu_routes(flags)
-    wanted = [r for r in routes if backend in (None, r[0])]
-    candidates = [r for r in wanted if r[0] == "torch" or _has_graphs(onnx_dir, r[1])]
+    wanted, candidates = _candidates(list(GPU_ROUTES) if on_gpu(model) else cpu_routes(flags), backend, onnx_dir)
     evidence = evidence_for(model, onnx_dir)
-    _gate_missing(model, evidence, identity, [r for r in candidates if r != ("torch", "fp32")], onnx_dir, say)
+    _gate_missing(model, evidence, identity, [r for r in candidates if r != ("torch", "fp32")], onnx_dir)
     passed = [r for r in candidates if r == ("torch", "fp32") or evidence.passed(identity, route_name(*r))]
     if not passed:
         raise ConfigError(f"no {backend} route passed its parity gate for this model on {identity}; use "
                           "--backend torch --precision fp32 (the reference).")
-    _probe_missing(model, evidence, identity, passed, onnx_dir, say)
+    _probe_missing(model, evidence, identity, passed, onnx_dir)
+    return _fastest(passed, wanted, candidates, evidence, identity)
+
+
+def choose_recorded_route(onnx_dir: str | os.PathLike, checkpoint_sha256: str, *, backend: str | None = None,
+                          flags: frozenset[str] | None = None) -> RouteChoice | None:
+    """``auto`` on this CPU from the evidence beside an export alone, without loading the model: the choice
+    :func:`choose_route` makes, where that evidence is this checkpoint file's (``checkpoint_sha256``) and holds every
+    candidate's verdict on this CPU and every passed route's speed; None where anything is missing (the model is
+    then needed to gate or probe)."""
+    evidence = RouteEvidence.load(Path(onnx_dir) / EVIDENCE_FILE, None)
+    if not checkpoint_sha256 or evidence.checkpoint_sha256 != checkpoint_sha256:
+        return None
+    flags = cpu_flags() if flags is None else flags
+    identity = cpu_identity(flags)
+    wanted, candidates = _candidates(cpu_routes(flags), None if backend == "auto" else backend, onnx_dir)
+    if any(evidence.verdict(identity, route_name(*r)) is None for r in candidates if r != ("torch", "fp32")):
+        return None
+    passed = [r for r in candidates if r == ("torch", "fp32") or evidence.passed(identity, route_name(*r))]
+    if any(evidence.speed(identity, route_name(*r)) is None for r in passed):
+        return None
+    return _fastest(passed, wanted, candidates, evidence, identity)
+
+
+def _candidates(routes: Sequence[tuple[str, str]], backend: str | None, onnx_dir: str | os.PathLike | None
+                ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the routes of ``backend``, those of them that can run: torch, or ORT where ``onnx_dir`` has the graphs)."""
+    wanted = [r for r in routes if backend in (None, r[0])]
+    return wanted, [r for r in wanted if r[0] == "torch" or _has_graphs(onnx_dir, r[1])]
+
+
+def _fastest(passed: list[tuple[str, str]], wanted: list[tuple[str, str]], candidates: list[tuple[str, str]],
+             evidence: RouteEvidence, identity: str) -> RouteChoice:
     best = max(passed, key=lambda r: evidence.speed(identity, route_name(*r)) or 0.0)
     return RouteChoice(*best, _reason(best, wanted, candidates, evidence, identity))
 
 
-def require_passed(model: SPAIModel, precision: str, *, autocast: bool | None = None,
-                   say: Say = lambda _line: None) -> RouteChoice:
+def require_passed(model: SPAIModel, precision: str, *, autocast: bool | None = None) -> RouteChoice:
     """A torch route asked for by name that runs only where it passed its parity gate: fp16 / bf16 under
     autocast for a model on a GPU (``autocast=True``: on this CPU, as tests gate them), gated once per model and
     device and kept in its evidence; :class:`ConfigError` with the verdict where it failed."""
@@ -210,8 +239,8 @@ def require_passed(model: SPAIModel, precision: str, *, autocast: bool | None = 
     evidence = evidence_for(model)
     if evidence.verdict(identity, name) is None:
         with runners_for("torch", precision, model=model, autocast=autocast) as route:
-            record_verdicts(evidence, gate_routes(model, [route], say), identity)
-        save_evidence(evidence, say)
+            record_verdicts(evidence, gate_routes(model, [route]), identity)
+        save_evidence(evidence)
     verdict = evidence.verdict(identity, name) or {}
     if not verdict.get("passed"):
         raise ConfigError(f"{name} failed its parity gate for this model on {identity} "
@@ -225,8 +254,8 @@ def require_passed(model: SPAIModel, precision: str, *, autocast: bool | None = 
 ORT_SERVED = ("fp32", "int8", "auto")  # what a Triton python-ort encoder can serve
 
 
-def served_ort_route(onnx_dir: str | os.PathLike, precision: str, flags: frozenset[str] | None = None,
-                     say: Say = lambda _line: None) -> RouteChoice:
+def served_ort_route(onnx_dir: str | os.PathLike, precision: str, flags: frozenset[str] | None = None
+                     ) -> RouteChoice:
     """The ONNX Runtime route a CPU server of ``onnx_dir`` (a ``spai export`` folder, without its model) runs:
     fp32 as asked; int8 only where its verdict on this CPU, for these very graph files, passed (ConfigError with
     the verdict and how to fix otherwise); ``auto`` the faster of the two where int8 passed (speeds probed once
@@ -251,9 +280,8 @@ def served_ort_route(onnx_dir: str | os.PathLike, precision: str, flags: frozens
     if precision == "int8":
         return RouteChoice("ort", "int8", f"route: ort-int8 (asked for; it passed its parity gate on {identity})")
     routes = [r for r in cpu_routes(flags) if r[0] == "ort"]
-    _probe_missing(None, evidence, identity, routes, folder, say)
-    best = max(routes, key=lambda r: evidence.speed(identity, route_name(*r)) or 0.0)
-    return RouteChoice(*best, _reason(best, routes, routes, evidence, identity))
+    _probe_missing(None, evidence, identity, routes, folder)
+    return _fastest(routes, routes, routes, evidence, identity)
 
 
 def _int8_not_passed(folder: Path, verdict: dict[str, Any] | None, identity: str) -> str:
@@ -265,7 +293,7 @@ def _int8_not_passed(folder: Path, verdict: dict[str, Any] | None, identity: str
 
 
 def _gate_missing(model: SPAIModel, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
-                  onnx_dir: str | os.PathLike | None, say: Say) -> None:
+                  onnx_dir: str | os.PathLike | None) -> None:
     missing = [r for r in routes if evidence.verdict(identity, route_name(*r)) is None]
     if not missing:
         return
@@ -273,21 +301,21 @@ def _gate_missing(model: SPAIModel, evidence: RouteEvidence, identity: str, rout
 
     with contextlib.ExitStack() as stack:
         entered = [stack.enter_context(runners_for(*r, model=model, onnx_dir=onnx_dir)) for r in missing]
-        record_verdicts(evidence, gate_routes(model, entered, say), identity)
-    save_evidence(evidence, say)
+        record_verdicts(evidence, gate_routes(model, entered), identity)
+    save_evidence(evidence)
 
 
 def _probe_missing(model: SPAIModel | None, evidence: RouteEvidence, identity: str, routes: list[tuple[str, str]],
-                   onnx_dir: str | os.PathLike | None, say: Say) -> None:
+                   onnx_dir: str | os.PathLike | None) -> None:
     missing = [r for r in routes if evidence.speed(identity, route_name(*r)) is None]
     for r in missing:
-        say(f"measuring the speed of {route_name(*r)} on this CPU (once) ...")
+        log.info("measuring the speed of %s on this CPU (once) ...", route_name(*r))
         with runners_for(*r, model=model, onnx_dir=onnx_dir) as route:
             rate = probe_speed(route)
         evidence.cpu(identity)["speeds"][route_name(*r)] = {"patches_per_s": round(rate, 3),
                                                             "probe_patches": PROBE_PATCHES}
     if missing:
-        save_evidence(evidence, say)
+        save_evidence(evidence)
 
 
 def _reason(best: tuple[str, str], wanted: list[tuple[str, str]], candidates: list[tuple[str, str]],

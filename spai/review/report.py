@@ -1,7 +1,8 @@
 """A run's scores as one static page a reviewer triages from: ``spai report SCORES -o report.html``.
 
-Reads any scores file that ``spai predict`` / ``spai score`` write (CSV or Parquet) through
-:func:`spai.corpus.writers.read_score_rows`, by column name, so extra columns are fine. The page
+Reads any scores file that ``spai predict`` / ``spai score`` write (CSV, or Parquet: a folder of parts or one file)
+through :func:`spai.corpus.writers.read_score_rows`, by column name, so extra columns are fine; each row is an
+:class:`spai.infer.scores.ImageScore` (:meth:`~spai.infer.scores.ImageScore.from_record`). The page
 (:mod:`spai.review.page`) is self-contained: rows as embedded JSON, plain JS for filter / search / paging, an
 inline SVG histogram. Images: small JPEG thumbnails are embedded for a bounded number of rows (flagged first, the
 most probable first), the rest link the local originals relative to the page, loaded only when their page is
@@ -16,30 +17,29 @@ import base64
 import concurrent.futures
 import csv
 import io
-import math
 import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from PIL import Image
 
-from spai.corpus.writers import is_parquet_path, read_score_rows
+from spai.corpus.writers import is_parquet_path, parquet_files, read_score_rows
 from spai.errors import DataError, ImageError
 from spai.files import atomic_path
 from spai.infer.images import DEFAULT_MAX_PIXELS, load_image
+from spai.infer.scores import ImageScore
 from spai.lazy import lazy_import
 from spai.review.page import ReportSummary, Threshold, render_page
 
 pq = lazy_import("pyarrow.parquet")
 tqdm = lazy_import("tqdm")
 
-__all__ = ["ReportSummary", "ReviewRow", "Threshold", "html_report_from_scores", "review_order",
+__all__ = ["ReportSummary", "Threshold", "html_report_from_scores", "review_order",
            "review_rows_from_scores", "threshold_from_rows"]
 
 REQUIRED_COLUMNS = ("image", "probability")
@@ -52,64 +52,6 @@ HISTOGRAM_BINS = 40
 NOT_EMBEDDED, UNREADABLE = -1, -2  # a row's thumbnail slot when it has no embedded thumbnail
 
 
-@dataclass(frozen=True)
-class ReviewRow:
-    """One scores-file row, typed: what the page shows of an image."""
-
-    image: str
-    probability: float | None = None
-    logit: float | None = None
-    decision: bool | None = None
-    operating_point: str = ""
-    num_patches: int | None = None
-    latency_ms: float | None = None
-    error: str = ""
-
-
-def _number(value: Any, kind: type, column: str, where: str) -> Any:
-    if kind is float and isinstance(value, str) and value:
-        try:  # the common case first: a CSV cell holding a number
-            number = float(value)
-            return number if math.isfinite(number) else None
-        except ValueError:
-            pass
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: column {column!r} holds {value!r}, not a number; is this a scores file written "
-                        "by `spai predict -o` / `spai score -o`?") from e
-
-
-def _decision(value: Any, where: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("", "nan", "none"):
-        return None
-    if text in ("1", "1.0", "true"):
-        return True
-    if text in ("0", "0.0", "false"):
-        return False
-    raise DataError(f"{where}: column 'decision' holds {value!r}; a scores file has 1 (flagged), 0 or nothing.")
-
-
-def review_row_from_record(record: dict[str, Any], where: str) -> ReviewRow:
-    """A raw row (CSV strings or Parquet values) -> :class:`ReviewRow`; a malformed value names its row."""
-    return ReviewRow(
-        image=str(record.get("image") or ""),
-        probability=_number(record.get("probability"), float, "probability", where),
-        logit=_number(record.get("logit"), float, "logit", where),
-        decision=_decision(record.get("decision"), where),
-        operating_point=str(record.get("operating_point") or ""),
-        num_patches=_number(record.get("num_patches"), int, "num_patches", where),
-        latency_ms=_number(record.get("latency_ms"), float, "latency_ms", where),
-        error=str(record.get("error") or ""))
-
-
 def _check_columns(columns: Sequence[str], path: Path) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -119,10 +61,10 @@ def _check_columns(columns: Sequence[str], path: Path) -> None:
 
 
 def _columns(path: Path) -> list[str]:
-    """The column names of a scores file, read from its header (CSV) or its schema (Parquet)."""
+    """The column names of a scores file, read from its header (CSV) or its (first part's) schema (Parquet)."""
     if is_parquet_path(path):
         try:
-            return list(pq.read_schema(path).names)
+            return [name for part in parquet_files(path)[:1] for name in pq.read_schema(part).names]
         except ImportError as e:
             raise DataError(f"{path} is Parquet, which needs pyarrow: pip install pyarrow (or write CSV).") from e
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError subclasses alike
@@ -131,16 +73,16 @@ def _columns(path: Path) -> list[str]:
         return next(csv.reader(f), [])
 
 
-def review_rows_from_scores(path: str | os.PathLike) -> list[ReviewRow]:
-    """One row per image of a CSV or Parquet scores file (:func:`spai.corpus.writers.read_score_rows`: where a resumed
-    run appended several, the last); refuses what is not a scores file, naming what is wrong."""
+def review_rows_from_scores(path: str | os.PathLike) -> list[ImageScore]:
+    """One row per image of a CSV or Parquet scores file (:func:`spai.corpus.writers.read_score_rows`: where a
+    resumed run appended several, the last); refuses what is not a scores file, naming what is wrong."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such scores file; pass the CSV or Parquet that `spai predict -o` or "
                         "`spai score -o` wrote.")
     try:
         _check_columns(_columns(path), path)
-        rows = [review_row_from_record(r, str(path)) for r in read_score_rows(path)]
+        rows = [ImageScore.from_record(r) for r in read_score_rows(path)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path} is not a CSV scores file ({e}).") from e
     except ValueError as e:  # a cell that is not a number, as the reader parses it
@@ -150,7 +92,7 @@ def review_rows_from_scores(path: str | os.PathLike) -> list[ReviewRow]:
     return rows
 
 
-def review_order(rows: Sequence[ReviewRow]) -> list[int]:
+def review_order(rows: Sequence[ImageScore]) -> list[int]:
     """Row indices as a reviewer reads them: flagged first, then by probability (highest first); errors last."""
     def key(i: int) -> tuple[int, float, str]:
         r = rows[i]
@@ -160,13 +102,13 @@ def review_order(rows: Sequence[ReviewRow]) -> list[int]:
     return sorted(range(len(rows)), key=key)
 
 
-def threshold_from_rows(rows: Sequence[ReviewRow], given: float | None = None) -> Threshold | None:
+def threshold_from_rows(rows: Sequence[ImageScore], given: float | None = None) -> Threshold | None:
     """The threshold to mark: the one given, the one a ``p<threshold>`` name spells (the uncalibrated ``p0.5``),
     or what the decisions of a single operating point bound it to; None when several points were used."""
     if given is not None:
         return Threshold(given, given, "given")
     decided = [r for r in rows if not r.error and r.probability is not None and r.decision is not None]
-    points = {r.operating_point for r in decided}
+    points = {r.operating_point or "" for r in decided}
     if len(points) != 1:
         return None
     (name,) = points
@@ -216,7 +158,7 @@ def href_from_path(path: Path, page_dir: Path) -> str:
     return quote(os.fsencode(Path(rel).as_posix()))
 
 
-def histogram_svg(rows: Sequence[ReviewRow], threshold: Threshold | None, bins: int = HISTOGRAM_BINS) -> str:
+def histogram_svg(rows: Sequence[ImageScore], threshold: Threshold | None, bins: int = HISTOGRAM_BINS) -> str:
     """An inline SVG: stacked counts of flagged / not flagged probabilities per bin, the threshold marked."""
     flagged, passed = [0] * bins, [0] * bins
     for r in rows:
@@ -252,7 +194,7 @@ def histogram_svg(rows: Sequence[ReviewRow], threshold: Threshold | None, bins: 
     return "".join(parts)
 
 
-def summary_of(rows: Sequence[ReviewRow], missing: int, threshold: Threshold | None, thumbnails: int,
+def summary_of(rows: Sequence[ImageScore], missing: int, threshold: Threshold | None, thumbnails: int,
                heatmaps: int, heatmaps_embedded: int = 0) -> ReportSummary:
     scored = [r for r in rows if not r.error and r.probability is not None]
     points = Counter(r.operating_point for r in scored if r.operating_point)
@@ -312,7 +254,7 @@ def _num(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def _packed(r: ReviewRow, op: int, folder: int, name: str, heat_names: set[str] | None) -> list[Any]:
+def _packed(r: ImageScore, op: int, folder: int, name: str, heat_names: set[str] | None) -> list[Any]:
     base = quote(os.fsencode(name))
     plain = base == name and r.image.rsplit("/", 1)[-1] == name  # the page reads it off the image column
     return [r.image, _num(r.probability, 6), None if r.decision is None else int(r.decision), r.num_patches,
@@ -320,7 +262,7 @@ def _packed(r: ReviewRow, op: int, folder: int, name: str, heat_names: set[str] 
             _num(r.logit, 4), _num(r.latency_ms, 1), NOT_EMBEDDED]
 
 
-def page_rows(rows: Sequence[ReviewRow], order: Sequence[int], sources: _Sources, heat_names: set[str] | None,
+def page_rows(rows: Sequence[ImageScore], order: Sequence[int], sources: _Sources, heat_names: set[str] | None,
               budget: int, progress: bool) -> tuple[list[list[Any]], list[str], list[str], int]:
     """The rows as the page's compact JSON arrays (:data:`spai.review.page.ROW_FIELDS`), the embedded
     thumbnails (the first ``budget`` rows whose file is there), the operating points the rows index, and how

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-log = logging.getLogger("spai.train")
+log = logging.getLogger(__name__)
 
 FUSION_PREFIX = "mfvit.features_processor."
 FUSION_COMPONENTS = ("semantic_proj", "cross_attn_proj", "freq_semantic_encoders", "early_fusion_gates",

@@ -24,7 +24,7 @@ from spai.train.evaluate import evaluate_scores, make_eval_loader, score_loader
 from spai.train.metrics import save_reliability_diagram, save_roc_curve
 from spai.train.state import list_epoch_checkpoints
 
-log = logging.getLogger("spai.train")
+log = logging.getLogger(__name__)
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:

@@ -36,7 +36,7 @@ from spai.train.state import capture_rng, latest_checkpoint, restore_rng
 
 tqdm_module = lazy_import("tqdm")
 
-log = logging.getLogger("spai.train")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export.trt_rules import RULES, check_graph, enforce, support_matrix
-from spai.errors import AccuracyError, report_errors
+from spai.errors import AccuracyError
+from spai_cli.console import report_errors
 
 F, U8, I32, I64, B, F64 = (TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT32, TensorProto.INT64,
                            TensorProto.BOOL, TensorProto.DOUBLE)

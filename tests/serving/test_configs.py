@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 from helpers import parse_pbtxt as parse
 
@@ -12,9 +15,12 @@ from serving.repository import (
     ENTRY,
     ENTRY_INPUTS,
     ENTRY_OUTPUTS,
+    TORCH_VARIANT,
     VARIANTS,
     RepositoryOptions,
+    config_text,
     production_options,
+    read_config,
     write_configs,
 )
 from spai.model.specs import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGES, aggregator_spec, patch_encoder_spec, trt_profile
@@ -121,5 +127,73 @@ def test_a_calibrated_export_gives_the_entry_model_its_calibration(tiny_onnx_dir
     entry = parse(build_repository(art, "python-ort", tmp_path / "repo") / ENTRY / "config.pbtxt")
     params = {k: v.string_value for k, v in entry.parameters.items()}
     assert EntrySettings.from_parameters(params).calibration == cal
+    assert json.loads(params["calibration"]) == cal.to_entry()  # one JSON parameter carries all of it
+    assert not {"calibration_method", "temperature", "operating_points"} & set(params)
     plain = parse(build_repository(tiny_onnx_dir, "python-ort", tmp_path / "plain") / ENTRY / "config.pbtxt")
-    assert "calibration_method" not in plain.parameters  # uncalibrated: probability = sigmoid(logit), as before
+    assert "calibration" not in plain.parameters  # uncalibrated: probability = sigmoid(logit), as before
+
+
+@pytest.mark.parametrize("value, says", [("{not json", "JSONDecodeError"), ("[1, 2]", "not a JSON object"),
+                                         ('{"method": "platt", "temperature": -1, "default": "x"}', "temperature"),
+                                         ('{"method": "platt", "temperature": 1, "operating_points": ["a"]}',
+                                          "AttributeError")])
+def test_a_malformed_calibration_parameter_names_it_and_the_fix(value, says):
+    from serving.bls import EntrySettings
+    from spai.errors import ServingError
+
+    with pytest.raises(ServingError, match=rf"parameter calibration=.* is malformed .*{says}.*rebuild the repository"):
+        EntrySettings.from_parameters({"calibration": value})
+
+
+def test_the_calibration_parameters_of_an_older_repository_are_refused_not_ignored():
+    from serving.bls import EntrySettings
+    from spai.errors import ServingError
+
+    old = {"calibration_method": "platt", "temperature": "0.5", "bias": "0.0", "default_operating_point": "p0.5",
+           "operating_points": "p0.5=0.5"}
+    with pytest.raises(ServingError, match="calibration_method, temperature.*older `spai repository`.*rebuild"):
+        EntrySettings.from_parameters(old)
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, TORCH_VARIANT], ids=lambda v: f"{v}-variant")  # not marked trt
+def test_configs_are_text_format_of_a_model_config_and_read_back_unchanged(tmp_path, variant):
+    """Each file is ModelConfig printed by serving.repository.config_text: parsing and printing it again gives
+    the same bytes; parameters one a line, in the form serving/deploy/tritonserver.py and the docs show."""
+    opts = production_options() if variant == "trt" else RepositoryOptions(variant=variant, feature_dim=96)
+    root = write_configs(tmp_path, opts)
+    for name in (ENTRY, ENCODER, AGGREGATOR):
+        text = (root / name / "config.pbtxt").read_text()
+        assert config_text(read_config(root / name / "config.pbtxt")) == text, name
+        assert read_config(root / name / "config.pbtxt") == parse(root / name / "config.pbtxt")
+    entry = (root / ENTRY / "config.pbtxt").read_text()
+    assert f'parameters {{ key: "in_flight" value {{ string_value: "{opts.tuning.in_flight}" }} }}' in entry
+    assert "instance_group { count: " in entry
+
+
+def test_a_config_that_is_no_model_config_is_refused_with_the_fix(tmp_path):
+    from serving.server import describe_repository
+    from spai.errors import ServingError
+
+    root = write_configs(tmp_path, RepositoryOptions(variant="python-ort", feature_dim=96))
+    (root / ENCODER / "config.pbtxt").write_text('name: "x"\nmax_batch: 3\n')
+    with pytest.raises(ServingError, match=r"spai_patch_encoder/config.pbtxt is not a Triton model config .*"
+                                           r"max_batch.*rebuild the repository"):
+        describe_repository(root)
+
+
+def test_describe_repository_reads_the_configs(tmp_path):
+    from serving.server import describe_repository
+
+    models = describe_repository(write_configs(tmp_path, production_options()))
+    assert models[ENCODER] == {"backend": "tensorrt_plan", "instances": 2, "kind": "KIND_GPU", "max_batch_size": 256,
+                               "queue_delay_us": 500, "preferred_batch_size": "128"}
+    assert models[ENTRY]["backend"] == "python" and models[ENTRY]["instances"] == 4
+    assert (models[ENTRY]["kind"], models[ENTRY]["in_flight"], models[ENTRY]["threads"]) == ("KIND_CPU", "4", "1")
+
+
+def test_without_tritonclient_configs_fail_saying_what_to_install(tmp_path, monkeypatch):
+    from spai.errors import ServingError
+
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # import raises ImportError
+    with pytest.raises(ServingError, match=r"pip install 'tritonclient\[grpc\]' protobuf"):
+        write_configs(tmp_path, production_options())

@@ -6,8 +6,11 @@ tritonserver."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +65,26 @@ def encoder_params(repo: Path) -> dict[str, str]:
     return {k: v.string_value for k, v in config.parameters.items()}
 
 
-def test_int8_serves_the_gated_int8_graph_one_patch_a_call(gated, tmp_path):
+@contextlib.contextmanager
+def told() -> Iterator[list[str]]:
+    """The lines serving.repository logs while the block runs (the route served and why)."""
     said: list[str] = []
-    repo = build_repository(gated, "python-ort", tmp_path / "repo", precision="int8", say=said.append)
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("serving.repository")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_int8_serves_the_gated_int8_graph_one_patch_a_call(gated, tmp_path):
+    with told() as said:
+        repo = build_repository(gated, "python-ort", tmp_path / "repo", precision="int8")
     assert sha256_file(repo / ENCODER / "1" / "model.onnx") == sha256_file(gated / ENCODER_FILES["int8"])
     assert encoder_params(repo)["precision"] == "int8" and encoder_params(repo)["max_ort_batch"] == "1"
     assert said == [f"route: ort-int8 (asked for; it passed its parity gate on {cpu_identity(cpu_flags())})"]
@@ -74,8 +94,8 @@ def test_int8_serves_the_gated_int8_graph_one_patch_a_call(gated, tmp_path):
 
 
 def test_auto_serves_the_faster_passed_graph_and_says_why(gated, tmp_path):
-    said: list[str] = []
-    repo = build_repository(gated, "python-ort", tmp_path / "repo", precision="auto", say=said.append)
+    with told() as said:
+        repo = build_repository(gated, "python-ort", tmp_path / "repo", precision="auto")
     speeds = json.loads((gated / EVIDENCE_FILE).read_text())["cpus"][cpu_identity(cpu_flags())]["speeds"]
     fastest = max(("ort-fp32", "ort-int8"), key=lambda r: speeds[r]["patches_per_s"])
     assert encoder_params(repo)["precision"] == fastest.removeprefix("ort-")
@@ -90,8 +110,8 @@ def test_a_failed_int8_is_refused_and_auto_serves_fp32(gated, tmp_path):
     (folder / EVIDENCE_FILE).write_text(json.dumps(evidence))
     with pytest.raises(ServingError, match=r"failed its parity gate .*0\.0131 > 0\.01.*serve --precision fp32"):
         build_repository(folder, "python-ort", tmp_path / "a", precision="int8")
-    said: list[str] = []
-    repo = build_repository(folder, "python-ort", tmp_path / "b", precision="auto", say=said.append)
+    with told() as said:
+        repo = build_repository(folder, "python-ort", tmp_path / "b", precision="auto")
     assert encoder_params(repo)["precision"] == "fp32" and "ort-int8 is not served: ort-int8 failed" in said[-1]
 
 
@@ -101,8 +121,8 @@ def test_int8_without_a_verdict_for_these_graphs_is_refused(gated, tmp_path):
     with pytest.raises(ServingError, match="no int8 verdict for these graphs.*--precision int8"):
         build_repository(folder, "python-ort", tmp_path / "a", precision="int8")
     (folder / EVIDENCE_FILE).unlink()
-    said: list[str] = []
-    repo = build_repository(folder, "python-ort", tmp_path / "b", precision="auto", say=said.append)
+    with told() as said:
+        repo = build_repository(folder, "python-ort", tmp_path / "b", precision="auto")
     assert encoder_params(repo)["precision"] == "fp32" and "no int8 verdict" in said[-1]
     (folder / ENCODER_FILES["int8"]).unlink()
     with pytest.raises(ServingError, match=f"has no {ENCODER_FILES['int8']}.*spai export CKPT"):

@@ -66,7 +66,7 @@ def test_cpu_configs_follow_the_specs_and_share_one_checkpoint(torch_repo, tiny_
     assert params(parse(torch_repo / ENCODER / "config.pbtxt"))["max_torch_batch"] == "32"
     assert (torch_repo / TORCH_CHECKPOINT).read_bytes() == tiny_checkpoint.read_bytes()
     entry = params(parse(torch_repo / ENTRY / "config.pbtxt"))
-    assert entry["aggregator_attention"] == "True" and "calibration_method" not in entry
+    assert entry["aggregator_attention"] == "True" and "calibration" not in entry
 
 
 def test_gpu_configs_autocast_and_the_trt_tuning(tiny_checkpoint, tmp_path):

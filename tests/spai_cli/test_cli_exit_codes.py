@@ -1,7 +1,7 @@
 """Every command's user mistakes, in-process through ``spai_cli.main(argv)``: the documented exit code (README,
 "Exit codes"), an ``error:`` message that says how to fix it, never a traceback, nothing half-written.
 
-In-process because the exit code comes from :func:`spai.errors.report_errors`, the same in a process or not; the
+In-process because the exit code comes from :func:`spai_cli.console.report_errors`, the same in a process or not; the
 entry point itself (``python -m spai_cli``) is proved once per command in test_smoke.py.
 """
 

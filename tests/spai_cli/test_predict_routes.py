@@ -70,3 +70,30 @@ def test_predict_auto_takes_a_gated_route_and_says_why(exported_tiny, generated_
     assert (exported_tiny / "route_evidence.json").is_file() and len(_rows(tmp_path / "auto.csv")) == 1
     assert main([*args[:-1], str(tmp_path / "again.csv")]) == 0
     assert "gating" not in capsys.readouterr().err  # the verdicts were kept
+
+
+def test_auto_with_recorded_evidence_does_not_load_the_model_for_an_ort_route(tiny_model, generated_images, tmp_path,
+                                                                               capsys, monkeypatch) -> None:
+    """Issue 34: opening a job loads only what its route runs. The first `auto` run of a checkpoint file gates,
+    probes and records; the next one picks the same ORT route from that evidence without loading torch weights."""
+    import spai
+
+    monkeypatch.setenv("SPAI_CPU_FLAGS", "avx2 avx512f avx512_vnni")
+    monkeypatch.setattr("spai.infer.evidence.GATE_PATCHES", 16)
+    monkeypatch.setattr("spai.infer.evidence.GATE_MAX_PIXELS", 200_000)
+    ckpt = spai.save_checkpoint(tiny_model, tmp_path / "tiny.pth")
+    args = ["predict", str(generated_images[0]), "--checkpoint", str(ckpt), "--backend", "ort", "--precision", "auto"]
+    assert main([*args, "-o", str(tmp_path / "first.csv")]) == 0
+    first = capsys.readouterr().err
+    assert "gating" in first and "the model is not loaded" not in first
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the torch model was loaded")
+
+    monkeypatch.setattr("spai_cli.routes.load_model", no_model)
+    monkeypatch.setattr("spai.infer.job.load_model", no_model)
+    assert main([*args, "-o", str(tmp_path / "again.csv")]) == 0
+    again = capsys.readouterr().err
+    assert "the model is not loaded" in again and "route: ort-" in again and "gating" not in again
+    a, b = _rows(tmp_path / "first.csv"), _rows(tmp_path / "again.csv")
+    assert [r["probability"] for r in a] == [r["probability"] for r in b]

@@ -30,7 +30,7 @@ from spai.model.importers.detect import (
 from spai.model.nn.mfm import UPSTREAM_UNUSED_PREFIXES, declared_unused
 
 __all__ = ["import_foreign_checkpoint", "detect_format"]
-log = logging.getLogger("spai.model.importers")
+log = logging.getLogger(__name__)
 
 
 def import_foreign_checkpoint(data: Mapping[str, Any], path: Path, name_or_cfg: Any = None) -> dict[str, Any]:

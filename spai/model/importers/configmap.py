@@ -14,7 +14,7 @@ from spai.errors import CheckpointError
 from spai.model.config import Config
 from spai.model.nn.spectral import circular_mask
 
-log = logging.getLogger("spai.model.importers")
+log = logging.getLogger(__name__)
 
 # (key in the foreign config, our key); both dotted. Same names upstream and in the fork except IMG_SIZE.
 SHARED_KEYS: list[tuple[str, str]] = [(k, k) for k in (

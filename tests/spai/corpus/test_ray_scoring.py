@@ -5,6 +5,7 @@ user mistakes as messages; one SIGKILL mid-run and a resume in a subprocess."""
 from __future__ import annotations
 
 import argparse
+import pickle
 import inspect
 import random
 import threading
@@ -33,7 +34,7 @@ from spai.corpus.ray_scoring import (  # noqa: E402  (after the skip: the module
     windows,
 )
 from spai_cli import main  # noqa: E402
-from spai_cli.predict import ray_actor_args  # noqa: E402
+from spai_cli.predict import ray_job  # noqa: E402
 
 N_IMAGES = 14
 GPU_NODE = {"CPU": 16.0, "GPU": 4.0}
@@ -67,18 +68,18 @@ def test_gpu_actors_run_the_torch_route_asked_for_and_refuse_a_cpu_route(tiny_mo
 
     ckpt = spai.save_checkpoint(tiny_model, tmp_path / "tiny.pth")
     args = argparse.Namespace(model="spai-tiny", checkpoint=str(ckpt), backend=None, precision="auto", onnx=None,
-                              operating_point=None, chunk_size=None, device=None)
-    fixed = ray_actor_args(args, ActorPlan(2, 1.0, 1, 4))
+                              operating_point=None, chunk_size=None, device=None, max_bytes=None, max_pixels=None)
+    job = ray_job(args, ActorPlan(2, 1.0, 1, 4))
     # each GPU actor gates fp16 / bf16 on its own GPU: auto stays auto (the actor picks what passed there)
-    assert (fixed.backend, fixed.precision, fixed.device) == ("torch", "auto", "cuda") and args.device is None
-    fp16 = ray_actor_args(argparse.Namespace(**{**vars(args), "precision": "fp16"}), ActorPlan(2, 1.0, 1, 4))
+    assert (job.backend, job.precision, job.device, job.checkpoint) == ("torch", "auto", "cuda", str(ckpt))
+    pickle.loads(pickle.dumps(job))  # what each actor receives: a frozen, picklable job, no argparse.Namespace
+    fp16 = ray_job(argparse.Namespace(**{**vars(args), "precision": "fp16"}), ActorPlan(2, 1.0, 1, 4))
     assert (fp16.backend, fp16.precision, fp16.device) == ("torch", "fp16", "cuda")
     with pytest.raises(ConfigError, match="CPU route.*--device cpu"):
-        ray_actor_args(argparse.Namespace(**{**vars(args), "backend": "ort", "precision": "int8"}),
-                       ActorPlan(2, 1.0, 1, 4))
+        ray_job(argparse.Namespace(**{**vars(args), "backend": "ort", "precision": "int8"}), ActorPlan(2, 1.0, 1, 4))
     with pytest.raises(CheckpointError):  # checked once on the driver, before any actor starts
-        ray_actor_args(argparse.Namespace(**{**vars(args), "checkpoint": str(tmp_path / "missing.pth")}),
-                       ActorPlan(1, 1.75, 0, 2))
+        ray_job(argparse.Namespace(**{**vars(args), "checkpoint": str(tmp_path / "missing.pth")}),
+                ActorPlan(1, 1.75, 0, 2))
 
 
 # --- Blocks: scores and refs through Ray's columns and back ------------------------------------------------------

@@ -6,16 +6,9 @@ import csv
 
 import pytest
 
-from spai.corpus.writers import (
-    ParquetScoreWriter,
-    done_inputs,
-    flagged_summary,
-    open_score_writer,
-    parts_dir,
-    read_score_rows,
-)
-from spai.errors import SPAIError
-from spai.infer.scores import CSV_FIELDS, ImageScore
+from spai.corpus.writers import ParquetScoreWriter, done_inputs, open_score_writer, read_score_rows
+from spai.errors import DataError, SPAIError
+from spai.infer.scores import CSV_FIELDS, FlaggedCount, ImageScore
 
 
 def _scores(n: int, start: int = 0) -> list[ImageScore]:
@@ -78,25 +71,44 @@ def test_csv_with_newlines_in_a_field_reads_back(tmp_path):
     assert [r["image"] for r in read_score_rows(path)] == ['we"ird\nname.png', "img0.png"]
 
 
-def test_parquet_rows_survive_in_parts_until_close(tmp_path):
-    """A killed run leaves its complete row groups in the sidecar (a torn one is dropped); resuming merges them."""
+def test_parquet_is_a_folder_of_whole_parts(tmp_path):
+    """A killed run leaves its complete parts (a torn one is dropped); resuming adds parts after them; pyarrow and
+    pandas read the folder, and the last row per image is the one that counts."""
+    pq = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "s.parquet"
     w = ParquetScoreWriter(path, rows_per_group=2)
     for s in _scores(5):
         w.write(s)  # two parts written, one row pending: as if SIGKILLed now (no close)
-    assert not path.exists() and len(list(parts_dir(path).glob("part-*.parquet"))) == 2
-    (parts_dir(path) / "part-000099.parquet").write_bytes(b"PAR1 torn")
+    assert sorted(p.name for p in path.iterdir()) == ["part-000001.parquet", "part-000002.parquet"]
+    (path / "part-000099.parquet").write_bytes(b"PAR1 torn")
+    (path / ".part-000100.parquet.x.partial").write_bytes(b"PAR1")
     assert sorted(done_inputs(path)) == ["img0.png", "img1.png", "img2.png", "img3.png"]
     with pytest.raises(SPAIError, match="--resume"):
         open_score_writer(path, resume=False)
     with open_score_writer(path, resume=True) as w2:
-        assert not (parts_dir(path) / "part-000099.parquet").exists()
-        for s in _scores(6, 4):
+        assert sorted(p.name for p in path.iterdir()) == ["part-000001.parquet", "part-000002.parquet"]
+        for s in _scores(6, 3):
             w2.write(s)
-    assert not parts_dir(path).exists()
     assert [r["image"] for r in read_score_rows(path)] == [f"img{i}.png" for i in range(6)]
-    assert path.stat().st_mode & 0o044  # not the temporary file's private mode
+    assert (path / "part-000003.parquet").stat().st_mode & 0o044  # not the temporary file's private mode
+    table = pq.read_table(path)  # pyarrow.dataset: every part, in order
+    assert table.column("image").to_pylist() == [f"img{i}.png" for i in [0, 1, 2, 3, 3, 4, 5]]
+    assert table.schema.names == list(CSV_FIELDS)
 
 
-def test_flagged_summary_counts():
-    assert flagged_summary(_scores(3)) == "flagged 2 of 3 scored images as AI-generated (operating point p0.5)"
+def test_a_single_parquet_file_is_read_and_refused_for_resume(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "old.parquet"
+    pq.write_table(pa.Table.from_pylist([s.record() for s in _scores(2)]), path)
+    assert list(done_inputs(path)) == ["img0.png", "img1.png"]
+    with pytest.raises(DataError, match="part-000000.parquet"):
+        open_score_writer(path, resume=True)
+
+
+def test_flagged_count_summary():
+    count = FlaggedCount()
+    for s in _scores(3):
+        count.add(s)
+    assert count.summary() == "flagged 2 of 3 scored images as AI-generated (operating point p0.5)"

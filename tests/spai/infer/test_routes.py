@@ -5,6 +5,7 @@ CPU-flags override."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -23,7 +24,7 @@ AVX2 = frozenset({"avx2"})
 
 @pytest.fixture(scope="module", autouse=True)
 def small_gates():
-    """The selection logic is under test here, not the gate's reach: a smaller gate (the default is in spai.infer.routes)."""
+    """The selection logic is under test here, not the gate's reach: a smaller gate (defaults: spai.infer.evidence)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("spai.infer.evidence.GATE_PATCHES", 16)
         mp.setattr("spai.infer.evidence.GATE_MAX_PIXELS", 200_000)
@@ -47,9 +48,9 @@ def test_the_flags_override_names_the_cpu(monkeypatch):
     assert cpu_flags() == {"avx2", "avx512_vnni"} and cpu_identity(cpu_flags()).endswith("[avx512_vnni avx2]")
 
 
-def test_auto_gates_and_probes_once_then_takes_the_fastest_passed_route(tiny_model, graphs):
-    said: list[str] = []
-    choice = choose_route(tiny_model, onnx_dir=graphs, flags=AMX, say=said.append)
+def test_auto_gates_and_probes_once_then_takes_the_fastest_passed_route(tiny_model, graphs, caplog):
+    with caplog.at_level("INFO", logger="spai.infer"):
+        choice = choose_route(tiny_model, onnx_dir=graphs, flags=AMX)
     evidence = json.loads((graphs / EVIDENCE_FILE).read_text())
     assert evidence["weights_sha256"] == model_fingerprint(tiny_model)
     cpu = evidence["cpus"][cpu_identity(AMX)]
@@ -57,10 +58,11 @@ def test_auto_gates_and_probes_once_then_takes_the_fastest_passed_route(tiny_mod
     assert all(v["passed"] for v in cpu["verdicts"].values())  # random weights pass every gate
     speeds = {name: s["patches_per_s"] for name, s in cpu["speeds"].items()}
     assert choice.name == max(speeds, key=speeds.get) and choice.reason.startswith(f"route: {choice.name}")
-    assert any("gating" in line for line in said)
-    again: list[str] = []
-    assert choose_route(tiny_model, onnx_dir=graphs, flags=AMX, say=again.append) == choice
-    assert again == []  # kept: neither gated nor probed again
+    assert "gating" in caplog.text and "measuring the speed" in caplog.text  # logged (spai.infer.evidence, .routes)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="spai.infer"):
+        assert choose_route(tiny_model, onnx_dir=graphs, flags=AMX) == choice
+    assert caplog.records == []  # kept: neither gated nor probed again
 
 
 def test_a_failed_route_is_never_taken_however_fast(tiny_model, graphs):
@@ -108,13 +110,22 @@ def test_auto_with_no_passing_route_of_a_backend_is_a_clear_error(tiny_model, gr
         choose_route(tiny_model, onnx_dir=graphs, flags=VNNI, backend="ort")
 
 
-def test_the_python_api_takes_auto_too(tiny_model, graphs, monkeypatch, capsys, caplog):
+def test_the_python_api_takes_auto_too(tiny_model, graphs, monkeypatch, capsys):
     monkeypatch.setenv(FLAGS_VARIABLE, ",".join(sorted(AVX2)))
     images = [np.zeros((300, 300, 3), np.uint8)]
-    with caplog.at_level("INFO", logger="spai.infer.detector"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("spai.infer")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
         got = tiny_model.score(images, precision="auto", onnx_dir=str(graphs))
-    assert 0 <= float(got[0]) <= 1 and "route: " in caplog.text  # logged with its reasons
-    assert capsys.readouterr() == ("", "")  # the library never prints
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert 0 <= float(got[0]) <= 1 and any("route: " in r.getMessage() for r in records)  # logged with its reasons
+    assert capsys.readouterr().out == ""  # the library never prints
 
 
 def test_bf16_verdicts_hold_only_for_the_layers_the_route_kept_in_fp32(tiny_model, tmp_path, monkeypatch):
@@ -143,9 +154,9 @@ def test_autocast_routes_are_gated_once_and_kept(tiny_model, precision, monkeypa
     gated: list[list[str]] = []
     real_gate = routes.gate_routes
 
-    def counting(model, entered, say):
+    def counting(model, entered):
         gated.append([r.name for r in entered])
-        return real_gate(model, entered, say)
+        return real_gate(model, entered)
 
     monkeypatch.setattr(routes, "gate_routes", counting)
     choice = routes.require_passed(tiny_model, precision, autocast=True)

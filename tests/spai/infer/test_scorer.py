@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spai.corpus.writers import flagged_summary, write_scores_csv
+from spai.corpus.writers import open_score_writer
 from spai.errors import CalibrationError, ExportError, ImageError
 from spai.infer.feeds import patch_chunks
 from spai.infer.prepare import InputLimits, prepare_image
 from spai.infer.runners import OrtRunner, Route, Runner, TorchRunner
 from spai.infer.scorer import Scorer, prepare_requests
-from spai.infer.scores import CSV_FIELDS, ImageScore
+from spai.infer.scores import CSV_FIELDS, FlaggedCount, ImageScore
 from spai.model.calibration import (
     Calibration,
     OperatingPoint,
@@ -93,7 +93,10 @@ def test_patches_are_cut_in_the_encoders_dtype():
 def test_one_csv_schema_for_every_scorer(tmp_path):
     rows = [ImageScore("a.png", 0.25, -1.0986, 5, 12.5, decision=False, operating_point="fpr0.01"),
             ImageScore("b.png", latency_ms=1.0, error="bad image")]
-    path = write_scores_csv(rows, tmp_path / "s.csv")
+    path = tmp_path / "s.csv"
+    with open_score_writer(path, resume=False) as writer:
+        for row in rows:
+            writer.write(row)
     got = list(csv.DictReader(open(path)))
     assert list(got[0]) == list(CSV_FIELDS)
     assert got[0]["probability"] == "0.250000" and got[0]["num_patches"] == "5"
@@ -119,8 +122,11 @@ def test_calibration_makes_the_probability_and_the_decision_in_one_place(tiny_mo
     assert [r.decision for r in cal] == (want >= 0.7).tolist() and cal[0].operating_point == "fpr0.05"
     balanced = calibrated.score_images(images, "balanced")
     assert [r.decision for r in balanced] == (want >= 0.3).tolist()
-    assert flagged_summary(balanced) == f"flagged {int((want >= 0.3).sum())} of 3 scored images as AI-generated " \
-                                        "(operating point balanced)"
+    count = FlaggedCount()
+    for row in balanced:
+        count.add(row)
+    assert count.summary() == f"flagged {int((want >= 0.3).sum())} of 3 scored images as AI-generated " \
+                              "(operating point balanced)"
     with pytest.raises(CalibrationError, match="unknown operating point 'fpr0.01'"):
         calibrated.score_images(images, "fpr0.01")
 

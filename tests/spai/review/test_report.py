@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spai.corpus.writers import open_score_writer
 from spai.errors import DataError
 from spai.review.page import Threshold
 from spai.review.report import (
@@ -86,6 +87,10 @@ def test_reads_parquet_like_csv(small_run, tmp_path):
     table = pa.Table.from_pylist(typed)
     pq.write_table(table, tmp_path / "scores.parquet")
     assert review_rows_from_scores(tmp_path / "scores.parquet") == review_rows_from_scores(scores)
+    with open_score_writer(tmp_path / "parts.parquet", resume=False, rows_per_group=4) as writer:
+        for row in review_rows_from_scores(scores):  # a folder of parts, as `spai predict -o x.parquet` writes
+            writer.write(row)
+    assert review_rows_from_scores(tmp_path / "parts.parquet") == review_rows_from_scores(scores)
     (tmp_path / "labels.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="cannot read as Parquet"):
         review_rows_from_scores(tmp_path / "labels.parquet")
