@@ -34,7 +34,7 @@ def add_route_arguments(p: argparse.ArgumentParser) -> None:
                         "(a GPU: autocast), int8 (ort); reduced precisions run only where they passed their parity "
                         "gate; auto: the fastest parity-gated precision for this CPU or GPU")
     p.add_argument("--onnx", metavar="DIR", help="`spai export` folder for --backend ort (default: export the model "
-                                                  "to a temporary folder first)")
+                                                  "into the cache first, once per model)")
     p.add_argument("--chunk-size", type=int, help="patches per encoder call (memory knob; results unchanged)")
 
 
@@ -64,7 +64,7 @@ def resolved_job(job: ScoringJob, model: SPAIModel | None = None) -> tuple[Scori
     if job.device == "cpu" and not job.onnx_dir and model is not None and _may_run_ort(job):
         job = dataclasses.replace(job, onnx_dir=cached_export(model))
     asked, job = job, resolve(job, model)
-    if asked.precision != "auto" and (asked.device == "cpu" or asked.precision == "fp32"):  # by name: no gate
+    if asked.by_name:  # no gate: say which route
         log.info("route: %s%s", job.route, "" if job.device == "cpu" else f" on {job.device}")
     elif asked.precision == "auto" and model is not None:
         record_export(job, model)

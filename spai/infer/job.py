@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -66,6 +67,13 @@ class ScoringJob:
     limits: InputLimits = field(default_factory=InputLimits)
     operating_point: str | None = None
     patch_spec: PatchSpec | None = None  # the model's patch grid where the job runs graphs only (recorded_job)
+    resolved: bool = False  # set by resolve / recorded_job: opening the job never resolves (or gates) it again
+
+    @property
+    def by_name(self) -> bool:
+        """Whether the route is named without a gate to pass: any CPU route but ``auto``, or fp32 on a GPU (a GPU's
+        fp16 / bf16 and ``auto`` are resolved against the model: :func:`resolve`)."""
+        return self.precision != "auto" and (self.device == "cpu" or self.precision == "fp32")
 
     @property
     def route(self) -> str:
@@ -105,9 +113,11 @@ def resolve(job: ScoringJob, model: SPAIModel | None) -> ScoringJob:
     for ``model`` on that GPU); ``auto`` the fastest route that passed on this device
     (:func:`spai.infer.routes.choose_route`; ONNX Runtime routes where ``onnx_dir`` has their graphs), logged with
     why."""
-    if job.precision != "auto" and not (job.device != "cpu" and job.precision != "fp32"):
+    if job.resolved:
+        return job
+    if job.by_name:
         backend, precision = job.backend_and_precision()
-        return dataclasses.replace(job, backend=backend, precision=precision)
+        return dataclasses.replace(job, backend=backend, precision=precision, resolved=True)
     if model is None:
         raise ConfigError(f"--precision {job.precision} gates the routes against the model itself: pass "
                           "--checkpoint (or --model), or pick a CPU route by name (--backend ort --precision int8).")
@@ -116,7 +126,7 @@ def resolve(job: ScoringJob, model: SPAIModel | None) -> ScoringJob:
     else:
         choice = require_passed(model, resolve_gpu_route(job.backend, job.precision)[1])
     log.info("%s", choice.reason)
-    return dataclasses.replace(job, backend=choice.backend, precision=choice.precision)
+    return dataclasses.replace(job, backend=choice.backend, precision=choice.precision, resolved=True)
 
 
 def open_route(job: ScoringJob, model: SPAIModel | None) -> Route:
@@ -142,6 +152,18 @@ def spec_and_calibration(job: ScoringJob, model: SPAIModel | None) -> tuple[Patc
 
 # --- auto without the model: what a checkpoint's earlier run recorded ------------------------------------------------
 
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def checkpoint_sha256(path: str) -> str:
+    """The SHA-256 of a checkpoint file, hashed once per file version in a process (an auto run looks its evidence
+    up by it, then records it: one read of a large file, not two)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def _index(checkpoint_sha256: str) -> Path:
     """The cache's note of a checkpoint file's export (by the file's SHA-256)."""
     return cache_dir() / "exports" / "by-checkpoint" / f"{checkpoint_sha256[:24]}.json"
@@ -154,7 +176,7 @@ def record_export(job: ScoringJob, model: SPAIModel) -> None:
     torch model."""
     if not (job.checkpoint and job.onnx_dir):
         return
-    sha = sha256_file(Path(job.checkpoint))
+    sha = checkpoint_sha256(job.checkpoint)
     evidence = RouteEvidence.load(Path(job.onnx_dir) / EVIDENCE_FILE, None)
     if evidence.fingerprint and evidence.checkpoint_sha256 != sha:
         evidence.checkpoint_sha256 = sha
@@ -170,7 +192,7 @@ def recorded_job(job: ScoringJob) -> ScoringJob | None:
     the job over its graphs, carrying the model's patch grid; None otherwise (resolve with the model)."""
     if job.precision != "auto" or job.device != "cpu" or not job.checkpoint or not Path(job.checkpoint).is_file():
         return None
-    sha = sha256_file(Path(job.checkpoint))
+    sha = checkpoint_sha256(job.checkpoint)
     try:
         note = json.loads(_index(sha).read_text())
         folder, spec = note["onnx_dir"], PatchSpec(**note["patch_spec"])
@@ -183,7 +205,7 @@ def recorded_job(job: ScoringJob) -> ScoringJob | None:
         return None
     log.info("%s\n  (from the evidence recorded for this checkpoint file: the model is not loaded)", choice.reason)
     return dataclasses.replace(job, backend=choice.backend, precision=choice.precision, onnx_dir=folder,
-                               patch_spec=spec)
+                               patch_spec=spec, resolved=True)
 
 
 @contextlib.contextmanager
